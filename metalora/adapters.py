@@ -1,0 +1,142 @@
+"""Adapter artifacts: what a trainer returns, what is saved, and what evaluation attaches.
+
+Saved as a folder: ``adapter.safetensors`` (tensors only, never pickles) and ``adapter.json`` (kind
+and shape config). ``ADAPTER_KINDS`` maps the saved kind to its class, so loading never guesses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metalora.errors import MlbenchError
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+FORMAT_VERSION = 1
+
+
+class Adapter(ABC):
+    """Trained parameters plus the config needed to put them back on a base model."""
+
+    kind: str = ""
+    mergeable: bool = False
+
+    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
+        self.config = dict(config)
+        self.state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
+        self.training_log: list[dict] = []  # one record per optimizer step, filled by the trainer
+
+    @abstractmethod
+    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return ``model`` with the adapter live (the base module is modified in place)."""
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Fold the adapter into the base weights, for faster inference."""
+        raise MlbenchError(f"a {self.kind} adapter cannot be merged into the base weights; evaluate it live")
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write atomically: a reader never sees weights without their config or half a file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        header = {"kind": self.kind, "format_version": FORMAT_VERSION, "config": self.config}
+        for name, write in (
+            (ADAPTER_WEIGHTS, lambda path: save_file(self.state, str(path), metadata={"kind": self.kind})),
+            (ADAPTER_CONFIG, lambda path: path.write_text(json.dumps(header, indent=2, sort_keys=True))),
+        ):
+            handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            os.close(handle)
+            try:
+                write(Path(temp))
+                os.replace(temp, folder / name)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
+        return folder
+
+
+class NoAdapter(Adapter):
+    """The base model itself: the reference row of every comparison."""
+
+    kind = "none"
+    mergeable = True
+
+    def attach(self, model):
+        return model
+
+    def merge(self, model):
+        return model
+
+
+class LoraAdapter(Adapter):
+    """An ordinary peft LoRA adapter (LoRA and MeTA-LoRA both produce one)."""
+
+    kind = "lora"
+    mergeable = True
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.config["rank"],
+            lora_alpha=self.config["alpha"],
+            lora_dropout=self.config["dropout"],
+            target_modules=list(self.config["target_modules"]),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def attach(self, model):
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        peft_model = get_peft_model(model, self.peft_config())
+        result = set_peft_model_state_dict(peft_model, self.state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise MlbenchError(
+                f"adapter does not fit this model: {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"
+            )
+        return peft_model
+
+    def merge(self, model):
+        return self.attach(model).merge_and_unload()
+
+
+# Lazy "module:Class" references keep the mapping immutable and free of import cycles.
+ADAPTER_KINDS: Mapping[str, str] = MappingProxyType(
+    {
+        "none": "metalora.adapters:NoAdapter",
+        "lora": "metalora.adapters:LoraAdapter",
+        "hydralora": "baselines.hydralora:HydraLoraAdapter",
+    }
+)
+
+
+def import_reference(reference: str):
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_adapter(folder: str | os.PathLike) -> Adapter:
+    folder = Path(folder)
+    config_path, weights_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not config_path.is_file() or not weights_path.is_file():
+        raise MlbenchError(f"{folder} is not an adapter folder: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+    try:
+        header = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise MlbenchError(f"malformed {config_path} at line {error.lineno}: {error.msg}") from None
+    kind = header.get("kind")
+    if kind not in ADAPTER_KINDS:
+        raise MlbenchError(f"{config_path} names adapter kind {kind!r}; known kinds: {', '.join(ADAPTER_KINDS)}")
+    adapter_class = import_reference(ADAPTER_KINDS[kind])
+    return adapter_class(header["config"], load_file(str(weights_path)))

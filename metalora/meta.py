@@ -1,0 +1,269 @@
+"""MeTA-LoRA: a first-order, MAML-style two-stage trainer of one shared LoRA adapter.
+
+Each meta-iteration samples n tasks. Phase I: per task, copy the shared adapter theta and take k
+SGD steps at rate alpha on a support set. Phase II: the query-set gradient at the adapted weights,
+averaged over tasks, updates theta through the outer optimizer at rate beta (``TrainConfig.lr``).
+The result is one ordinary LoRA adapter; task adapters are scratch state.
+
+Variants answer the paper's open questions (method.md): exact second-order MAML (gradients flow
+through the inner loop), Reptile (theta moves toward the adapted weights), phase I only (theta
+becomes the mean of the task-adapted adapters, no query sets) and phase II only (k = 0: plain
+multi-task training on the query sets).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from peft import get_peft_model_state_dict
+from torch.func import functional_call
+
+from baselines.lora import lora_shape, new_lora_model
+from metalora.adapters import LoraAdapter
+from metalora.batching import batch_loss, collate
+from metalora.config import require_positive
+from metalora.errors import MlbenchError
+from metalora.supervised import encode_tasks
+from metalora.trainer import Trainer, model_device, preserve_requires_grad
+
+Params = dict[str, torch.Tensor]
+
+
+def params_loss(model: torch.nn.Module, params: Params, batch: dict) -> torch.Tensor:
+    """The loss of ``model`` with ``params`` swapped in for its adapter parameters."""
+    return batch_loss(lambda **inputs: functional_call(model, params, args=(), kwargs=inputs), batch)
+
+
+def adapt(
+    model: torch.nn.Module, theta: Params, support: dict, steps: int, lr: float, *, create_graph: bool
+) -> tuple[Params, list[float]]:
+    """Phase I: ``steps`` plain SGD steps on the support set, starting from ``theta``.
+
+    With ``create_graph`` the steps stay differentiable with respect to ``theta`` (second order);
+    without it each step's result is a fresh leaf, so nothing backpropagates through the loop.
+    """
+    losses = []
+    for _ in range(steps):
+        loss = params_loss(model, theta, support)
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+        losses.append(loss.item())
+        theta = {name: value - lr * grad for (name, value), grad in zip(theta.items(), grads)}
+        if not create_graph:
+            theta = {name: value.detach().requires_grad_() for name, value in theta.items()}
+    return theta, losses
+
+
+def detached_copy(shared: Params) -> Params:
+    return {name: value.detach().clone().requires_grad_() for name, value in shared.items()}
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    """One task's contribution to the shared update: a direction the outer optimizer follows as
+    if it were a gradient, and the losses seen."""
+
+    direction: Params
+    support_losses: list[float]
+    query_loss: float | None
+
+
+def first_order_step(model, shared, support, query, steps, lr) -> TaskStep:
+    theta, support_losses = adapt(model, detached_copy(shared), support, steps, lr, create_graph=False)
+    loss = params_loss(model, theta, query)
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    return TaskStep(dict(zip(theta, grads)), support_losses, loss.item())
+
+
+def second_order_step(model, shared, support, query, steps, lr) -> TaskStep:
+    start = {name: value for name, value in shared.items()}  # the live parameters: keep the graph
+    theta, support_losses = adapt(model, start, support, steps, lr, create_graph=True)
+    loss = params_loss(model, theta, query)
+    grads = torch.autograd.grad(loss, list(shared.values()))
+    return TaskStep(dict(zip(shared, grads)), support_losses, loss.item())
+
+
+def reptile_step(model, shared, support, query, steps, lr) -> TaskStep:
+    theta, support_losses = adapt(model, detached_copy(shared), support, steps, lr, create_graph=False)
+    # theta <- theta - beta * (theta - theta_i) is theta + beta * (theta_i - theta): Reptile's move.
+    direction = {name: (shared[name].detach() - theta[name].detach()) for name in shared}
+    return TaskStep(direction, support_losses, None)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a meta-iteration turns tasks into an update of the shared adapter."""
+
+    task_step: Callable[..., TaskStep]
+    description: str
+    inner_steps: int | None = None  # forced value (phase II only), else the option
+    average_adapters: bool = False  # the update is theta <- mean_i theta_i (SGD at rate 1)
+
+
+VARIANTS: Mapping[str, Variant] = MappingProxyType(
+    {
+        "first_order": Variant(first_order_step, "first-order MAML (the paper's setting)"),
+        "second_order": Variant(second_order_step, "exact MAML, backprop through the inner loop"),
+        "reptile": Variant(reptile_step, "Reptile: move theta toward the adapted weights at rate beta"),
+        "phase1_only": Variant(reptile_step, "phase I only: theta <- mean of adapted adapters", average_adapters=True),
+        "phase2_only": Variant(first_order_step, "phase II only: k = 0, multi-task steps on query sets", inner_steps=0),
+    }
+)
+OUTER_OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class MetaOptions:
+    inner_steps: int = 3  # k
+    support_size: int = 8  # n_s
+    query_size: int = 8  # n_q
+    inner_lr: float = 1e-2  # alpha (SGD); the outer rate beta is TrainConfig.lr
+    tasks_per_iteration: int | None = None  # n; None = every task of the scenario
+    variant: str = "first_order"
+    outer_optimizer: str = "adamw"
+
+    @property
+    def effective_inner_steps(self) -> int:
+        forced = VARIANTS[self.variant].inner_steps
+        return self.inner_steps if forced is None else forced
+
+    def validate(self, *, config=None, tasks: Sequence = ()) -> MetaOptions:
+        if self.variant not in VARIANTS:
+            raise MlbenchError(f"unknown MeTA-LoRA variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
+        if self.outer_optimizer not in OUTER_OPTIMIZERS:
+            raise MlbenchError(
+                f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}"
+            )
+        if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) or self.inner_steps < 0:
+            raise MlbenchError(f"inner_steps must be a non-negative integer, got {self.inner_steps!r}")
+        require_positive("support_size", self.support_size)
+        require_positive("query_size", self.query_size)
+        require_positive("inner_lr", self.inner_lr, integer=False)
+        if self.tasks_per_iteration is not None:
+            require_positive("tasks_per_iteration", self.tasks_per_iteration)
+            if tasks and self.tasks_per_iteration > len(tasks):
+                raise MlbenchError(
+                    f"tasks_per_iteration is {self.tasks_per_iteration} but only {len(tasks)} tasks are trained; "
+                    f"use at most {len(tasks)}"
+                )
+        needed = self.support_size + self.query_size
+        for task in tasks:
+            if len(task.examples) < needed:
+                raise MlbenchError(
+                    f"support_size + query_size = {needed} is larger than task {task.name}'s budget of "
+                    f"{len(task.examples)} examples; lower them or raise --shots"
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class EpisodeSampler:
+    """Draws the tasks of a meta-iteration and each task's disjoint support and query sets."""
+
+    def __init__(self, task_sizes: Sequence[int], options: MetaOptions, seed: int):
+        self.task_sizes = list(task_sizes)
+        self.options = options
+        self.rng = random.Random(seed)
+
+    def next_episode(self) -> list[tuple[int, list[int], list[int]]]:
+        count = self.options.tasks_per_iteration or len(self.task_sizes)
+        chosen = sorted(self.rng.sample(range(len(self.task_sizes)), count))
+        episode = []
+        for task in chosen:
+            picks = self.rng.sample(range(self.task_sizes[task]), self.options.support_size + self.options.query_size)
+            episode.append((task, picks[: self.options.support_size], picks[self.options.support_size :]))
+        return episode
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+def meta_update_direction(
+    model: torch.nn.Module, shared: Params, episode: Sequence[tuple[dict, dict]], options: MetaOptions
+) -> tuple[Params, dict]:
+    """Phases I and II for one meta-iteration: the mean over tasks of each task's direction."""
+    variant = VARIANTS[options.variant]
+    steps = [
+        variant.task_step(model, shared, support, query, options.effective_inner_steps, options.inner_lr)
+        for support, query in episode
+    ]
+    direction = {name: torch.stack([step.direction[name] for step in steps]).mean(0) for name in shared}
+    support = [step.support_losses[0] for step in steps if step.support_losses]
+    query = [step.query_loss for step in steps if step.query_loss is not None]
+    stats = {
+        "support_loss": sum(support) / len(support) if support else None,
+        "query_loss": sum(query) / len(query) if query else None,
+    }
+    return direction, stats
+
+
+def make_outer_optimizer(params: list[torch.Tensor], options: MetaOptions, lr: float, weight_decay: float):
+    if VARIANTS[options.variant].average_adapters:
+        return torch.optim.SGD(params, lr=1.0)
+    if options.outer_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class MetaLoraTrainer(Trainer):
+    name = "metalora"
+    options_class = MetaOptions
+
+    def fit(self, model, tokenizer, tasks, config, on_step=None) -> LoraAdapter:
+        self.validate(config, tasks)
+        options = self.options
+        encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
+        sampler = EpisodeSampler([len(items) for items in encoded], options, seed=config.seed)
+        per_iteration = (options.tasks_per_iteration or len(tasks)) * (options.support_size + options.query_size)
+        total_steps = config.total_steps(sum(len(items) for items in encoded), per_iteration)
+        with preserve_requires_grad(model):
+            peft_model = new_lora_model(model, config)
+            try:
+                log = self._meta_train(peft_model, tokenizer, encoded, sampler, config, total_steps, on_step)
+                adapter = LoraAdapter(lora_shape(config), get_peft_model_state_dict(peft_model))
+            finally:
+                peft_model.unload()
+        adapter.training_log = log
+        return adapter
+
+    def _meta_train(self, peft_model, tokenizer, encoded, sampler, config, total_steps, on_step) -> list[dict]:
+        from transformers import get_scheduler
+
+        shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
+        optimizer = make_outer_optimizer(list(shared.values()), self.options, config.lr, config.weight_decay)
+        scheduler = get_scheduler(
+            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
+        )
+        device, pad = model_device(peft_model), tokenizer.pad_token_id
+        log: list[dict] = []
+        peft_model.train()
+        for step in range(1, total_steps + 1):
+            episode = [
+                (
+                    collate([encoded[task][index] for index in support], pad, device),
+                    collate([encoded[task][index] for index in query], pad, device),
+                )
+                for task, support, query in sampler.next_episode()
+            ]
+            direction, stats = meta_update_direction(peft_model, shared, episode, self.options)
+            for name, param in shared.items():
+                param.grad = direction[name].to(param.dtype)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = stats["query_loss"] if stats["query_loss"] is not None else stats["support_loss"]
+            record = {"step": step, "loss": loss, **stats, "lr": scheduler.get_last_lr()[0]}
+            log.append(record)
+            if on_step:
+                on_step(record)
+        peft_model.eval()
+        return log
