@@ -63,8 +63,8 @@ def collate(batch: Sequence[Encoded], pad_token_id: int, device: str | torch.dev
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over target tokens, computed in float32."""
-    shifted_logits = logits[:, :-1, :].float()
+    """Mean next-token cross-entropy over target tokens, computed in at least float32."""
+    shifted_logits = logits[:, :-1, :].to(torch.promote_types(logits.dtype, torch.float32))
     shifted_labels = labels[:, 1:]
     return torch.nn.functional.cross_entropy(
         shifted_logits.reshape(-1, shifted_logits.size(-1)),

@@ -21,6 +21,7 @@ from types import MappingProxyType
 import torch
 from peft import get_peft_model_state_dict
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baselines.lora import lora_shape, new_lora_model
 from metalora.adapters import LoraAdapter
@@ -79,10 +80,12 @@ def first_order_step(model, shared, support, query, steps, lr) -> TaskStep:
 
 
 def second_order_step(model, shared, support, query, steps, lr) -> TaskStep:
-    start = {name: value for name, value in shared.items()}  # the live parameters: keep the graph
-    theta, support_losses = adapt(model, start, support, steps, lr, create_graph=True)
-    loss = params_loss(model, theta, query)
-    grads = torch.autograd.grad(loss, list(shared.values()))
+    # Fused attention kernels have no double backward; the math kernel is exact and has one.
+    with sdpa_kernel(SDPBackend.MATH):
+        start = {name: value for name, value in shared.items()}  # the live parameters: keep the graph
+        theta, support_losses = adapt(model, start, support, steps, lr, create_graph=True)
+        loss = params_loss(model, theta, query)
+        grads = torch.autograd.grad(loss, list(shared.values()))
     return TaskStep(dict(zip(shared, grads)), support_losses, loss.item())
 
 

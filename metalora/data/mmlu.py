@@ -1,0 +1,107 @@
+"""MMLU (57 subjects): ``mmlu/test/<subject>_test.csv`` in the original Hendrycks layout.
+
+Each CSV row (no header) is ``question, A, B, C, D, answer-letter``. Rows become dicts in the hub
+schema lm-eval's MMLU tasks read (``question``, ``subject``, ``choices`` list, ``answer`` index).
+
+There is no dev split in the mirror, so k-shot exemplars are the first k items of the subject's
+test file and those items are left out of the evaluated set (``mmlu_split``).
+
+Hub fallback: ``cais/mmlu`` rows are rewritten into CSV rows and go through the same parser.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from metalora.data.root import DataRoot
+from metalora.errors import MlbenchError
+
+# Subject -> category group (Hendrycks et al.'s four groups, as in lm-eval's MMLU task tags).
+MMLU_CATEGORIES: Mapping[str, str] = MappingProxyType(
+    {subject: "stem" for subject in (
+        "abstract_algebra", "anatomy", "astronomy", "college_biology", "college_chemistry",
+        "college_computer_science", "college_mathematics", "college_physics", "computer_security",
+        "conceptual_physics", "electrical_engineering", "elementary_mathematics", "high_school_biology",
+        "high_school_chemistry", "high_school_computer_science", "high_school_mathematics",
+        "high_school_physics", "high_school_statistics", "machine_learning",
+    )}
+    | {subject: "humanities" for subject in (
+        "formal_logic", "high_school_european_history", "high_school_us_history",
+        "high_school_world_history", "international_law", "jurisprudence", "logical_fallacies",
+        "moral_disputes", "moral_scenarios", "philosophy", "prehistory", "professional_law",
+        "world_religions",
+    )}
+    | {subject: "social_sciences" for subject in (
+        "econometrics", "high_school_geography", "high_school_government_and_politics",
+        "high_school_macroeconomics", "high_school_microeconomics", "high_school_psychology",
+        "human_sexuality", "professional_psychology", "public_relations", "security_studies",
+        "sociology", "us_foreign_policy",
+    )}
+    | {subject: "other" for subject in (
+        "business_ethics", "clinical_knowledge", "college_medicine", "global_facts", "human_aging",
+        "management", "marketing", "medical_genetics", "miscellaneous", "nutrition",
+        "professional_accounting", "professional_medicine", "virology",
+    )}
+)  # fmt: skip
+MMLU_SUBJECTS = tuple(sorted(MMLU_CATEGORIES))
+MMLU_CATEGORY_NAMES = ("stem", "humanities", "social_sciences", "other")
+MMLU_TOTAL_ITEMS = 14042
+_LETTERS = ("A", "B", "C", "D")
+
+
+def mmlu_file(subject: str) -> str:
+    return f"mmlu/test/{subject}_test.csv"
+
+
+def mmlu_rows(root: DataRoot, subject: str) -> list[dict]:
+    """All test items of one subject, in file order, as hub-schema dicts."""
+    if subject not in MMLU_CATEGORIES:
+        raise MlbenchError(f"unknown MMLU subject {subject!r}; choose from {', '.join(MMLU_SUBJECTS)}")
+    if root.is_hub:
+        from metalora.data.hub import load_hub_rows
+
+        rows = load_hub_rows("cais/mmlu", subject, "test")
+        return parse_mmlu_csv(_hub_rows_as_csv(rows), subject, f"cais/mmlu ({subject})")
+    path = root.file(mmlu_file(subject))
+    return parse_mmlu_csv(Path(path).read_text(encoding="utf-8"), subject, str(path))
+
+
+def parse_mmlu_csv(text: str, subject: str, source: str) -> list[dict]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, line = [], 1
+    for record in reader:
+        # A quoted field may span lines; report the line the record starts on.
+        start, line = line, reader.line_num + 1
+        if not record:
+            continue
+        if len(record) != 6 or record[5].strip() not in _LETTERS:
+            raise MlbenchError(
+                f"malformed MMLU file {source} at line {start}: expected 6 columns "
+                "(question, A, B, C, D, answer letter A-D)"
+            )
+        rows.append(
+            {
+                "question": record[0],
+                "subject": subject,
+                "choices": record[1:5],
+                "answer": _LETTERS.index(record[5].strip()),
+            }
+        )
+    return rows
+
+
+def mmlu_split(rows: list[dict], shots: int) -> tuple[list[dict], list[dict]]:
+    """(exemplars, evaluated): the first ``shots`` items are exemplars and are never evaluated."""
+    return rows[:shots], rows[shots:]
+
+
+def _hub_rows_as_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow([row["question"], *row["choices"], _LETTERS[int(row["answer"])]])
+    return buffer.getvalue()
