@@ -98,7 +98,7 @@ def bigbench_examples(root: DataRoot, name: str) -> list[Example]:
                 target=choices[answer],
                 choices=choices,
                 answer_index=answer,
-                meta={"index": number},
+                meta={"index": number, "input": item["input"]},
             )
         )
     return examples

@@ -24,8 +24,15 @@ BIGBENCH_HELD_OUT_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class TaskSplit:
+    """A task's training pool and held-out items; a training item whose prompt also appears among
+    the held-out items is dropped, so the two can never overlap whatever the source files hold."""
+
     train: list[Example]
     held_out: list[Example]
+
+    def __post_init__(self):
+        held = {example.prompt_hash for example in self.held_out}
+        object.__setattr__(self, "train", [e for e in self.train if e.prompt_hash not in held])
 
 
 @dataclass(frozen=True)
