@@ -134,7 +134,7 @@ class HydraLoraTrainer(Trainer):
     name = "hydralora"
     options_class = HydraOptions
 
-    def fit(self, model, tokenizer, tasks, config, on_step=None) -> HydraLoraAdapter:
+    def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> HydraLoraAdapter:
         self.validate(config, tasks)
         shape = {
             "rank": config.rank,
@@ -147,7 +147,7 @@ class HydraLoraTrainer(Trainer):
         with preserve_requires_grad(model):
             inject_hydralora(model, shape)
             try:
-                log = train_supervised(model, tokenizer, tasks, config, on_step)
+                log = train_supervised(model, tokenizer, tasks, config, on_step, checkpointer)
                 adapter = HydraLoraAdapter(shape, hydra_state_dict(model))
             finally:
                 remove_hydralora(model)

@@ -27,12 +27,12 @@ def new_lora_model(model, config):
 class LoraTrainer(Trainer):
     name = "lora"
 
-    def fit(self, model, tokenizer, tasks, config, on_step=None) -> LoraAdapter:
+    def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
         self.validate(config, tasks)
         with preserve_requires_grad(model):
             peft_model = new_lora_model(model, config)
             try:
-                log = train_supervised(peft_model, tokenizer, tasks, config, on_step)
+                log = train_supervised(peft_model, tokenizer, tasks, config, on_step, checkpointer)
                 adapter = LoraAdapter(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()  # give the caller back its base model, untouched

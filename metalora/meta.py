@@ -28,7 +28,8 @@ from metalora.adapters import LoraAdapter
 from metalora.batching import batch_loss, collate
 from metalora.config import require_positive
 from metalora.errors import MlbenchError
-from metalora.supervised import encode_tasks
+from metalora.loop import run_steps
+from metalora.supervised import encode_tasks, make_scheduler
 from metalora.trainer import Trainer, model_device, preserve_requires_grad
 
 Params = dict[str, torch.Tensor]
@@ -221,7 +222,7 @@ class MetaLoraTrainer(Trainer):
     name = "metalora"
     options_class = MetaOptions
 
-    def fit(self, model, tokenizer, tasks, config, on_step=None) -> LoraAdapter:
+    def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
         self.validate(config, tasks)
         options = self.options
         encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
@@ -231,25 +232,22 @@ class MetaLoraTrainer(Trainer):
         with preserve_requires_grad(model):
             peft_model = new_lora_model(model, config)
             try:
-                log = self._meta_train(peft_model, tokenizer, encoded, sampler, config, total_steps, on_step)
+                log = self._meta_train(
+                    peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer
+                )
                 adapter = LoraAdapter(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()
         adapter.training_log = log
         return adapter
 
-    def _meta_train(self, peft_model, tokenizer, encoded, sampler, config, total_steps, on_step) -> list[dict]:
-        from transformers import get_scheduler
-
+    def _meta_train(self, peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer):
         shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
         optimizer = make_outer_optimizer(list(shared.values()), self.options, config.lr, config.weight_decay)
-        scheduler = get_scheduler(
-            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
-        )
+        scheduler = make_scheduler(optimizer, config, total_steps)
         device, pad = model_device(peft_model), tokenizer.pad_token_id
-        log: list[dict] = []
-        peft_model.train()
-        for step in range(1, total_steps + 1):
+
+        def compute_gradients() -> dict:
             episode = [
                 (
                     collate([encoded[task][index] for index in support], pad, device),
@@ -260,13 +258,20 @@ class MetaLoraTrainer(Trainer):
             direction, stats = meta_update_direction(peft_model, shared, episode, self.options)
             for name, param in shared.items():
                 param.grad = direction[name].to(param.dtype)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             loss = stats["query_loss"] if stats["query_loss"] is not None else stats["support_loss"]
-            record = {"step": step, "loss": loss, **stats, "lr": scheduler.get_last_lr()[0]}
-            log.append(record)
-            if on_step:
-                on_step(record)
-        peft_model.eval()
-        return log
+            return {"loss": loss, **stats}
+
+        peft_model.train()
+        try:
+            return run_steps(
+                total_steps=total_steps,
+                params=shared,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                sampler=sampler,
+                compute_gradients=compute_gradients,
+                on_step=on_step,
+                checkpointer=checkpointer,
+            )
+        finally:
+            peft_model.eval()

@@ -8,18 +8,19 @@ with a ``Trainer`` subclass and one line in ``METHODS``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import ClassVar
 
 import torch
 
 from metalora.adapters import Adapter, NoAdapter, import_reference
+from metalora.checkpoint import FolderCheckpointer
 from metalora.config import NoOptions, TrainConfig, options_from_dict
 from metalora.data.budgets import TaskBudget
 from metalora.errors import MlbenchError
+from metalora.loop import StepCallback
 
-StepCallback = Callable[[dict], None]
 
 METHODS: Mapping[str, str] = MappingProxyType(
     {
@@ -53,8 +54,10 @@ class Trainer(ABC):
         tasks: Sequence[TaskBudget],
         config: TrainConfig,
         on_step: StepCallback | None = None,
+        checkpointer: FolderCheckpointer | None = None,
     ) -> Adapter:
-        """Train and return the adapter; ``model`` is left as it was given."""
+        """Train and return the adapter; ``model`` is left as it was given. With a
+        ``checkpointer``, training resumes from its latest checkpoint and saves new ones."""
 
 
 class BaseModelTrainer(Trainer):
@@ -62,7 +65,7 @@ class BaseModelTrainer(Trainer):
 
     name = "base"
 
-    def fit(self, model, tokenizer, tasks, config, on_step=None) -> Adapter:
+    def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> Adapter:
         return NoAdapter({}, {})
 
 

@@ -1,0 +1,48 @@
+"""The step loop every trainer shares: optimizer and schedule stepping, the loss log, and
+checkpoint save/resume. A method supplies only ``compute_gradients``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from metalora.checkpoint import FolderCheckpointer, capture_training, restore_training
+
+StepCallback = Callable[[dict], None]
+
+
+def run_steps(
+    *,
+    total_steps: int,
+    params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    sampler,
+    compute_gradients: Callable[[], dict],
+    on_step: StepCallback | None = None,
+    checkpointer: FolderCheckpointer | None = None,
+) -> list[dict]:
+    """Run steps ``1..total_steps`` (or continue after a checkpoint's step).
+
+    ``compute_gradients`` fills ``param.grad`` for every parameter and returns the step's stats
+    (at least ``loss``); it draws its batches from ``sampler``, whose state is checkpointed.
+    """
+    log: list[dict] = []
+    first = 1
+    state = checkpointer.load() if checkpointer else None
+    if state is not None:
+        restore_training(state, params, optimizer, scheduler, sampler)
+        log, first = list(state.log), state.step + 1
+    for step in range(first, total_steps + 1):
+        stats = compute_gradients()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = {"step": step, **stats, "lr": scheduler.get_last_lr()[0]}
+        log.append(record)
+        if on_step:
+            on_step(record)
+        if checkpointer and checkpointer.due(step, total_steps):
+            checkpointer.save(capture_training(step, params, optimizer, scheduler, sampler, log))
+    return log
