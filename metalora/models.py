@@ -212,6 +212,19 @@ def resolve_model(name: str, *, cache: str | os.PathLike | None = None) -> Model
     )
 
 
+def describe_alias(name: str, *, cache: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(place, state) for each place the alias would be loaded from, in order; nothing is loaded."""
+    alias = MODEL_ALIASES[name]
+    places = [("local HF cache", f"{alias.hub_id}: " + ("found" if _from_hf_cache(alias.hub_id) else "not cached"))]
+    places.append(("hub", "skipped (HF_HUB_OFFLINE)" if _hub_offline() else f"{alias.hub_id} (if reachable)"))
+    cached = dequantized_cache_path(alias.gguf_sha256, cache_dir(cache))
+    done = (cached / "mlbench_source.json").is_file()
+    places.append(("dequantized cache", f"{cached}: " + ("ready" if done else "not built yet")))
+    gguf = _package_file(alias.gguf_package, alias.gguf_file)
+    places.append(("PyPI package", f"{alias.gguf_package}/{alias.gguf_file}: " + (str(gguf) if gguf else "not installed")))
+    return places
+
+
 def pick_device(device: str | None) -> str:
     import torch
 

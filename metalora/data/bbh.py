@@ -97,14 +97,18 @@ def bbh_items(root: DataRoot, task: str) -> list[dict]:
     if root.is_hub:
         from metalora.data.hub import load_hub_rows
 
-        return parse_bbh_items({"examples": load_hub_rows("lukaemon/bbh", task, "test")}, f"lukaemon/bbh ({task})")
+        return parse_bbh_items(
+            {"examples": load_hub_rows("lukaemon/bbh", task, "test")}, f"lukaemon/bbh ({task})"
+        )
     path = root.file(bbh_item_file(task))
     return parse_bbh_items(read_json(path), str(path))
 
 
 def parse_bbh_items(data: object, source: str) -> list[dict]:
     if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-        raise MlbenchError(f"malformed BBH file {source} at line 1: expected an object with an 'examples' list")
+        raise MlbenchError(
+            f"malformed BBH file {source} at line 1: expected an object with an 'examples' list"
+        )
     items = []
     for number, example in enumerate(data["examples"], start=1):
         if not (

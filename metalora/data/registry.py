@@ -39,7 +39,7 @@ class TaskSplit:
 class TaskSpec:
     name: str
     family: str
-    source: str
+    files: tuple[str, ...]  # every file under a data root that the split reads (hashed into run ids)
     load: Callable[[DataRoot], TaskSplit]
 
 
@@ -56,7 +56,7 @@ def _bigbench_spec(name: str, family: str) -> TaskSpec:
     return TaskSpec(
         name=name,
         family=family,
-        source=f"bigbench/{name}/task.json",
+        files=(f"bigbench/{name}/task.json",),
         load=lambda root: split_by_prompt_hash(bigbench_examples(root, name), BIGBENCH_HELD_OUT_FRACTION),
     )
 
@@ -66,7 +66,7 @@ def _xcopa_spec(language: str) -> TaskSpec:
     return TaskSpec(
         name=name,
         family="multilingual",
-        source=f"xcopa/data/{language}/val.{language}.jsonl",
+        files=(f"xcopa/data/{language}/val.{language}.jsonl", f"xcopa/data/{language}/test.{language}.jsonl"),
         load=lambda root: TaskSplit(
             train=xcopa_examples(root, language, "val", name),
             held_out=xcopa_examples(root, language, "test", name),
@@ -97,7 +97,7 @@ def _build_registry() -> Mapping[str, TaskSpec]:
         TaskSpec(
             name="gsm8k",
             family="math",
-            source="gsm8k/train.jsonl",
+            files=("gsm8k/train.jsonl", "gsm8k/test.jsonl"),
             load=lambda root: TaskSplit(
                 train=gsm8k_examples(root, "train"), held_out=gsm8k_examples(root, "test")
             ),

@@ -86,5 +86,7 @@ def _token_offsets(sentence: str, tokens: list[str]) -> list[int | None]:
 
 def _check_hub_row(row: dict, where: str) -> dict:
     if "_" not in str(row.get("sentence", "")) or str(row.get("answer")) not in ("1", "2"):
-        raise MlbenchError(f"malformed XWinograd hub data {where}: expected sentence with '_' and answer 1 or 2")
+        raise MlbenchError(
+            f"malformed XWinograd hub data {where}: expected sentence with '_' and answer 1 or 2"
+        )
     return {key: str(row[key]) for key in ("sentence", "option1", "option2", "answer")}

@@ -1,0 +1,1 @@
+"""BIG-Bench Hard: answer-only, chain-of-thought and log-likelihood variants."""

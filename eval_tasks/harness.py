@@ -1,0 +1,260 @@
+"""Evaluate an in-memory model (base, base + LoRA, base + HydraLoRA) on named benchmarks.
+
+The model is wrapped in lm-eval's ``HFLM`` as an instance and every benchmark runs as one lm-eval
+group from ``eval_tasks/`` (``TaskManager(include_path=...)``, lm-eval's built-in tasks not even
+indexed). The data root travels as TaskManager metadata (see ``eval_tasks/dataroot.py``).
+
+Order of work, so that a mistake costs nothing and a failure leaves nothing half-written:
+names and options are checked, the data files are located and hashed, then every benchmark is
+evaluated, and only then are the per-sample files written (each atomically).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
+from eval_tasks.model_state import evaluation_state, model_fingerprint
+from eval_tasks.records import sample_record, write_records
+from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
+from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr
+from metalora.data.root import DATA_DIR_ENV, DataRoot, sha256_file, sha256_text
+from metalora.errors import MlbenchError
+
+BatchSize = int | Literal["auto"]
+DEFAULT_BATCH_SIZE = 8
+# Task-config keys that vary with where things are, not with what is evaluated.
+_RUNTIME_METADATA = (DATA_ROOT_KEY, "config_source")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run; checked before any work."""
+
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE
+    limit: int | None = None  # items per task (the first N), for quick runs
+    max_gen_tokens: int | None = None  # None: each generative benchmark's own default
+    merge_lora: bool = True
+    response_cache_dir: Path | None = None  # lm-eval response cache, keyed by a model fingerprint
+
+    def __post_init__(self) -> None:
+        if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise MlbenchError(f"batch size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
+            raise MlbenchError(f"limit must be a positive number of items per task, got {self.limit!r}")
+        if self.max_gen_tokens is not None and not (
+            isinstance(self.max_gen_tokens, int) and self.max_gen_tokens >= 1
+        ):
+            raise MlbenchError(
+                f"max generated tokens must be a positive integer, got {self.max_gen_tokens!r}"
+            )
+
+    def gen_tokens(self, spec: BenchmarkSpec) -> int | None:
+        return (self.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
+
+
+def evaluate(
+    model,
+    tokenizer,
+    benchmarks: Sequence[str],
+    *,
+    data_root: DataRoot,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    limit: int | None = None,
+    max_gen_tokens: int | None = None,
+    output_dir: Path | None = None,
+    run_label: str = "",
+    merge_lora: bool = True,
+    response_cache_dir: Path | None = None,
+    subtasks: Mapping[str, Sequence[str]] | None = None,
+) -> EvalResult:
+    """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
+
+    With ``output_dir``, per-sample records go to ``output_dir/samples/<benchmark>.jsonl.gz``.
+    ``subtasks`` restricts a benchmark to some of its tasks, subjects or languages (quick runs);
+    its aggregates then cover only those, as their ``n_tasks`` says.
+    """
+    specs = resolve_benchmarks(benchmarks)
+    chosen = choose_subtasks(specs, subtasks or {})
+    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir)
+    data_files = hash_data_files(specs, chosen, data_root)
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    cache_key = model_fingerprint(model, tokenizer) if options.response_cache_dir else None
+    with evaluation_state(model, tokenizer, merge_lora=options.merge_lora) as merged:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size)
+        manager = TaskManager(
+            include_path=str(EVAL_TASKS_DIR), include_defaults=False, metadata=task_metadata(data_root)
+        )
+        outputs = {
+            spec.name: _run_benchmark(spec, chosen[spec.name], lm, manager, options, cache_key)
+            for spec in specs
+        }
+
+    scores, aggregates, records = [], [], {}
+    for spec in specs:
+        spec_scores, per_item, records[spec.name] = _collect(spec, chosen[spec.name], outputs[spec.name])
+        scores += spec_scores
+        aggregates += aggregate_benchmark(
+            spec.name, spec.metrics, spec_scores, per_item, spec.unit, spec.categories
+        )
+
+    sample_files = {}
+    if output_dir is not None:
+        for name, spec_records in records.items():
+            path = Path(output_dir) / "samples" / f"{name}.jsonl.gz"
+            write_records(path, spec_records)
+            sample_files[name] = str(path)
+
+    return EvalResult(
+        run_label=run_label,
+        benchmarks=tuple(spec.name for spec in specs),
+        protocols={spec.name: spec.protocol for spec in specs},
+        tasks=tuple(scores),
+        aggregates=tuple(aggregates),
+        versions=_versions(),
+        data_root=data_root.describe(),
+        data_files=data_files,
+        settings={
+            "batch_size": options.batch_size,
+            "limit": options.limit,
+            "subtasks": {
+                name: list(names) for name, names in chosen.items() if subtasks and name in subtasks
+            },
+            "max_gen_tokens": {spec.name: options.gen_tokens(spec) for spec in specs if spec.generative},
+            "merged_lora": merged,
+            "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
+        },
+        sample_files=sample_files,
+    )
+
+
+def resolve_benchmarks(names: Sequence[str]) -> list[BenchmarkSpec]:
+    if isinstance(names, str) or not names:
+        raise MlbenchError("give a list of benchmark names, e.g. ['bbh', 'mmlu']")
+    return [get_benchmark(name) for name in dict.fromkeys(names)]
+
+
+def choose_subtasks(
+    specs: Sequence[BenchmarkSpec], subtasks: Mapping[str, Sequence[str]]
+) -> dict[str, tuple[str, ...]]:
+    """The subtasks to run per benchmark: all of them, or a checked selection."""
+    names = [spec.name for spec in specs]
+    for name in subtasks:
+        if name not in names:
+            raise MlbenchError(
+                f"subtasks given for {name!r}, which is not among the benchmarks {', '.join(names)}"
+            )
+    chosen = {}
+    for spec in specs:
+        selection = tuple(dict.fromkeys(subtasks.get(spec.name, spec.subtasks)))
+        unknown = [subtask for subtask in selection if subtask not in spec.subtasks]
+        if unknown or not selection:
+            raise MlbenchError(
+                f"unknown {spec.unit} {', '.join(map(repr, unknown)) or '(none given)'} for {spec.name}; "
+                f"valid: {', '.join(spec.subtasks)}"
+            )
+        chosen[spec.name] = selection
+    return chosen
+
+
+def hash_data_files(
+    specs: Sequence[BenchmarkSpec], chosen: Mapping[str, Sequence[str]], root: DataRoot
+) -> dict[str, str]:
+    """sha256 of every file the benchmarks read (a missing root or file fails here, in one line)."""
+    if root.is_hub:
+        return {f"hub:{spec.name}": spec.hub_sources for spec in specs}
+    if not root.path.is_dir():
+        raise MlbenchError(
+            f"data root {root.path} not found; set {DATA_DIR_ENV} or --data-root to a folder laid out "
+            "like shared/data"
+        )
+    relative = dict.fromkeys(
+        file for spec in specs for subtask in chosen[spec.name] for file in spec.data_files(subtask)
+    )
+    return {name: sha256_file(root.file(name)) for name in relative}
+
+
+def _cache_path(options: EvalOptions, cache_key: str) -> Path:
+    # lm-eval appends "_rank<N>.db"; the fingerprint in the name keeps adapters apart.
+    return Path(options.response_cache_dir) / f"lm-eval-{cache_key}"
+
+
+def _run_benchmark(
+    spec: BenchmarkSpec, subtasks: Sequence[str], lm, manager, options: EvalOptions, cache_key: str | None
+) -> dict:
+    from lm_eval import simple_evaluate
+
+    if cache_key:
+        Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
+    gen_tokens = options.gen_tokens(spec)
+    return simple_evaluate(
+        model=lm,
+        # Tasks by name rather than the group: lm-eval's group figures are not used (results.py).
+        tasks=[spec.task_name(subtask) for subtask in subtasks],
+        task_manager=manager,
+        limit=options.limit,
+        log_samples=True,
+        # Standard errors are computed from the samples (results.py); lm-eval's are skipped.
+        bootstrap_iters=0,
+        gen_kwargs={"max_gen_toks": gen_tokens} if gen_tokens else None,
+        use_cache=str(_cache_path(options, cache_key)) if cache_key else None,
+    )
+
+
+def _collect(
+    spec: BenchmarkSpec, subtasks: Sequence[str], output: dict
+) -> tuple[list[TaskScore], dict, list[dict]]:
+    scores, per_item, records = [], {}, []
+    for subtask in subtasks:
+        name = spec.task_name(subtask)
+        samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
+        per_item[subtask] = {metric: [float(sample[metric]) for sample in samples] for metric in spec.metrics}
+        for metric, values in per_item[subtask].items():
+            reported = output["results"][name][f"{metric},none"]
+            if abs(reported - mean(values)) > 1e-9:  # a bug, not a user error
+                raise RuntimeError(
+                    f"{name}: lm-eval reports {metric} {reported}, samples give {mean(values)}"
+                )
+        scores.append(
+            TaskScore(
+                benchmark=spec.name,
+                task=subtask,
+                lm_eval_task=name,
+                metrics={metric: mean(values) for metric, values in per_item[subtask].items()},
+                stderr={metric: mean_stderr(values) for metric, values in per_item[subtask].items()},
+                n_evaluated=len(samples),
+                n_available=int(output["n-samples"][name]["original"]),
+                version=str(output["versions"][name]),
+                config_hash=config_hash(output["configs"][name]),
+            )
+        )
+        records += [
+            sample_record(subtask, sample, spec.metrics[0], spec.metrics, spec.explain) for sample in samples
+        ]
+    return scores, per_item, records
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of a task config as lm-eval ran it, without the keys that only say where files are."""
+    metadata = {
+        key: value for key, value in config.get("metadata", {}).items() if key not in _RUNTIME_METADATA
+    }
+    return sha256_text(json.dumps({**config, "metadata": metadata}, sort_keys=True, default=str))
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("lm_eval", "transformers", "torch", "peft", "datasets", "mlbench"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

@@ -1,0 +1,1 @@
+"""MGSM, 11 languages, zero-shot direct answers."""

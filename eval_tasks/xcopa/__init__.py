@@ -1,0 +1,1 @@
+"""XCOPA, 11 languages, zero-shot."""

@@ -1,0 +1,1 @@
+"""XWinograd, 6 languages, zero-shot partial scoring."""

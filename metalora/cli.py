@@ -1,0 +1,326 @@
+"""The ``mlbench`` command line (typer). Every user mistake ends as one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from metalora.errors import MlbenchError
+
+app = typer.Typer(
+    help="Benchmark multi-task LoRA methods (MeTA-LoRA, LoRA, HydraLoRA) in low-data regimes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect the benchmark data root.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def user_errors(command):
+    """Turn an ``MlbenchError`` into one line and exit code 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MlbenchError as error:
+            print(f"mlbench: error: {error}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def console() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+StoreOption = typer.Option(None, "--store", help="Run store folder (default: $MLBENCH_STORE or ./runs).")
+DataRootOption = typer.Option(None, "--data-root", help="Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
+CheckpointOption = typer.Option(10, help="Save a resumable training checkpoint every N steps.")
+DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+
+
+def _progress_callbacks(out: Console):
+    """A training progress bar with ETA on a terminal; plain silence otherwise."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=out, disable=not out.is_terminal, transient=True,
+    )
+    state = {}
+
+    def on_step(record: dict, total: int) -> None:
+        if "task" not in state:
+            progress.start()
+            state["task"] = progress.add_task("training", total=total or None, loss="-")
+        loss = record.get("loss")
+        progress.update(state["task"], completed=record["step"], loss=f"{loss:.4f}" if loss is not None else "-")
+        if total and record["step"] >= total:
+            progress.stop()
+
+    return on_step, progress
+
+
+def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
+    from metalora.runner import execute_run
+
+    outcomes = {}
+    for index, prepared in enumerate(prepared_runs, start=1):
+        out.print(f"[{index}/{len(prepared_runs)}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
+        on_step, progress = _progress_callbacks(out)
+        try:
+            outcomes[prepared.run_id] = execute_run(
+                prepared, store, options, report=lambda line: out.print("  " + line, highlight=False), on_step=on_step
+            )
+        finally:
+            progress.stop()
+        if outcomes[prepared.run_id] != "done":
+            out.print(f"  {outcomes[prepared.run_id]}: " + (
+                "already finished, not redone" if outcomes[prepared.run_id] == "skipped" else "another worker has it"
+            ), highlight=False)
+    return outcomes
+
+
+def describe(config) -> str:
+    if not config.trains:
+        return f"base model {config.model}"
+    return f"{config.method} shots={config.shots} seed={config.train.seed} ({config.profile})"
+
+
+def _default_profile(device: Optional[str], profile: Optional[str], out: Console) -> str:
+    from metalora.models import pick_device
+    from metalora.runconfig import PROFILES
+
+    if profile:
+        return profile
+    if pick_device(device) == "cpu":
+        out.print(f"CPU only: using the 'quick' profile ({PROFILES['quick'].description}); "
+                  "pass --profile full for the full protocol.", highlight=False)
+        return "quick"
+    return "full"
+
+
+@app.command()
+@user_errors
+def run(
+    method: str = typer.Option("metalora", help="base | lora | hydralora | metalora"),
+    shots: str = typer.Option("50", help="Examples per task: 10..100, or 'full'."),
+    model: str = typer.Option("smollm2-135m", help="Alias, hub id, local HF folder or .gguf file."),
+    scenario: str = typer.Option("multitask", help="multitask | multilingual"),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated training tasks (default: the scenario's)."),
+    held_out_languages: Optional[str] = typer.Option(None, help="multilingual: XCOPA languages never trained on."),
+    full_cap: Optional[int] = typer.Option(None, help="Cap per task for --shots full (default 1000)."),
+    seed: int = typer.Option(0, help="Seed for budgets, initialisation and sampling."),
+    profile: Optional[str] = typer.Option(None, help="full | quick | smoke (default: quick on CPU, full on GPU)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank (16)."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (32)."),
+    dropout: Optional[float] = typer.Option(None, help="LoRA dropout (0.05)."),
+    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names (gate_proj,up_proj,down_proj)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps / meta-iterations (100)."),
+    epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the budgets instead of --steps."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate; the outer rate beta for metalora (2e-4)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (0)."),
+    lr_schedule: Optional[str] = typer.Option(None, help="constant | linear | cosine"),
+    warmup_steps: Optional[int] = typer.Option(None, help="Warm-up steps (0)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size for lora/hydralora (8)."),
+    max_seq_len: Optional[int] = typer.Option(None, help="Longest training sequence in tokens (512)."),
+    inner_steps: Optional[int] = typer.Option(None, help="metalora: k inner SGD steps (3)."),
+    support_size: Optional[int] = typer.Option(None, help="metalora: n_s support examples per task (8)."),
+    query_size: Optional[int] = typer.Option(None, help="metalora: n_q query examples per task (8)."),
+    inner_lr: Optional[float] = typer.Option(None, help="metalora: inner SGD rate alpha (1e-2)."),
+    tasks_per_iteration: Optional[int] = typer.Option(None, help="metalora: tasks per meta-iteration (all)."),
+    variant: Optional[str] = typer.Option(None, help="metalora: first_order | second_order | reptile | phase1_only | phase2_only"),
+    outer_optimizer: Optional[str] = typer.Option(None, help="metalora: adamw | sgd"),
+    num_heads: Optional[int] = typer.Option(None, help="hydralora: number of B heads (4)."),
+    benchmarks: Optional[str] = typer.Option(None, help="Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."),
+    eval_limit: Optional[int] = typer.Option(None, help="Evaluate only the first N items of each task."),
+    max_gen_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens (generative benchmarks)."),
+    eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
+    checkpoint_every: int = CheckpointOption,
+    device: Optional[str] = DeviceOption,
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)."),
+    store: Optional[Path] = StoreOption,
+    data_root: Optional[str] = DataRootOption,
+):
+    """Train one adapter, evaluate it, store the run and print a summary.
+
+    Example: mlbench run --method metalora --shots 50
+    """
+    given = dict(locals())
+    from metalora.runconfig import build_run_config
+    from metalora.runner import prepare_run
+    from metalora.store import RunStore
+
+    out = console()
+    options = {key: value for key, value in given.items()
+               if key not in ("store", "data_root", "device", "eval_batch_size", "checkpoint_every")
+               and value is not None}
+    options["profile"] = _default_profile(device, profile, out)
+    config = build_run_config(options)
+    prepared = prepare_run(config, data_root, device)
+    run_store = RunStore(store)
+    _execute([prepared], run_store, _execution(device, eval_batch_size, checkpoint_every), out)
+    show(prepared.run_id, store=store)
+
+
+def _execution(device: Optional[str], eval_batch_size: str, checkpoint_every: int):
+    from metalora.runner import ExecutionOptions
+
+    if checkpoint_every < 1:
+        raise MlbenchError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
+    if eval_batch_size != "auto":
+        try:
+            eval_batch_size = int(eval_batch_size)
+        except ValueError:
+            raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {eval_batch_size!r}") from None
+    return ExecutionOptions(device=device, eval_batch_size=eval_batch_size, checkpoint_every=checkpoint_every)
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing."),
+    profile: Optional[str] = typer.Option(None, help="Override every run's profile (e.g. smoke on CPU)."),
+    eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
+    checkpoint_every: int = CheckpointOption,
+    device: Optional[str] = DeviceOption,
+    store: Optional[Path] = StoreOption,
+    data_root: Optional[str] = DataRootOption,
+):
+    """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
+
+    Example: mlbench sweep configs/table2.yaml --dry-run
+    """
+    from metalora.store import RunStore
+    from metalora.sweep import load_sweep, prepare_sweep
+
+    out = console()
+    plan = prepare_sweep(load_sweep(config, {"profile": profile} if profile else None), data_root, device)
+    run_store = RunStore(store)
+    done = [p for p in plan if run_store.is_done(p.run_id)]
+    out.print(f"{config}: {len(plan)} runs, {len(done)} already done, {len(plan) - len(done)} to run", highlight=False)
+    if dry_run:
+        for prepared in plan:
+            status = "done" if run_store.is_done(prepared.run_id) else "to run"
+            print(f"{prepared.run_id}  {status:7s}  {describe(prepared.config)}")
+        return
+    outcomes = _execute(plan, run_store, _execution(device, eval_batch_size, checkpoint_every), out)
+    busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
+    out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
+              f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker",
+              highlight=False)
+
+
+@app.command("ls")
+@user_errors
+def list_runs(store: Optional[Path] = StoreOption):
+    """List runs with status and headline metrics. Example: mlbench ls --store runs"""
+    from metalora.store import RunStore
+
+    rows = RunStore(store).rows()
+    if not rows:
+        print("no runs yet")
+        return
+    table = Table("run", "status", "method", "model", "shots", "seed", "profile", "headline")
+    for row in rows:
+        headline = "  ".join(f"{k}={v:.4f}" for k, v in row.headline.items())
+        table.add_row(row.run_id, row.status, row.method or "", row.model or "", row.shots or "-",
+                      "-" if row.seed is None or row.method == "base" else str(row.seed), row.profile or "", headline)
+    Console(width=200).print(table)
+
+
+@app.command()
+@user_errors
+def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."), store: Optional[Path] = StoreOption):
+    """Print one run: configuration, environment, metrics. Example: mlbench show 3fa2"""
+    from metalora.runner import read_run
+    from metalora.store import RunStore
+
+    run_store = RunStore(store)
+    record = read_run(run_store, run_store.find(run_id))
+    out = Console(width=200)
+    config = (record["config"] or {}).get("config", {})
+    out.print(f"run {record['run_id']}  ({'done' if record['done'] else 'not finished'})  {record['folder']}", highlight=False)
+    out.print(json.dumps(config, indent=2), highlight=False)
+    if record["env"]:
+        env = record["env"]
+        out.print(f"code {env.get('code_revision')}{' (dirty)' if env.get('code_dirty') else ''}; device {env.get('device')}; "
+                  f"model {env.get('model_source', {}).get('identity')}", highlight=False)
+    if record["training_log"]:
+        losses = [r["loss"] for r in record["training_log"] if r.get("loss") is not None]
+        out.print(f"training: {len(record['training_log'])} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+    results = record["results"]
+    if results:
+        table = Table("benchmark", "aggregate", "metric", "value", "stderr", "items")
+        for agg in results["aggregates"]:
+            if agg["name"] in ("macro", "micro"):
+                stderr = "-" if agg["stderr"] is None else f"{agg['stderr']:.4f}"
+                table.add_row(agg["benchmark"], agg["name"], agg["metric"], f"{agg['value']:.4f}", stderr, str(agg["n_items"]))
+        out.print(table)
+
+
+@app.command()
+@user_errors
+def models():
+    """List the built-in model aliases and where each would load from. Example: mlbench models"""
+    from metalora.models import MODEL_ALIASES, describe_alias
+
+    for name, alias in MODEL_ALIASES.items():
+        print(f"{name}: {alias.description}")
+        for place, state in describe_alias(name):
+            print(f"  {place}: {state}")
+    print("Any hub id, local HF model folder or .gguf file works too (--model).")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(data_root: Optional[str] = DataRootOption):
+    """Verify the data root against its SHA256SUMS and list tasks with item counts.
+
+    Example: mlbench data check --data-root ../shared/data
+    """
+    from metalora.data.checks import verify_checksums
+    from metalora.data.registry import TRAINING_TASKS
+    from metalora.data.root import resolve_data_root
+    from eval_tasks.registry import BENCHMARKS
+
+    root = resolve_data_root(data_root, allow_hub=False)
+    checked, bad = verify_checksums(root.path)
+    if bad:
+        raise MlbenchError(f"{len(bad)} of {checked} files in {root.path} do not match SHA256SUMS, e.g. {bad[0]}")
+    print(f"{root.path}: {checked} files match SHA256SUMS")
+    print("training tasks (training pool / held-out items):")
+    for name, spec in TRAINING_TASKS.items():
+        split = spec.load(root)
+        print(f"  {name:32s} {len(split.train):6d} / {len(split.held_out):6d}")
+    print("benchmarks (evaluated items):")
+    for name, spec in BENCHMARKS.items():
+        print(f"  {name:32s} {spec.total_items:6d} in {len(spec.subtasks)} tasks")
+
+
+@app.command()
+@user_errors
+def report(
+    store: Optional[Path] = StoreOption,
+    out: Path = typer.Option(Path("site"), "--out", help="Output folder for the static site."),
+):
+    """Build the static HTML leaderboard and report from the run store. Example: mlbench report --out site"""
+    from metalora.store import RunStore
+    from reports.site import build_report
+
+    index = build_report(RunStore(store).root, out)
+    print(f"report written to {index}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""What a result was produced with: package versions, code revision, device."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGES = ("mlbench", "torch", "transformers", "peft", "lm_eval", "datasets", "safetensors", "numpy", "accelerate")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def code_revision() -> tuple[str, bool]:
+    """The git commit of the installed code and whether the work tree differs from it."""
+    source = Path(__file__).resolve().parents[1]
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()
+        return revision, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)", False
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment_record(device: str) -> dict:
+    revision, dirty = code_revision()
+    return {
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "code_revision": revision,
+        "code_dirty": dirty,
+        "device": device_description(device),
+    }

@@ -1,0 +1,343 @@
+"""Build the static report: ``build_report(store, out)`` writes a self-contained site.
+
+The site opens from the file system: no server, no CDN, inline CSS and JS, figures as SVG files
+beside the pages, tables exported as CSV, Markdown and LaTeX. It is built in a temporary folder
+next to ``out`` and renamed into place, so a failed build leaves the previous site (or none),
+never half of one. Every text from the store goes through Jinja's autoescaping; a Content Security
+Policy that only admits the page's own script (by hash) backs that up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from eval_tasks.registry import BENCHMARKS
+from metalora.errors import MlbenchError
+from metalora.runconfig import PROFILES
+from reports import plots, tables
+from reports.ablations import find_ablations
+from reports.columns import COLUMNS
+from reports.columns import __doc__ as COLUMNS_DOC
+from reports.load import Run, Store, load_store
+from reports.paired import __doc__ as PAIRED_DOC
+from reports.paired import paired_comparisons, paired_table
+from reports.reference import REFERENCE_ROWS
+from reports.settings import Setting, flatten, group_settings
+from reports.stats import FORMULA
+from reports.views import Cell, frame_view, plain_cell
+
+MARKER = ".mlbench-report"  # marks a folder this module may replace
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+PROMPT_TAIL_CHARS = 1500  # few-shot prompts repeat their exemplars; the question is at the end
+SCRIPT_FILE = "report.js"
+
+
+def build_report(store: Path, out: Path) -> Path:
+    """Render the run store at ``store`` into ``out``; returns the path of ``index.html``."""
+    data = load_store(Path(store))
+    out = Path(out).absolute()
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        os.chmod(temp, 0o755)  # mkdtemp makes it private; a published site must be readable
+        Site(data, temp).write()
+        (temp / MARKER).write_text("built by mlbench report; this folder is replaced on every build\n")
+        _swap(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _check_replaceable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise MlbenchError(f"--out {out} is a file; give a folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise MlbenchError(
+            f"--out {out} is a non-empty folder that is not an mlbench report; choose an empty or new folder"
+        )
+
+
+def _swap(new: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / "site")
+    os.rename(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every template, whatever its extension
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def script_policy(script: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return f"'sha256-{digest}'"
+
+
+class Site:
+    """One build: reads the loaded store, writes pages, figures and tables under ``root``."""
+
+    def __init__(self, store: Store, root: Path):
+        self.store = store
+        self.root = root
+        self.env = environment()
+        self.script = (TEMPLATES / SCRIPT_FILE).read_text(encoding="utf-8")
+        self.common = {
+            "script": self.script,
+            "script_hash": script_policy(self.script),
+            "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+
+    def render(self, template: str, path: Path, root: str, **context) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        html = self.env.get_template(template).render(root=root, **self.common, **context)
+        path.write_text(html, encoding="utf-8")
+
+    def write(self) -> None:
+        settings = group_settings(self.store.finished)
+        context = {
+            "store": str(self.store.path),
+            "runs": [run_row(run) for run in self.store.runs],
+            "skipped": self.store.skipped,
+            "n_finished": len(self.store.finished),
+            "formula": FORMULA,
+            "columns_doc": COLUMNS_DOC.strip(),
+            "paired_doc": PAIRED_DOC.strip(),
+            "profiles": {name: p.description for name, p in PROFILES.items() if not p.comparable},
+        }
+        context |= self.leaderboard(settings)
+        context |= self.figures_and_tables(settings)
+        self.render("index.html.j2", self.root / "index.html", "", **context)
+        for run in self.store.runs:
+            self.run_pages(run)
+
+    def export(self, frame, name: str) -> dict[str, str]:
+        files = tables.export(frame, self.root / "tables", name)
+        return {fmt: f"tables/{file}" for fmt, file in files.items()}
+
+    def leaderboard(self, settings: list[Setting]) -> dict:
+        # Columns with a reported number are kept even before anything measured them.
+        frame = tables.leaderboard(settings, keep=[key for row in REFERENCE_ROWS for key in row.values])
+        columns = tables.present_columns(frame)
+        view = frame_view(
+            frame,
+            hide=("setting", "comparable"),
+            labels={c.key: c.label for c in columns},
+            descriptions={c.key: c.description for c in columns},
+            best={c.key: tables.best_rows(frame, c.key) for c in columns},
+        )
+        profile_index = [h.key for h in view.headers].index("profile")
+        for row, comparable in zip(view.rows, frame["comparable"]):
+            if not comparable:
+                cell = row[profile_index]
+                row[profile_index] = replace(cell, badge="not comparable to the paper")
+        reference = tables.reference_table()
+        reference_rows = []
+        for row in REFERENCE_ROWS:
+            cells = {h.key: Cell("") for h in view.headers}
+            cells |= {
+                "model": Cell(row.model),
+                "method": Cell(row.method),
+                "shots": plain_cell(row.shots),
+                "variant": Cell(row.note),
+                "profile": Cell("reported"),
+                "seeds": Cell(""),
+            }
+            cells |= {key: Cell(f"{value:.2f}") for key, value in row.values.items() if key in cells}
+            reference_rows.append({"source": row.source, "cells": [cells[h.key] for h in view.headers]})
+        return {
+            "leaderboard": view,
+            "reference_rows": reference_rows,
+            "leaderboard_files": self.export(frame, "leaderboard"),
+            "reference_files": self.export(reference, "reference"),
+        }
+
+    def figures_and_tables(self, settings: list[Setting]) -> dict:
+        figures = self.root / "plots"
+        sections = {"budget_plots": plots.budget_curves(settings, figures)}
+        heatmaps, task_files = [], {}
+        for benchmark in ("bbh", "bbh_cot", "bbh_mc"):
+            frame = tables.task_table(settings, benchmark)
+            if frame.empty:
+                continue
+            plot = plots.task_heatmap(frame, benchmark, figures)
+            if plot:
+                heatmaps.append(plot)
+            task_files[benchmark] = self.export(frame, f"tasks_{benchmark}")
+        sections |= {"heatmaps": heatmaps, "task_files": task_files}
+
+        ablations = []
+        for ablation in find_ablations(settings):
+            frame = tables.ablation_table(ablation)
+            ablations.append(
+                {
+                    "title": f"{ablation.spec.title}: {ablation.model}, {ablation.shots} per task, {ablation.profile}",
+                    "plot": plots.ablation_plot(ablation, figures),
+                    "table": frame_view(
+                        frame,
+                        hide=("setting", "comparable", "axis"),
+                        labels={k: COLUMNS[k].label for k in COLUMNS},
+                    ),
+                    "files": self.export(frame, ablation.slug),
+                }
+            )
+        sections["ablations"] = ablations
+        sections["loss_plot"] = plots.loss_overview(settings, figures)
+
+        languages = tables.language_table(settings)
+        seen = tables.seen_heldout_table(settings)
+        sections["language_plots"] = plots.language_bars(languages, figures)
+        sections["seen_table"] = (
+            None if seen.empty else frame_view(seen, hide=("setting", "comparable", "name"))
+        )
+        sections["seen_files"] = None if seen.empty else self.export(seen, "multilingual_seen_heldout")
+        sections["language_files"] = (
+            None if languages.empty else self.export(languages, "multilingual_languages")
+        )
+
+        paired = paired_table(paired_comparisons(settings))
+        sections["paired"] = None if paired.empty else frame_view(paired, hide=("a_setting", "b_setting"))
+        sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
+        return sections
+
+    def run_pages(self, run: Run) -> None:
+        loss = plots.run_loss(run, self.root / "plots")
+        sample_pages = []
+        for benchmark in run.sample_benchmarks():
+            if benchmark not in BENCHMARKS:
+                continue  # only names the registry knows become file names and links
+            records = run.samples(benchmark)
+            page = f"{run.run_id}_{benchmark}.html"
+            wrong = sum(1 for r in records if not r.get("correct"))
+            sample_pages.append({"benchmark": benchmark, "file": page, "count": len(records), "wrong": wrong})
+            self.render(
+                "samples.html.j2",
+                self.root / "runs" / page,
+                "../",
+                run=run_row(run),
+                benchmark=benchmark,
+                records=[sample_row(r) for r in records],
+                tasks=sorted({str(r.get("task")) for r in records}),
+                tail=PROMPT_TAIL_CHARS,
+            )
+        results = run.results or {}
+        self.render(
+            "run.html.j2",
+            self.root / "runs" / f"{run.run_id}.html",
+            "../",
+            run=run_row(run),
+            config=sorted(flatten(run.config).items()),
+            data_hashes=sorted(run.data_hashes.items()),
+            env={k: v for k, v in run.env.items() if k != "packages"},
+            packages=sorted((run.env.get("packages") or {}).items()),
+            task_scores=task_rows(results),
+            aggregates=aggregate_rows(results),
+            protocols=sorted((results.get("protocols") or {}).items()),
+            loss=loss,
+            sample_pages=sample_pages,
+            problems=run.problems,
+        )
+
+
+def run_row(run: Run) -> dict:
+    profile = PROFILES.get(run.profile)
+    return {
+        "id": run.run_id,
+        "status": run.status,
+        "done": run.done,
+        "method": run.method,
+        "model": run.model,
+        "scenario": run.config.get("scenario"),
+        "shots": "" if run.config.get("shots") is None else str(run.config.get("shots")),
+        "seed": "" if run.seed is None else str(run.seed),
+        "profile": run.profile,
+        "comparable": bool(profile and profile.comparable),
+        "created": run.created or "",
+        "finished": run.finished or "",
+        "problems": run.problems,
+    }
+
+
+def task_rows(results: dict) -> list[dict]:
+    rows = []
+    for score in results.get("tasks", ()):
+        for metric, value in sorted((score.get("metrics") or {}).items()):
+            stderr = (score.get("stderr") or {}).get(metric)
+            rows.append(
+                {
+                    "benchmark": score.get("benchmark"),
+                    "task": score.get("task"),
+                    "metric": metric,
+                    "value": _percent(value),
+                    "stderr": _percent(stderr),
+                    "n": score.get("n_evaluated"),
+                }
+            )
+    return rows
+
+
+def aggregate_rows(results: dict) -> list[dict]:
+    return [
+        {
+            "benchmark": a.get("benchmark"),
+            "name": a.get("name"),
+            "metric": a.get("metric"),
+            "value": _percent(a.get("value")),
+            "stderr": _percent(a.get("stderr")),
+            "n_tasks": a.get("n_tasks"),
+            "n_items": a.get("n_items"),
+            "method": a.get("method"),
+        }
+        for a in results.get("aggregates", ())
+    ]
+
+
+def _percent(value) -> str:
+    return "" if not isinstance(value, (int, float)) else f"{value * 100:.2f}"
+
+
+def sample_row(record: dict) -> dict:
+    prompt = record.get("prompt", "")
+    if isinstance(prompt, list):
+        prompt = "\n--- next choice's context ---\n".join(str(p) for p in prompt)
+    prompt = str(prompt)
+    gold = record.get("gold", record.get("target_text", record.get("target")))
+    prediction = record.get("prediction")
+    choices = record.get("choices")
+    if isinstance(prediction, int) and isinstance(choices, list) and 0 <= prediction < len(choices):
+        prediction = f"{prediction}: {choices[prediction]}"  # multiple choice: index and its text
+    return {
+        "task": str(record.get("task")),
+        "doc_id": str(record.get("doc_id")),
+        "correct": bool(record.get("correct")),
+        "prediction": _text(prediction),
+        "gold": _text(gold),
+        "output": _text(record.get("output", "")),
+        "prompt_tail": prompt[-PROMPT_TAIL_CHARS:],
+        "truncated": len(prompt) > PROMPT_TAIL_CHARS,
+    }
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,45 @@
+"""Confidence intervals for a mean, by Student's t distribution.
+
+For values x_1..x_n (one per seed, or one per item for a paired difference):
+mean = sum(x) / n, s = sqrt(sum((x - mean)^2) / (n - 1)), and the 95% interval is
+mean ± t(0.975, n - 1) * s / sqrt(n). With one value there is no spread to estimate, so the
+interval is "not available" (None), never a zero-width interval that would look certain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy.stats import t as student_t
+
+CONFIDENCE = 0.95
+FORMULA = (
+    "mean ± t(0.975, n−1) · s / √n, where s is the sample standard deviation (n−1 in the denominator) "
+    "and t the Student t quantile; not available (n/a) when n = 1"
+)
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float | None  # None when n < 2
+    high: float | None
+    n: int
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.high is None else self.high - self.mean
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = math.fsum(values) / n
+    if n < 2:
+        return Interval(mean, None, None, n)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)

