@@ -81,11 +81,13 @@ def _mmlu_description(subject: str) -> dict:
 
 
 def _mgsm_stops(language: str) -> dict:
+    # As lm-eval's mgsm_direct: stop where the model starts a new question (HFLM adds the EOS
+    # token). No blank-line stop: small models often open with one and would answer nothing.
+    # This replaces the template's generation_kwargs as a whole (lm-eval's include merge is shallow).
     question_word = MGSM_PROMPT_WORDS[language][0].strip()
-    # Replaces the template's generation_kwargs as a whole (lm-eval's include merge is shallow).
     return {
         "generation_kwargs": {
-            "until": ["\n\n", question_word],
+            "until": [question_word],
             "do_sample": False,
             "max_gen_toks": MGSM_MAX_GEN_TOKENS,
         }

@@ -43,8 +43,8 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         "full": Profile("the full protocol: method defaults, complete benchmarks", {}, True),
         "quick": Profile(
             "CPU quick run (under 10 minutes): a few steps, short sequences, a small evaluation subset",
-            {"steps": 3, "max_seq_len": 256, "batch_size": 4, "support_size": 4, "query_size": 4,
-             "inner_steps": 2, "eval_limit": 2, "benchmarks": ["bbh_mc", "mmlu"]},
+            {"steps": 3, "max_seq_len": 128, "batch_size": 4, "support_size": 2, "query_size": 2,
+             "inner_steps": 1, "eval_limit": 1, "benchmarks": ["bbh_mc", "mmlu"]},
             False,
         ),
         "smoke": Profile(
