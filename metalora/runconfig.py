@@ -44,13 +44,13 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         "quick": Profile(
             "CPU quick run (under 10 minutes): a few steps, short sequences, a small evaluation subset",
             {"steps": 3, "max_seq_len": 128, "batch_size": 4, "support_size": 2, "query_size": 2,
-             "inner_steps": 1, "eval_limit": 1, "benchmarks": ["bbh_mc", "mmlu"]},
+             "inner_steps": 1, "eval_limit": 1, "max_gen_tokens": 32},
             False,
         ),
         "smoke": Profile(
             "CPU smoke run for sweeps: two steps, short sequences, one item per evaluated task",
-            {"steps": 2, "max_seq_len": 192, "batch_size": 4, "support_size": 4, "query_size": 4,
-             "inner_steps": 1, "eval_limit": 1, "full_cap": 40},
+            {"steps": 2, "max_seq_len": 128, "batch_size": 4, "support_size": 2, "query_size": 2,
+             "inner_steps": 1, "eval_limit": 1, "max_gen_tokens": 32, "full_cap": 40},
             False,
         ),
     }

@@ -3,7 +3,7 @@
 ```yaml
 description: what this sweep is for
 defaults: {model: smollm2-135m, scenario: multitask, benchmarks: [bbh, mmlu]}
-grid:                 # the cartesian product of these lists
+grid:                 # the cartesian product of these lists (or a list of such grids: their union)
   method: [lora, hydralora, metalora]
   shots: [10, 25, 50, 100]
   seed: [0, 1, 2]
@@ -54,26 +54,36 @@ def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) 
     if unknown:
         raise MlbenchError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
     defaults = _mapping(data.get("defaults"), f"{path}: defaults")
-    grid = _mapping(data.get("grid"), f"{path}: grid")
+    raw_grids = data.get("grid")
+    grids = raw_grids if isinstance(raw_grids, list) else [raw_grids]
+    grids = [_mapping(grid, f"{path}: grid") for grid in grids]
     extra = data.get("runs") or []
     if not isinstance(extra, list) or not all(isinstance(run, dict) for run in extra):
         raise MlbenchError(f"{path}: runs must be a list of mappings of options")
-    for where, keys in [("defaults", defaults), ("grid", grid)] + [(f"runs[{i}]", r) for i, r in enumerate(extra)]:
+    named = [("defaults", defaults)] + [(_grid_name(i, grids), g) for i, g in enumerate(grids)]
+    for where, keys in named + [(f"runs[{i}]", r) for i, r in enumerate(extra)]:
         bad = sorted(set(keys) - set(allowed_keys()))
         if bad:
             raise MlbenchError(f"{path}: {where}: unknown option(s) {', '.join(bad)}; allowed: {', '.join(allowed_keys())}")
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise MlbenchError(f"{path}: grid.{key} must be a non-empty list of values, got {values!r}")
     runs = []
-    if grid:
-        keys = list(grid)
-        for combination in itertools.product(*(grid[key] for key in keys)):
-            runs.append({**defaults, **dict(zip(keys, combination)), **(overrides or {})})
+    for index, grid in enumerate(grids):
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise MlbenchError(
+                    f"{path}: {_grid_name(index, grids)}.{key} must be a non-empty list of values, got {values!r}"
+                )
+        if grid:
+            keys = list(grid)
+            for combination in itertools.product(*(grid[key] for key in keys)):
+                runs.append({**defaults, **dict(zip(keys, combination)), **(overrides or {})})
     runs += [{**defaults, **run, **(overrides or {})} for run in extra]
     if not runs:
         raise MlbenchError(f"{path}: no runs; give a grid or a list of runs")
     return Sweep(path, str(data.get("description", "")), runs)
+
+
+def _grid_name(index: int, grids: list) -> str:
+    return "grid" if len(grids) == 1 else f"grid[{index}]"
 
 
 def _mapping(value, where: str) -> dict:
