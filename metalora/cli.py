@@ -6,7 +6,6 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -96,7 +95,7 @@ def describe(config) -> str:
     return f"{config.method} shots={config.shots} seed={config.train.seed} ({config.profile})"
 
 
-def _default_profile(device: Optional[str], profile: Optional[str], out: Console) -> str:
+def _default_profile(device: str | None, profile: str | None, out: Console) -> str:
     from metalora.models import pick_device
     from metalora.runconfig import PROFILES
 
@@ -116,40 +115,40 @@ def run(
     shots: str = typer.Option("50", help="Examples per task: 10..100, or 'full'."),
     model: str = typer.Option("smollm2-135m", help="Alias, hub id, local HF folder or .gguf file."),
     scenario: str = typer.Option("multitask", help="multitask | multilingual"),
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated training tasks (default: the scenario's)."),
-    held_out_languages: Optional[str] = typer.Option(None, help="multilingual: XCOPA languages never trained on."),
-    full_cap: Optional[int] = typer.Option(None, help="Cap per task for --shots full (default 1000)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated training tasks (default: the scenario's)."),
+    held_out_languages: str | None = typer.Option(None, help="multilingual: XCOPA languages never trained on."),
+    full_cap: int | None = typer.Option(None, help="Cap per task for --shots full (default 1000)."),
     seed: int = typer.Option(0, help="Seed for budgets, initialisation and sampling."),
-    profile: Optional[str] = typer.Option(None, help="full | quick | smoke (default: quick on CPU, full on GPU)."),
-    rank: Optional[int] = typer.Option(None, help="LoRA rank (16)."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (32)."),
-    dropout: Optional[float] = typer.Option(None, help="LoRA dropout (0.05)."),
-    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names (gate_proj,up_proj,down_proj)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps / meta-iterations (100)."),
-    epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the budgets instead of --steps."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate; the outer rate beta for metalora (2e-4)."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (0)."),
-    lr_schedule: Optional[str] = typer.Option(None, help="constant | linear | cosine"),
-    warmup_steps: Optional[int] = typer.Option(None, help="Warm-up steps (0)."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size for lora/hydralora (8)."),
-    max_seq_len: Optional[int] = typer.Option(None, help="Longest training sequence in tokens (512)."),
-    inner_steps: Optional[int] = typer.Option(None, help="metalora: k inner SGD steps (3)."),
-    support_size: Optional[int] = typer.Option(None, help="metalora: n_s support examples per task (8)."),
-    query_size: Optional[int] = typer.Option(None, help="metalora: n_q query examples per task (8)."),
-    inner_lr: Optional[float] = typer.Option(None, help="metalora: inner SGD rate alpha (1e-2)."),
-    tasks_per_iteration: Optional[int] = typer.Option(None, help="metalora: tasks per meta-iteration (all)."),
-    variant: Optional[str] = typer.Option(None, help="metalora: first_order | second_order | reptile | phase1_only | phase2_only"),
-    outer_optimizer: Optional[str] = typer.Option(None, help="metalora: adamw | sgd"),
-    num_heads: Optional[int] = typer.Option(None, help="hydralora: number of B heads (4)."),
-    benchmarks: Optional[str] = typer.Option(None, help="Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."),
-    eval_limit: Optional[int] = typer.Option(None, help="Evaluate only the first N items of each task."),
-    max_gen_tokens: Optional[int] = typer.Option(None, help="Cap on generated tokens (generative benchmarks)."),
+    profile: str | None = typer.Option(None, help="full | quick | smoke (default: quick on CPU, full on GPU)."),
+    rank: int | None = typer.Option(None, help="LoRA rank (16)."),
+    alpha: float | None = typer.Option(None, help="LoRA alpha (32)."),
+    dropout: float | None = typer.Option(None, help="LoRA dropout (0.05)."),
+    target_modules: str | None = typer.Option(None, help="Comma-separated module names (gate_proj,up_proj,down_proj)."),
+    steps: int | None = typer.Option(None, help="Optimizer steps / meta-iterations (100)."),
+    epochs: float | None = typer.Option(None, help="Train for this many passes over the budgets instead of --steps."),
+    lr: float | None = typer.Option(None, help="Learning rate; the outer rate beta for metalora (2e-4)."),
+    weight_decay: float | None = typer.Option(None, help="AdamW weight decay (0)."),
+    lr_schedule: str | None = typer.Option(None, help="constant | linear | cosine"),
+    warmup_steps: int | None = typer.Option(None, help="Warm-up steps (0)."),
+    batch_size: int | None = typer.Option(None, help="Training batch size for lora/hydralora (8)."),
+    max_seq_len: int | None = typer.Option(None, help="Longest training sequence in tokens (512)."),
+    inner_steps: int | None = typer.Option(None, help="metalora: k inner SGD steps (3)."),
+    support_size: int | None = typer.Option(None, help="metalora: n_s support examples per task (8)."),
+    query_size: int | None = typer.Option(None, help="metalora: n_q query examples per task (8)."),
+    inner_lr: float | None = typer.Option(None, help="metalora: inner SGD rate alpha (1e-2)."),
+    tasks_per_iteration: int | None = typer.Option(None, help="metalora: tasks per meta-iteration (all)."),
+    variant: str | None = typer.Option(None, help="metalora: first_order | second_order | reptile | phase1_only | phase2_only"),
+    outer_optimizer: str | None = typer.Option(None, help="metalora: adamw | sgd"),
+    num_heads: int | None = typer.Option(None, help="hydralora: number of B heads (4)."),
+    benchmarks: str | None = typer.Option(None, help="Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."),
+    eval_limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
+    max_gen_tokens: int | None = typer.Option(None, help="Cap on generated tokens (generative benchmarks)."),
     eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
     checkpoint_every: int = CheckpointOption,
-    device: Optional[str] = DeviceOption,
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)."),
-    store: Optional[Path] = StoreOption,
-    data_root: Optional[str] = DataRootOption,
+    device: str | None = DeviceOption,
+    dtype: str | None = typer.Option(None, help="auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)."),
+    store: Path | None = StoreOption,
+    data_root: str | None = DataRootOption,
 ):
     """Train one adapter, evaluate it, store the run and print a summary.
 
@@ -172,7 +171,7 @@ def run(
     show(prepared.run_id, store=store)
 
 
-def _execution(device: Optional[str], eval_batch_size: str, checkpoint_every: int):
+def _execution(device: str | None, eval_batch_size: str, checkpoint_every: int):
     from metalora.runner import ExecutionOptions
 
     if checkpoint_every < 1:
@@ -190,12 +189,12 @@ def _execution(device: Optional[str], eval_batch_size: str, checkpoint_every: in
 def sweep(
     config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing."),
-    profile: Optional[str] = typer.Option(None, help="Override every run's profile (e.g. smoke on CPU)."),
+    profile: str | None = typer.Option(None, help="Override every run's profile (e.g. smoke on CPU)."),
     eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
     checkpoint_every: int = CheckpointOption,
-    device: Optional[str] = DeviceOption,
-    store: Optional[Path] = StoreOption,
-    data_root: Optional[str] = DataRootOption,
+    device: str | None = DeviceOption,
+    store: Path | None = StoreOption,
+    data_root: str | None = DataRootOption,
 ):
     """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
 
@@ -223,7 +222,7 @@ def sweep(
 
 @app.command("ls")
 @user_errors
-def list_runs(store: Optional[Path] = StoreOption):
+def list_runs(store: Path | None = StoreOption):
     """List runs with status and headline metrics. Example: mlbench ls --store runs"""
     from metalora.store import RunStore
 
@@ -241,7 +240,7 @@ def list_runs(store: Optional[Path] = StoreOption):
 
 @app.command()
 @user_errors
-def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."), store: Optional[Path] = StoreOption):
+def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."), store: Path | None = StoreOption):
     """Print one run: configuration, environment, metrics. Example: mlbench show 3fa2"""
     from metalora.runner import read_run
     from metalora.store import RunStore
@@ -284,15 +283,15 @@ def models():
 
 @data_app.command("check")
 @user_errors
-def data_check(data_root: Optional[str] = DataRootOption):
+def data_check(data_root: str | None = DataRootOption):
     """Verify the data root against its SHA256SUMS and list tasks with item counts.
 
     Example: mlbench data check --data-root ../shared/data
     """
+    from eval_tasks.registry import BENCHMARKS
     from metalora.data.checks import verify_checksums
     from metalora.data.registry import TRAINING_TASKS
     from metalora.data.root import resolve_data_root
-    from eval_tasks.registry import BENCHMARKS
 
     root = resolve_data_root(data_root, allow_hub=False)
     checked, bad = verify_checksums(root.path)
@@ -311,7 +310,7 @@ def data_check(data_root: Optional[str] = DataRootOption):
 @app.command()
 @user_errors
 def report(
-    store: Optional[Path] = StoreOption,
+    store: Path | None = StoreOption,
     out: Path = typer.Option(Path("site"), "--out", help="Output folder for the static site."),
 ):
     """Build the static HTML leaderboard and report from the run store. Example: mlbench report --out site"""

@@ -112,4 +112,4 @@ class NoOptions:
         return {}
 
 
-__all__ = ["TrainConfig", "NoOptions", "config_from_dict", "options_from_dict", "field"]
+__all__ = ["NoOptions", "TrainConfig", "config_from_dict", "field", "options_from_dict"]

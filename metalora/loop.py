@@ -14,6 +14,7 @@ StepCallback = Callable[[dict], None]
 
 def run_steps(
     *,
+    model: torch.nn.Module,
     total_steps: int,
     params: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -23,11 +24,20 @@ def run_steps(
     on_step: StepCallback | None = None,
     checkpointer: FolderCheckpointer | None = None,
 ) -> list[dict]:
-    """Run steps ``1..total_steps`` (or continue after a checkpoint's step).
+    """Run steps ``1..total_steps`` (or continue after a checkpoint's step) with ``model`` in
+    training mode (dropout on), leaving it in eval mode.
 
     ``compute_gradients`` fills ``param.grad`` for every parameter and returns the step's stats
     (at least ``loss``); it draws its batches from ``sampler``, whose state is checkpointed.
     """
+    model.train()
+    try:
+        return _loop(total_steps, params, optimizer, scheduler, sampler, compute_gradients, on_step, checkpointer)
+    finally:
+        model.eval()
+
+
+def _loop(total_steps, params, optimizer, scheduler, sampler, compute_gradients, on_step, checkpointer) -> list[dict]:
     log: list[dict] = []
     first = 1
     state = checkpointer.load() if checkpointer else None

@@ -261,17 +261,14 @@ class MetaLoraTrainer(Trainer):
             loss = stats["query_loss"] if stats["query_loss"] is not None else stats["support_loss"]
             return {"loss": loss, **stats}
 
-        peft_model.train()
-        try:
-            return run_steps(
-                total_steps=total_steps,
-                params=shared,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                sampler=sampler,
-                compute_gradients=compute_gradients,
-                on_step=on_step,
-                checkpointer=checkpointer,
-            )
-        finally:
-            peft_model.eval()
+        return run_steps(
+            model=peft_model,
+            total_steps=total_steps,
+            params=shared,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sampler=sampler,
+            compute_gradients=compute_gradients,
+            on_step=on_step,
+            checkpointer=checkpointer,
+        )

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 
+from metalora.adapters import import_reference
 from metalora.config import TrainConfig
 from metalora.data.budgets import DEFAULT_FULL_CAP, parse_shots
 from metalora.data.scenarios import scenario_tasks
 from metalora.errors import MlbenchError
 from metalora.models import DEFAULT_MODEL, DTYPES
 from metalora.trainer import METHODS
-from metalora.adapters import import_reference
 
 DEFAULT_BENCHMARKS = ("bbh", "mmlu")
 

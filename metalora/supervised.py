@@ -47,17 +47,14 @@ def train_supervised(
         loss.backward()
         return {"loss": loss.item()}
 
-    model.train()
-    try:
-        return run_steps(
-            total_steps=total_steps,
-            params=params,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            sampler=sampler,
-            compute_gradients=compute_gradients,
-            on_step=on_step,
-            checkpointer=checkpointer,
-        )
-    finally:
-        model.eval()
+    return run_steps(
+        model=model,
+        total_steps=total_steps,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        compute_gradients=compute_gradients,
+        on_step=on_step,
+        checkpointer=checkpointer,
+    )

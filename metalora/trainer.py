@@ -21,7 +21,6 @@ from metalora.data.budgets import TaskBudget
 from metalora.errors import MlbenchError
 from metalora.loop import StepCallback
 
-
 METHODS: Mapping[str, str] = MappingProxyType(
     {
         "base": "metalora.trainer:BaseModelTrainer",

@@ -1,14 +1,19 @@
 """MeTA-LoRA against hand-computed references that mutate the model's parameters directly and use
 ordinary ``loss.backward()``: an independent route from the trainer's functional inner loop."""
 
-import pytest
 import torch
 from peft import get_peft_model_state_dict
 
 from metalora.adapters import LoraAdapter
 from metalora.batching import batch_loss, collate, encode_example
 from metalora.config import TrainConfig
-from metalora.meta import EpisodeSampler, MetaLoraTrainer, MetaOptions, make_outer_optimizer, meta_update_direction
+from metalora.meta import (
+    EpisodeSampler,
+    MetaLoraTrainer,
+    MetaOptions,
+    make_outer_optimizer,
+    meta_update_direction,
+)
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
