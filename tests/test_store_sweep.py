@@ -208,3 +208,19 @@ def _sha(path: Path) -> str:
     from metalora.data.root import sha256_file
 
     return sha256_file(path)
+
+
+def test_two_sweeps_at_once_share_the_store(tmp_path, tiny_model_dir, data_root):
+    """Started together on one store, two sweeps run every run exactly once between them."""
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora", "hydralora", "metalora"],
+                                                                  "seed": [0, 1]})
+    store_dir = tmp_path / "store"
+    workers = [_sweep_process(sweep, store_dir, data_root.path) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs
+    rows = RunStore(store_dir).rows()
+    assert len(rows) == 6 and all(row.status == "done" for row in rows)
+    done_lines = sum(output.count(": done\n") for output in outputs)
+    assert done_lines == 6  # no run was trained and evaluated twice
+    for row in rows:
+        assert (store_dir / row.run_id / "eval" / "results.json").is_file()
