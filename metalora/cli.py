@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def user_errors(command):
 
 
 def console() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+    out = Console(stderr=True, soft_wrap=True)
+    if not out.is_terminal:
+        # lm-eval, datasets and transformers draw tqdm bars of their own; when output goes to a
+        # file or pipe, silence them as our own rich bars are (set at the entry point, per process).
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    return out
 
 
 StoreOption = typer.Option(None, "--store", help="Run store folder (default: $MLBENCH_STORE or ./runs).")

@@ -34,7 +34,7 @@ def base(data_root):
          "support_size + query_size = 16 is larger than task strategyqa's budget of 10 examples"),
         ({"method_options": {"inner_steps": -1}}, "inner_steps must be a non-negative integer, got -1"),
         ({"method_options": {"variant": "third_order"}}, "unknown MeTA-LoRA variant 'third_order'; choose from first_order"),
-        ({"method_options": {"k": 3}}, "unknown option(s) k for method metalora; allowed: inner_lr, inner_steps"),
+        ({"method_options": {"k": 3}}, "unknown option(s) k for method metalora; allowed: inner_loop, inner_lr, inner_steps"),
         ({"method": "hydralora", "method_options": {"num_heads": 0}}, "num_heads must be a positive integer, got 0"),
         ({"train": TrainConfig(rank=0)}, "rank must be a positive integer, got 0"),
         ({"train": TrainConfig(steps=0)}, "steps must be a positive integer, got 0"),
