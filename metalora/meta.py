@@ -257,23 +257,19 @@ def meta_update_direction(
         direction, support, query = batched_task_steps(
             model, shared, episode, options.effective_inner_steps, options.inner_lr, use_query=variant.uses_query
         )
-        stats = {
-            "support_loss": sum(support) / len(support) if support else None,
-            "query_loss": sum(query) / len(query) if query else None,
-        }
-        return direction, stats
-    steps = [
-        variant.task_step(model, shared, support, query, options.effective_inner_steps, options.inner_lr)
-        for support, query in episode
-    ]
-    direction = {name: torch.stack([step.direction[name] for step in steps]).mean(0) for name in shared}
-    support = [step.support_losses[0] for step in steps if step.support_losses]
-    query = [step.query_loss for step in steps if step.query_loss is not None]
-    stats = {
-        "support_loss": sum(support) / len(support) if support else None,
-        "query_loss": sum(query) / len(query) if query else None,
-    }
-    return direction, stats
+    else:
+        steps = [
+            variant.task_step(model, shared, support, query, options.effective_inner_steps, options.inner_lr)
+            for support, query in episode
+        ]
+        direction = {name: torch.stack([step.direction[name] for step in steps]).mean(0) for name in shared}
+        support = [step.support_losses[0] for step in steps if step.support_losses]
+        query = [step.query_loss for step in steps if step.query_loss is not None]
+    return direction, {"support_loss": _mean_or_none(support), "query_loss": _mean_or_none(query)}
+
+
+def _mean_or_none(values: Sequence[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def make_outer_optimizer(params: list[torch.Tensor], options: MetaOptions, lr: float, weight_decay: float):

@@ -45,7 +45,7 @@ class PreparedRun:
     data_hashes: dict[str, str]
 
 
-class _HashCache:
+class FileHashCache:
     """sha256 of data files, once per file per process (a sweep hashes the same files for every run)."""
 
     def __init__(self):
@@ -94,7 +94,7 @@ def prepare_run(
                 method_options=config.method_options,
             )
         )
-    hashes = data_hashes_for(config, root, hasher or _HashCache())
+    hashes = data_hashes_for(config, root, hasher or FileHashCache())
     return PreparedRun(config, run_id_for(config, hashes), root, plan, hashes)
 
 

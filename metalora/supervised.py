@@ -11,6 +11,7 @@ from metalora.batching import MixedTaskSampler, batch_loss, collate, encode_exam
 from metalora.config import TrainConfig
 from metalora.data.budgets import TaskBudget
 from metalora.loop import StepCallback, run_steps
+from metalora.trainer import model_device
 
 
 def encode_tasks(tokenizer, tasks: Sequence[TaskBudget], max_seq_len: int):
@@ -38,7 +39,7 @@ def train_supervised(
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, total_steps)
-    device = next(model.parameters()).device
+    device = model_device(model)
 
     def compute_gradients() -> dict:
         picks = sampler.next_batch(config.batch_size)

@@ -26,7 +26,7 @@ import yaml
 
 from metalora.errors import MlbenchError
 from metalora.runconfig import allowed_keys, build_run_config
-from metalora.runner import PreparedRun, _HashCache, prepare_run
+from metalora.runner import PreparedRun, FileHashCache, prepare_run
 
 SWEEP_KEYS = ("description", "defaults", "grid", "runs")
 
@@ -96,7 +96,7 @@ def _mapping(value, where: str) -> dict:
 
 def prepare_sweep(sweep: Sweep, data_root: str | None, device: str | None) -> list[PreparedRun]:
     """Build and validate every run; duplicates (e.g. the base model once per seed) collapse."""
-    hasher = _HashCache()
+    hasher = FileHashCache()
     prepared: dict[str, PreparedRun] = {}
     for index, options in enumerate(sweep.runs):
         label = ", ".join(f"{k}={options[k]}" for k in ("method", "shots", "seed") if k in options)
