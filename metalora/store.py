@@ -113,13 +113,28 @@ class RunStore:
         except OSError as error:
             raise _storage_error(self.root / "index.sqlite", error) from None
         with self._connect() as db:
+            self._enable_wal(db)
             db.execute(_SCHEMA)
+
+    @staticmethod
+    def _enable_wal(db: sqlite3.Connection) -> None:
+        """WAL is a property of the database file, set once here rather than on every connection.
+        Switching the journal mode can answer "locked" without waiting on the busy handler when
+        another process opens the store at the same moment, so retry for a while."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
             yield db
         except sqlite3.OperationalError as error:

@@ -91,13 +91,16 @@ def test_unwritable_store_and_full_disk_get_one_line(tmp_path, monkeypatch):
 
 def test_claims_are_exclusive_between_live_workers(tmp_path):
     store = RunStore(tmp_path)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     config = build_run_config({"method": "lora", "shots": 10}).to_dict()
     assert store.claim("r1", config)
     assert store.claim("r1", config)  # the same worker may continue its own run
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         import socket
-        import sqlite3
 
         with sqlite3.connect(tmp_path / "index.sqlite") as db:
             db.execute("UPDATE runs SET owner=? WHERE run_id='r1'", (f"{socket.gethostname()}:{sleeper.pid}",))
