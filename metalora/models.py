@@ -333,6 +333,8 @@ def dequantize_gguf(gguf_path: Path, sha256: str, cache_root: Path) -> Path:
         tokenizer.save_pretrained(staging)
         source = {"gguf_file": str(gguf_path), "gguf_sha256": sha256}
         (staging / "mlbench_source.json").write_text(json.dumps(source, indent=2))
+        for item in (staging, *staging.iterdir()):  # mkdtemp makes 0700: a shared cache is read by others
+            os.chmod(item, 0o755 if item.is_dir() else 0o644)
         try:
             os.replace(staging, target)
         except OSError:
