@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eval_tasks.records import read_records
 from metalora.errors import MlbenchError
+from reports.primary import SWEEPS_FOLDER
 
 RUN_ID = re.compile(r"^[0-9a-f]{16}$")  # also what makes a folder name safe to use in a file name
 
@@ -106,8 +107,8 @@ def load_store(path: Path) -> Store:
         )
     runs, skipped = [], []
     for folder in sorted(path.iterdir()):
-        if not folder.is_dir() or folder.name.startswith("."):
-            continue  # the SQLite index, temp folders of atomic writes
+        if not folder.is_dir() or folder.name.startswith(".") or folder.name == SWEEPS_FOLDER:
+            continue  # the SQLite index, temp folders of atomic writes, sweep declarations
         if not RUN_ID.match(folder.name):
             skipped.append(Skipped(folder.name, "not a run folder (name is not a 16-hex-digit run id)"))
             continue

@@ -26,14 +26,23 @@ from metalora.errors import MlbenchError
 from metalora.runconfig import PROFILES
 from reports import plots, tables
 from reports.ablations import find_ablations
+from reports.bootstrap import __doc__ as BOOTSTRAP_DOC
 from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
 from reports.load import Run, Store, load_store
+from reports.paired import (
+    Comparison,
+    block_mdd,
+    block_name,
+    comparison_index,
+    paired_comparisons,
+    paired_table,
+)
 from reports.paired import __doc__ as PAIRED_DOC
-from reports.paired import paired_comparisons, paired_table
+from reports.primary import read_primaries
 from reports.reference import REFERENCE_ROWS
 from reports.settings import Setting, flatten, group_settings
-from reports.stats import FORMULA
+from reports.stats import FORMULA, MDD_FORMULA
 from reports.views import Cell, frame_view, plain_cell
 
 MARKER = ".mlbench-report"  # marks a folder this module may replace
@@ -116,6 +125,8 @@ class Site:
 
     def write(self) -> None:
         settings = group_settings(self.store.finished)
+        declared = read_primaries(self.store.path)
+        comparisons = paired_comparisons(settings, declared.primaries)
         context = {
             "store": str(self.store.path),
             "runs": [run_row(run) for run in self.store.runs],
@@ -124,10 +135,14 @@ class Site:
             "formula": FORMULA,
             "columns_doc": COLUMNS_DOC.strip(),
             "paired_doc": PAIRED_DOC.strip(),
+            "bootstrap_doc": BOOTSTRAP_DOC.strip(),
+            "mdd_formula": MDD_FORMULA,
+            "primaries": declared.primaries,
+            "sweep_problems": declared.problems,
             "profiles": {name: p.description for name, p in PROFILES.items() if not p.comparable},
         }
-        context |= self.leaderboard(settings)
-        context |= self.figures_and_tables(settings)
+        context |= self.leaderboard(settings, comparisons)
+        context |= self.figures_and_tables(settings, comparisons)
         self.render("index.html.j2", self.root / "index.html", "", **context)
         for run in self.store.runs:
             self.run_pages(run)
@@ -136,16 +151,17 @@ class Site:
         files = tables.export(frame, self.root / "tables", name)
         return {fmt: f"tables/{file}" for fmt, file in files.items()}
 
-    def leaderboard(self, settings: list[Setting]) -> dict:
+    def leaderboard(self, settings: list[Setting], comparisons: list[Comparison]) -> dict:
         # Columns with a reported number are kept even before anything measured them.
         frame = tables.leaderboard(settings, keep=[key for row in REFERENCE_ROWS for key in row.values])
         columns = tables.present_columns(frame)
+        tests = comparison_index(comparisons)
         view = frame_view(
             frame,
             hide=("setting", "comparable"),
             labels={c.key: c.label for c in columns},
             descriptions={c.key: c.description for c in columns},
-            best={c.key: tables.best_rows(frame, c.key) for c in columns},
+            marks={c.key: tables.column_marks(frame, c.key, tests) for c in columns},
         )
         profile_index = [h.key for h in view.headers].index("profile")
         for row, comparable in zip(view.rows, frame["comparable"]):
@@ -166,14 +182,25 @@ class Site:
             }
             cells |= {key: Cell(f"{value:.2f}") for key, value in row.values.items() if key in cells}
             reference_rows.append({"source": row.source, "cells": [cells[h.key] for h in view.headers]})
+        mdd = block_mdd(comparisons)
+        mdd_rows = []
+        for block in dict.fromkeys(block for block, _ in mdd):
+            cells = [
+                Cell(f"{mdd[(block, h.key)][0]:.2f} (n={mdd[(block, h.key)][2]})")
+                if (block, h.key) in mdd
+                else Cell("")
+                for h in view.headers
+            ]
+            mdd_rows.append({"block": block_name(block), "cells": cells})
         return {
             "leaderboard": view,
+            "mdd_rows": mdd_rows,
             "reference_rows": reference_rows,
             "leaderboard_files": self.export(frame, "leaderboard"),
             "reference_files": self.export(reference, "reference"),
         }
 
-    def figures_and_tables(self, settings: list[Setting]) -> dict:
+    def figures_and_tables(self, settings: list[Setting], comparisons: list[Comparison]) -> dict:
         figures = self.root / "plots"
         sections = {"budget_plots": plots.budget_curves(settings, figures)}
         heatmaps, task_files = [], {}
@@ -216,7 +243,7 @@ class Site:
             None if languages.empty else self.export(languages, "multilingual_languages")
         )
 
-        paired = paired_table(paired_comparisons(settings))
+        paired = paired_table(comparisons)
         sections["paired"] = None if paired.empty else frame_view(paired, hide=("a_setting", "b_setting"))
         sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
         return sections

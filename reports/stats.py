@@ -43,3 +43,36 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    Sorted ascending, p_(j) is multiplied by (m − j + 1) and the running maximum taken, capped at 1;
+    rejecting where the adjusted value is below alpha controls the family-wise error at alpha.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda index: p_values[index])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+MDD_FORMULA = (
+    "MDD = (t(1 − α/2, ν) + t(power, ν)) · SE, with α = 0.05 two-sided, power 0.8, SE the bootstrap "
+    "standard error of a paired difference at the seeds run and ν its degrees of freedom "
+    "(for large ν: 2.80 · SE)"
+)
+
+
+def minimum_detectable_difference(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The true difference a two-sided test at ``alpha`` detects with probability ``power``.
+
+    A true difference δ gives an estimate centred on δ with standard error SE; the test rejects when
+    |estimate| > t(1 − α/2) · SE, which for δ = MDD happens with probability ``power`` (neglecting
+    the far tail).
+    """
+    return float(student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * se

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,8 +18,11 @@ from eval_tasks.registry import BENCHMARKS
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE, MULTILINGUAL_BENCHMARKS, Column, task_values
 from reports.reference import REFERENCE_ROWS
-from reports.settings import Setting
+from reports.settings import BASE, Setting
 from reports.stats import Interval, mean_ci
+
+if TYPE_CHECKING:  # reports.paired imports this module
+    from reports.paired import Comparison
 
 DECIMALS = 2  # as the paper prints its accuracies
 SETTING_FIELDS = (
@@ -81,23 +85,45 @@ def present_columns(frame: pd.DataFrame) -> list[Column]:
     return [column for key, column in COLUMNS.items() if f"{key}_mean" in frame.columns]
 
 
-def best_rows(frame: pd.DataFrame, key: str) -> set[int]:
-    """Positions of the rows with the column's highest mean (all of them on a tie).
+BEST = "best"  # the block's highest mean, significantly above the runner-up after correction
+TIED = "tied"  # highest, or not significantly below the highest: no single best can be claimed
+MARK_GROUP = ("model", "profile", "scenario", "shots")  # a block: what the mark ranks within
 
-    Smoke and quick runs compete only when the column has no full-protocol row: a two-step
-    smoke run must not outrank a real one.
+
+def column_marks(
+    frame: pd.DataFrame, key: str, tests: Mapping[tuple[str, frozenset], Comparison]
+) -> dict[int, str]:
+    """Positions of marked rows in one column: BEST for a significant winner, else TIED rows.
+
+    Rows compete only within their block (same model, profile, scenario and examples per task,
+    trained settings only): a smoke run never outranks a full one, a 10-shot row never a 50-shot
+    one, and the base model is a reference, not a competitor. In a block of two or more measured
+    rows, the highest mean is BEST when its paired comparison with the runner-up
+    (``tests[(key, {setting, setting})]``, Holm-adjusted within its family, or the sweep's declared
+    primary comparison) is significant in its favour. Otherwise the highest row and every row whose
+    comparison with it is not significant in its favour (or could not be tested) are TIED.
     """
     means = frame[f"{key}_mean"]
-    comparable = frame["comparable"].astype(bool) & means.notna()
-    candidates = means[comparable] if comparable.any() else means.dropna()
-    if candidates.empty:
-        return set()
-    top = candidates.max()
-    return {
-        position
-        for position, (index, value) in enumerate(means.items())
-        if index in candidates.index and value == top
-    }
+    measured = frame[(frame["method"] != BASE) & means.notna()]
+    marks: dict[int, str] = {}
+    positions = {index: position for position, index in enumerate(frame.index)}
+    for _, block in measured.groupby([frame[c].map(repr) for c in MARK_GROUP], sort=False):
+        if len(block) < 2:
+            continue
+        ranked = block.sort_values(f"{key}_mean", ascending=False, kind="stable")
+        best, *others = ranked["setting"].tolist()
+
+        def beats(winner: str, other: str) -> bool:
+            test = tests.get((key, frozenset((winner, other))))
+            return test is not None and test.better(winner)
+
+        if beats(best, others[0]):
+            marks[positions[ranked.index[0]]] = BEST
+            continue
+        for index, setting in zip(ranked.index, ranked["setting"]):
+            if setting == best or not beats(best, setting):
+                marks[positions[index]] = TIED
+    return marks
 
 
 def reference_table() -> pd.DataFrame:

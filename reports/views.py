@@ -31,8 +31,19 @@ HEADERS = {
     "runs_b": "Runs B",
     "a_better": "Items A better",
     "b_better": "Items B better",
-    "ci_excludes_zero": "CI excludes 0",
-    "difference": "A − B (points)",
+    "difference": "A − B (points, 95% CI, n = seeds)",
+    "column": "Column",
+    "family": "Family (Holm)",
+    "items": "Items",
+    "tasks": "Tasks",
+    "se": "SE",
+    "se_seeds": "SE seeds",
+    "se_items": "SE items",
+    "df": "df",
+    "p": "p",
+    "p_holm": "p (Holm)",
+    "mdd": "MDD",
+    "significant": "Significant",
     "seen": "Seen languages",
     "held_out": "Held-out languages",
     "value": "Value",
@@ -46,7 +57,7 @@ HEADERS = {
 class Cell:
     text: str
     sort: str = ""  # a number as text for numeric columns, "" when missing (sorted last)
-    best: bool = False
+    mark: str = ""  # "best" or "tied" (reports.tables.column_marks), shown as ★ or ≈
     badge: str = ""  # e.g. "smoke run: not comparable to the paper"
 
 
@@ -87,7 +98,20 @@ def budget_cell(value) -> Cell:
     return Cell(str(value), "Infinity" if value == "full" else "")
 
 
-CELL_MAKERS = {"shots": budget_cell}  # columns whose cells are not plain values
+def p_cell(value) -> Cell:
+    """p-values to two significant digits; below 0.001 as "< 0.001"."""
+    if _is_missing(value):
+        return Cell("")
+    return Cell("< 0.001" if value < 0.001 else f"{value:.2g}", repr(float(value)))
+
+
+def df_cell(value) -> Cell:
+    if _is_missing(value):
+        return Cell("")
+    return Cell("∞", "Infinity") if value == float("inf") else Cell(f"{value:.1f}", repr(float(value)))
+
+
+CELL_MAKERS = {"shots": budget_cell, "p": p_cell, "p_holm": p_cell, "df": df_cell}  # not plain values
 
 
 def frame_view(
@@ -95,7 +119,7 @@ def frame_view(
     hide: Sequence[str] = (),
     labels: dict[str, str] | None = None,
     descriptions: dict[str, str] | None = None,
-    best: dict[str, set[int]] | None = None,
+    marks: dict[str, dict[int, str]] | None = None,
 ) -> TableView:
     """Fold ``x_mean/_ci_low/_ci_high/_n`` into one interval cell; other columns as they are."""
     labels = {**HEADERS, **(labels or {})}
@@ -124,7 +148,7 @@ def frame_view(
                     Cell(
                         format_interval(*[None if _is_missing(v) else v for v in values]),
                         "" if _is_missing(mean) else repr(float(mean)),
-                        best=position in (best or {}).get(header.key, set()),
+                        mark=(marks or {}).get(header.key, {}).get(position, ""),
                     )
                 )
             else:

@@ -15,7 +15,7 @@ import pytest
 from reports import tables
 from reports.ablations import find_ablations
 from reports.load import load_store
-from reports.paired import paired_comparisons
+from reports.paired import comparison_index, paired_comparisons
 from reports.settings import group_settings
 from tests.report_fixtures import rid, standard_store
 
@@ -94,10 +94,22 @@ def test_unfinished_runs_are_left_out_and_smoke_runs_marked(store, board):
     assert len(board) == 8  # base; lora 10, 50; metalora 10, 50, k=1; multilingual; smoke
 
 
-def test_best_is_among_full_protocol_rows(board):
-    best = tables.best_rows(board, "bbh")
-    assert [board.iloc[p]["method"] for p in best] == ["metalora"]
-    assert board.iloc[next(iter(best))]["bbh_mean"] == 75.0  # the smoke run's 100 does not count
+def test_marks_rank_within_blocks_and_claim_nothing_untestable(settings, board):
+    # 50/task: MeTA-LoRA 75 against LoRA 62.5 and the one-seed k=1 row; every seed differs by
+    # exactly 12.5 on 8 items, so the data cannot show their noise: no best, the block is tied.
+    # The smoke run's 100 is alone in its block and the base model is never ranked.
+    marks = tables.column_marks(board, "bbh", comparison_index(paired_comparisons(settings)))
+    marked = sorted(
+        (board.iloc[p]["method"], board.iloc[p]["shots"], board.iloc[p]["variant"], m)
+        for p, m in marks.items()
+    )
+    assert marked == [
+        ("lora", 10, "", tables.TIED),
+        ("lora", 50, "", tables.TIED),
+        ("metalora", 10, "", tables.TIED),
+        ("metalora", 50, "", tables.TIED),
+        ("metalora", 50, "inner_steps=1", tables.TIED),
+    ]
 
 
 def test_csv_export_matches_the_leaderboard(board, tmp_path):
@@ -126,30 +138,6 @@ def test_reference_rows_are_the_papers_numbers_and_separate(board):
     assert bbh["metalora"] == 39.53 and bbh["hydralora"] == 37.30 and bbh["lora"] == 31.06
     assert reference[reference["method"] == "base"]["mmlu"].tolist() == [38.88]
     assert "source" not in board.columns and 39.53 not in board["bbh_mean"].tolist()
-
-
-def test_paired_difference_per_item(settings):
-    comparisons = paired_comparisons(settings)
-    pair = next(
-        p
-        for p in comparisons
-        if p.a.method == "lora"
-        and p.b.method == "metalora"
-        and p.a.shots == 50
-        and not p.b.label
-        and p.benchmark == "bbh"
-    )
-    # Per item, correctness averaged over seeds 0-2 (lora minus metalora, in points): task 1 items
-    # 3 and 4 and task 2 item 3 are each right in one seed fewer for LoRA; the other five tie.
-    differences = [0.0, 0.0, -100 / 3, -100 / 3, 0.0, 0.0, -100 / 3, 0.0]
-    assert pair.seeds == (0, 1, 2)
-    assert pair.difference.n == 8
-    assert pair.difference.mean == pytest.approx(-12.5, rel=1e-12)
-    assert pair.difference.high - pair.difference.mean == pytest.approx(half_width(differences), rel=1e-12)
-    assert (pair.a_better, pair.b_better) == (0, 3)
-    assert not pair.significant
-    against_base = [p for p in comparisons if p.b.method == "base"]
-    assert against_base and all(p.seeds == () and p.n_runs_b == 1 for p in against_base)
 
 
 def test_ablation_of_inner_steps_is_found(settings):
