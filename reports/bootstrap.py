@@ -2,27 +2,34 @@
 
 The design, and why. A setting's score varies for two reasons a skeptical reviewer would name:
 which training seeds were run (data sample, initialisation, order) and which evaluation items the
-benchmark happens to contain. Seeds and items are crossed (every seed answers every item), so the
-bootstrap resamples both: seeds with replacement, and items with replacement *within each task*
-(tasks are fixed strata; the estimand weighs them, items do not move between them). Both settings
-of a comparison get the same draws, so pairing is kept: the same item draws for both, and, when
-both were trained, the same seed draws (seed s of A pairs with seed s of B). The statistic is the
-headline's estimand, a weighted mean over tasks of the per-task mean item score averaged over
-seeds: weights 1/T for a macro column, n_t/N for a pooled (micro) column.
+benchmark happens to contain. Seeds and items are crossed (every seed answers every item), so both
+are resampled: seeds with replacement, and items with replacement *within each task* (tasks are
+fixed strata; the estimand weighs them, items do not move between them). Both settings of a
+comparison get the same draws, so pairing is kept: the same item draws for both and, when both
+were trained, the same seed draws (seed s of A pairs with seed s of B). The statistic is the
+headline's estimand: a weighted mean over tasks of the per-task mean item score, averaged over
+seeds (weights 1/T for a macro column, n_t/N for a pooled one).
 
-Why not a percentile interval: with the 3-5 seeds a sweep runs, resampling seeds underestimates
-their variance by (S-1)/S and a normal/percentile interval is too narrow for S-1 degrees of
-freedom. So the seed part of every bootstrap draw is rescaled by sqrt(S/(S-1)) (the rescaled
-bootstrap), the bootstrap variance is split into its seed part (S-1 degrees of freedom) and its
-item part (N-T degrees of freedom), and the interval is estimate ± t(0.975, ν) · SE with ν from
-Welch-Satterthwaite. The p-value is 2·P(T_ν > |estimate| / SE). Resampling both levels counts the
-seed-by-item interaction twice (as the "pigeonhole" bootstrap of crossed designs does), which errs
-on the wide side.
+How the two levels combine. Write the per-item, per-seed difference as item effect + seed effect +
+seed-by-item noise. Resampling seeds with the items fixed measures the seed effect and the noise;
+resampling items with the seeds fixed (on the seed-averaged differences) measures the item effect
+and the noise again. Resampling both jointly, the textbook two-level bootstrap, counts the noise
+three times; with 0/1 scores the noise dominates, and its intervals cover the truth 99-100% of the
+time (bench/bootstrap_stats.py): a test that can hardly find anything. So the variance is built
+from the two one-level resamplings, of the same draws: the seed part (rescaled by S/(S−1), the
+bootstrap's shrinkage of a variance over S values), plus the item part with the noise it repeats
+taken out. Each single seed's item variance holds that noise S times over, which gives its size:
+item part = (S·V(seed mean) − mean_s V(seed s)) / (S − 1), floored at 0.
 
-Vectorised: for each block of resamples the item counts of every task are drawn once (an integer
-draw and a bincount), the weighted counts form a (resamples x items) matrix, and one matrix product
-per setting gives every seed's resampled estimand; seed resampling is then a small (resamples x
-seeds) product. Draws are deterministic given ``BootstrapConfig.seed`` (numpy Generator).
+The interval is estimate ± t(0.975, ν) · SE with ν from Welch–Satterthwaite over the seed part
+(S−1 degrees of freedom: 3-5 seeds give wider, honest intervals) and the item part (N−T); the
+p-value is 2·P(T_ν > |estimate| / SE). With a single seed the seed variance is unknown and nothing
+is claimed; the base model is one deterministic evaluation and contributes no seed variance.
+
+Vectorised: for each block of resamples the item counts of every task are drawn at once (an
+integer draw and a bincount), the weighted counts form a (resamples x items) matrix, and one
+matrix product gives every run's resampled estimand. Draws are deterministic given
+``BootstrapConfig.seed`` (numpy Generator).
 """
 
 from __future__ import annotations
@@ -146,17 +153,24 @@ class Difference:
         return self.testable and self.p_value < alpha
 
 
-def _seed_counts(rng: np.random.Generator, seeds: int, resamples: int) -> np.ndarray:
+def seed_counts(seeds: int, config: BootstrapConfig) -> np.ndarray:
+    """(B x S) how often each of S seeds is drawn in each resample; the same for every comparison
+    with S seeds (callers comparing many pairs may keep it: it depends on nothing else)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([config.seed, 2, seeds])))
+    resamples = config.resamples
     picks = rng.integers(0, seeds, size=(resamples, seeds)) + np.arange(resamples)[:, None] * seeds
     return np.bincount(picks.ravel(), minlength=resamples * seeds).reshape(resamples, seeds)
 
 
-def difference(a: Draws, b: Draws, items: Items, config: BootstrapConfig) -> Difference:
+def difference(
+    a: Draws, b: Draws, items: Items, config: BootstrapConfig, counts: np.ndarray | None = None
+) -> Difference:
     """A − B, paired on items and on seeds.
 
     When both sides are seeded their rows must be the same seeds in the same order. A side that is
     not seeded (the base model) is one deterministic evaluation: its rows are averaged and the
-    difference is taken against each seed of the other side.
+    difference is taken against each seed of the other side. ``counts``: ``seed_counts(S, config)``
+    if the caller has it already.
     """
     a_point, a_res = _rows(a)
     b_point, b_res = _rows(b)
@@ -168,10 +182,9 @@ def difference(a: Draws, b: Draws, items: Items, config: BootstrapConfig) -> Dif
     estimate = float(point.mean())
 
     # Seed part: resample seeds (items fixed), rescaled by S/(S−1) for the bootstrap's shrinkage.
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([config.seed, 2])))
     var_seeds = 0.0
     if seeds > 1 and np.ptp(point) > 1e-9 * max(1.0, float(np.abs(point).max())):  # not all equal
-        counts = _seed_counts(rng, seeds, config.resamples)
+        counts = seed_counts(seeds, config) if counts is None else counts
         var_seeds = float((counts @ point / seeds).var(ddof=1)) * seeds / (seeds - 1)
 
     # Item part: resample items within tasks (seeds fixed). The seed-averaged difference still

@@ -1,10 +1,13 @@
 """Paired comparisons of settings, per leaderboard column, with a multiple-testing correction.
 
 What is compared. Settings compete in a block: the same model, profile, scenario and examples
-per task (the methods and variants of one row group of Table 2). Within a block every two trained
-settings are compared ("between methods"), and each trained setting is compared with the base
-model of its model and profile ("versus the base model"). Settings of different profiles are never
-compared: a smoke run measures something else than a full-protocol run.
+per task (the methods and variants of one row group of Table 2). Within a block, per column
+("between methods"): every two methods in their default configuration, each ablation variant
+against its own method's default, and the column's best row against every other row (what its
+mark rests on); so the number of tests grows linearly with a block's ablations, not with their
+square. Each trained setting is also compared with the base model of its model and profile
+("versus the base model"). Settings of different profiles are never compared: a smoke run
+measures something else than a full-protocol run.
 
 On what. Each column's own estimand, from the per-sample records: a benchmark's macro average
 (mean over tasks of the per-task mean score; the headline number), its pooled (micro) average, or
@@ -34,12 +37,22 @@ import numpy as np
 import pandas as pd
 
 from eval_tasks.registry import BENCHMARKS
-from reports.bootstrap import BootstrapConfig, Difference, Draws, Items, difference, item_draws, micro_weights
+from reports.bootstrap import (
+    BootstrapConfig,
+    Difference,
+    Draws,
+    Items,
+    difference,
+    item_draws,
+    micro_weights,
+    seed_counts,
+)
 from reports.columns import COLUMNS, MULTILINGUAL_BENCHMARKS, PERCENT
 from reports.load import Run
 from reports.primary import Primary
 from reports.settings import BASE, Setting
 from reports.stats import holm, minimum_detectable_difference
+from reports.tables import over_seeds
 
 ALPHA = 0.05
 BETWEEN = "between methods"
@@ -210,6 +223,28 @@ def _primary(
     return None, False
 
 
+def tested_pairs(present: Sequence[Setting], column: str) -> list[tuple[Setting, Setting]]:
+    """The between-methods pairs of one block and column, linear in the number of settings.
+
+    Every two default configurations (empty label: the methods themselves); each ablation variant
+    against its method's default configuration; and the column's best row (highest mean over
+    seeds, as the leaderboard ranks) against every other row, which is what its mark needs.
+    """
+    defaults = [s for s in present if not s.label]
+    pairs = list(combinations(defaults, 2))
+    default_of = {s.method: s for s in defaults}
+    pairs += [(s, default_of[s.method]) for s in present if s.label and s.method in default_of]
+    means = {s.key: m.mean for s in present if (m := over_seeds(s, COLUMNS[column].value)) is not None}
+    ranked = [s for s in present if s.key in means]
+    if ranked:
+        best = max(ranked, key=lambda s: means[s.key])  # the first of equal means, as the leaderboard
+        pairs += [(best, s) for s in ranked if s is not best]
+    unique: dict[frozenset, tuple[Setting, Setting]] = {}
+    for a, b in pairs:
+        unique.setdefault(frozenset((a.key, b.key)), (a, b))
+    return list(unique.values())
+
+
 def paired_comparisons(
     settings: Sequence[Setting],
     primaries: Sequence[Primary] = (),
@@ -224,6 +259,7 @@ def paired_comparisons(
         else:
             blocks[block_of(setting)].append(setting)
     raw = []  # (a, b, column, kind, family, primary, difference)
+    counts: dict[int, np.ndarray] = {}  # seed draws by number of seeds, shared by all comparisons
     for block, members in blocks.items():
         competitors = members + bases.get(block[:2], [])
         for column in COLUMNS:
@@ -232,7 +268,7 @@ def paired_comparisons(
             if panel is None:
                 continue
             present = [s for s in members if s.key in panel.draws]
-            pairs = [(a, b, BETWEEN) for a, b in combinations(present, 2)]
+            pairs = [(a, b, BETWEEN) for a, b in tested_pairs(present, column)]
             pairs += [(s, base, VERSUS_BASE) for s in present for base in competitors[len(members) :]]
             for a, b, kind in pairs:
                 if b.key not in panel.draws:
@@ -247,7 +283,10 @@ def paired_comparisons(
                     if declared
                     else f"{column} · {block_name(block)} · {kind}"
                 )
-                result = difference(*sides, panel.items, config)
+                seeds = sides[0].point.size if sides[0].seeded else sides[1].point.size
+                if seeds not in counts:
+                    counts[seeds] = seed_counts(seeds, config)
+                result = difference(*sides, panel.items, config, counts[seeds])
                 raw.append((a, b, column, kind, family, declared is not None, result))
     return _corrected(raw)
 
@@ -298,6 +337,26 @@ def block_mdd(comparisons: Iterable[Comparison]) -> dict[tuple[Block, str], tupl
         seeds = min(c.difference.seeds for c in members)
         out[key] = (minimum_detectable_difference(se, df, ALPHA), se, seeds)
     return out
+
+
+def mdd_table(comparisons: Iterable[Comparison]) -> pd.DataFrame:
+    """One row per block and column: the minimum detectable difference and what it rests on."""
+    rows = [
+        {
+            "model": block[0],
+            "profile": block[1],
+            "scenario": block[2],
+            "shots": block[3],
+            "column": column,
+            "mdd": mdd,
+            "se": se,
+            "seeds": seeds,
+        }
+        for (block, column), (mdd, se, seeds) in block_mdd(comparisons).items()
+    ]
+    return pd.DataFrame(
+        rows, columns=["model", "profile", "scenario", "shots", "column", "mdd", "se", "seeds"]
+    )
 
 
 def paired_table(comparisons: Sequence[Comparison]) -> pd.DataFrame:

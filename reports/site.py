@@ -35,6 +35,7 @@ from reports.paired import (
     block_mdd,
     block_name,
     comparison_index,
+    mdd_table,
     paired_comparisons,
     paired_table,
 )
@@ -183,6 +184,7 @@ class Site:
             cells |= {key: Cell(f"{value:.2f}") for key, value in row.values.items() if key in cells}
             reference_rows.append({"source": row.source, "cells": [cells[h.key] for h in view.headers]})
         mdd = block_mdd(comparisons)
+        mdd_frame = mdd_table(comparisons)
         mdd_rows = []
         for block in dict.fromkeys(block for block, _ in mdd):
             cells = [
@@ -195,6 +197,7 @@ class Site:
         return {
             "leaderboard": view,
             "mdd_rows": mdd_rows,
+            "mdd_files": None if mdd_frame.empty else self.export(mdd_frame, "mdd"),
             "reference_rows": reference_rows,
             "leaderboard_files": self.export(frame, "leaderboard"),
             "reference_files": self.export(reference, "reference"),

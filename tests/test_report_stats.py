@@ -19,7 +19,7 @@ from reports import tables
 from reports.bootstrap import BootstrapConfig, Draws, Items, difference, item_draws, macro_weights
 from reports.bootstrap import point_estimates as estimand_of
 from reports.load import load_store
-from reports.paired import ALPHA, BETWEEN, block_mdd, comparison_index, paired_comparisons
+from reports.paired import ALPHA, BETWEEN, block_mdd, comparison_index, mdd_table, paired_comparisons
 from reports.primary import read_primaries
 from reports.settings import group_settings
 from reports.stats import holm, minimum_detectable_difference
@@ -122,7 +122,7 @@ def test_interval_covers_the_known_difference(seed_sd, item_sd):
         result = compare(a, b, items, BootstrapConfig(resamples=300, seed=simulation))
         covered += result.low <= truth <= result.high
     assert covered >= 186  # >= 93% of 200 95%-intervals
-    assert covered <= 199  # and not by being uselessly wide (the naive two-level bootstrap: 200/200)
+    assert covered <= 199  # and not by being uselessly wide, as an interval that always covers
 
 
 def test_identical_methods_show_no_difference():
@@ -293,3 +293,24 @@ def test_paired_comparison_on_the_standard_store(tmp_path):
     assert expected == 0 and not pair.difference.testable  # 8 items cannot show their own noise
     one_seed = [c for c in comparisons if c.b.label or c.a.label]
     assert one_seed and all(not c.difference.testable and c.p_adjusted is None for c in one_seed)
+
+
+def test_tested_pairs_grow_linearly_with_ablations(tmp_path):
+    # 50/task block of the standard store: LoRA, MeTA-LoRA and MeTA-LoRA with k = 1 (an ablation).
+    # Tested: the two methods' defaults, the variant against its own default; LoRA against the
+    # variant only if one of them were the column's best (MeTA-LoRA is, in both columns).
+    settings = group_settings(load_store(standard_store(tmp_path / "store")).finished)
+    comparisons = paired_comparisons(settings, config=BootstrapConfig(resamples=200))
+    for column in ("bbh", "mmlu"):
+        tested = {
+            frozenset((c.a.name, c.b.name))
+            for c in comparisons
+            if c.column == column and c.kind == BETWEEN and c.a.shots == 50 and c.a.scenario == "multitask"
+        }
+        assert tested == {
+            frozenset(("lora 50/task", "metalora 50/task")),
+            frozenset(("metalora 50/task", "metalora 50/task [inner_steps=1]")),
+        }
+    table = mdd_table(comparisons)
+    # bbh: every seed differs by exactly 12.5 (no estimable noise), k = 1 has one seed: no MDD there
+    assert set(zip(table["shots"], table["column"])) == {(50, "mmlu"), (50, "mmlu_pooled")}
