@@ -148,8 +148,8 @@ class Site:
         for run in self.store.runs:
             self.run_pages(run)
 
-    def export(self, frame, name: str) -> dict[str, str]:
-        files = tables.export(frame, self.root / "tables", name)
+    def export(self, frame, name: str, readable=None) -> dict[str, str]:
+        files = tables.export(frame, self.root / "tables", name, readable)
         return {fmt: f"tables/{file}" for fmt, file in files.items()}
 
     def leaderboard(self, settings: list[Setting], comparisons: list[Comparison]) -> dict:
@@ -157,12 +157,13 @@ class Site:
         frame = tables.leaderboard(settings, keep=[key for row in REFERENCE_ROWS for key in row.values])
         columns = tables.present_columns(frame)
         tests = comparison_index(comparisons)
+        marks = {c.key: tables.column_marks(frame, c.key, tests) for c in columns}
         view = frame_view(
             frame,
             hide=("setting", "comparable"),
             labels={c.key: c.label for c in columns},
             descriptions={c.key: c.description for c in columns},
-            marks={c.key: tables.column_marks(frame, c.key, tests) for c in columns},
+            marks=marks,
         )
         profile_index = [h.key for h in view.headers].index("profile")
         for row, comparable in zip(view.rows, frame["comparable"]):
@@ -183,6 +184,7 @@ class Site:
             }
             cells |= {key: Cell(f"{value:.2f}") for key, value in row.values.items() if key in cells}
             reference_rows.append({"source": row.source, "cells": [cells[h.key] for h in view.headers]})
+        marked, readable = tables.with_marks(frame, marks)
         mdd = block_mdd(comparisons)
         mdd_frame = mdd_table(comparisons)
         mdd_rows = []
@@ -199,7 +201,7 @@ class Site:
             "mdd_rows": mdd_rows,
             "mdd_files": None if mdd_frame.empty else self.export(mdd_frame, "mdd"),
             "reference_rows": reference_rows,
-            "leaderboard_files": self.export(frame, "leaderboard"),
+            "leaderboard_files": self.export(marked, "leaderboard", readable),
             "reference_files": self.export(reference, "reference"),
         }
 

@@ -126,6 +126,23 @@ def column_marks(
     return marks
 
 
+def with_marks(
+    frame: pd.DataFrame, marks: Mapping[str, Mapping[int, str]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame with its marks, for export: a ``<key>_mark`` column ("best", "tied" or empty)
+    after each marked column's numbers for the CSV, and "(best)" / "(tied)" after the number in the
+    readable form (Markdown, LaTeX; plain ASCII so that the LaTeX compiles anywhere)."""
+    readable = for_reading(frame)
+    data = frame.copy()
+    for key, rows in marks.items():
+        if not rows:
+            continue
+        values = [rows.get(position, "") for position in range(len(frame))]
+        data.insert(data.columns.get_loc(f"{key}_n") + 1, f"{key}_mark", values)
+        readable[key] = [f"{text} ({mark})" if mark else text for text, mark in zip(readable[key], values)]
+    return data, readable
+
+
 def reference_table() -> pd.DataFrame:
     keys = [key for key in COLUMNS if any(key in row.values for row in REFERENCE_ROWS)]
     rows = [

@@ -220,6 +220,20 @@ def test_best_mark_on_a_clear_difference(tmp_path):
     assert test.significant and test.p_adjusted < ALPHA
 
 
+def test_marks_travel_with_the_exports(tmp_path):
+    board, _, comparisons = board_marks(marks_store(tmp_path / "store", gap=15))
+    positions = tables.column_marks(board, "bbh", comparison_index(comparisons))
+    data, readable = tables.with_marks(board, {"bbh": positions})
+    files = tables.export(data, tmp_path / "out", "leaderboard", readable)
+    csv = (tmp_path / "out" / files["CSV"]).read_text().splitlines()
+    header = csv[0].split(",")
+    assert header[header.index("bbh_n") + 1] == "bbh_mark"
+    assert [line.split(",")[header.index("bbh_mark")] for line in csv[1:]].count("best") == 1
+    latex = (tmp_path / "out" / files["LaTeX"]).read_text()
+    assert latex.count("(best)") == 1 and "62.50" in latex.split("(best)")[0].rsplit("&", 1)[-1]
+    assert "bbh_mark" not in readable.columns
+
+
 def test_no_best_mark_on_a_difference_within_the_noise(tmp_path):
     _, marks, comparisons = board_marks(marks_store(tmp_path / "store", gap=1))
     test = next(
