@@ -31,6 +31,7 @@ from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
 from reports.load import Run, Store, load_store
 from reports.paired import (
+    DEFAULT_BOOTSTRAP,
     Comparison,
     block_mdd,
     block_name,
@@ -138,6 +139,7 @@ class Site:
             "paired_doc": PAIRED_DOC.strip(),
             "bootstrap_doc": BOOTSTRAP_DOC.strip(),
             "mdd_formula": MDD_FORMULA,
+            "bootstrap": DEFAULT_BOOTSTRAP,
             "primaries": declared.primaries,
             "sweep_problems": declared.problems,
             "profiles": {name: p.description for name, p in PROFILES.items() if not p.comparable},

@@ -328,3 +328,21 @@ def test_tested_pairs_grow_linearly_with_ablations(tmp_path):
     table = mdd_table(comparisons)
     # bbh: every seed differs by exactly 12.5 (no estimable noise), k = 1 has one seed: no MDD there
     assert set(zip(table["shots"], table["column"])) == {(50, "mmlu"), (50, "mmlu_pooled")}
+
+
+def test_site_shows_the_mark_the_mdd_and_the_primary(tmp_path):
+    from reports.site import build_report
+
+    store = marks_store(tmp_path / "store", gap=15)
+    (store / "sweeps").mkdir()
+    primary = {"a": "metalora", "b": "lora", "shots": 50, "benchmarks": ["bbh"]}
+    (store / "sweeps" / "table2.json").write_text(
+        json.dumps({"name": "table2", "compare": {"primary": primary}})
+    )
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert html.count('class="num best"') == 2  # BBH avg and BBH pooled: MeTA-LoRA's row
+    assert 'class="num tied"' not in html
+    assert "MDD · tiny-llama, multitask, 50/task, full" in html
+    assert "<strong>metalora − lora</strong> at 50/task on bbh (sweep table2)" in html
+    assert "primary, declared by sweep table2" in html  # the paired table's family column
+    assert "Bootstrap: 2000 resamples, seed 0." in html
