@@ -290,10 +290,12 @@ def models():
 @data_app.command("check")
 @user_errors
 def data_check(data_root: str | None = DataRootOption):
-    """Verify the data root against its SHA256SUMS and list tasks with item counts.
+    """Verify the data root against its SHA256SUMS, parse every training and benchmark file, and
+    list item counts read from the data.
 
     Example: mlbench data check --data-root ../shared/data
     """
+    from eval_tasks.datacheck import evaluated_item_counts
     from eval_tasks.registry import BENCHMARKS
     from metalora.data.checks import verify_checksums
     from metalora.data.registry import TRAINING_TASKS
@@ -304,13 +306,29 @@ def data_check(data_root: str | None = DataRootOption):
     if bad:
         raise MlbenchError(f"{len(bad)} of {checked} files in {root.path} do not match SHA256SUMS, e.g. {bad[0]}")
     print(f"{root.path}: {checked} files match SHA256SUMS")
-    print("training tasks (training pool / held-out items):")
+    problems = []
+    print("training tasks (training pool / held-out items, read from the data):")
     for name, spec in TRAINING_TASKS.items():
-        split = spec.load(root)
+        try:
+            split = spec.load(root)
+        except MlbenchError as error:
+            problems.append(str(error))
+            print(f"  {name:32s} unreadable: {error}")
+            continue
         print(f"  {name:32s} {len(split.train):6d} / {len(split.held_out):6d}")
-    print("benchmarks (evaluated items):")
+    print("benchmarks (evaluated items read from the data; official count where it differs):")
     for name, spec in BENCHMARKS.items():
-        print(f"  {name:32s} {spec.total_items:6d} in {len(spec.subtasks)} tasks")
+        try:
+            counts = evaluated_item_counts(spec, root)
+        except MlbenchError as error:
+            problems.append(str(error))
+            print(f"  {name:32s} unreadable: {error}")
+            continue
+        total = sum(counts.values())
+        note = "" if total == spec.total_items else f"  (official: {spec.total_items})"
+        print(f"  {name:32s} {total:6d} in {len(counts)} tasks{note}")
+    if problems:
+        raise MlbenchError(f"{len(problems)} task(s) or benchmark(s) cannot be read, first: {problems[0]}")
 
 
 @app.command()

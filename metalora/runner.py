@@ -76,6 +76,8 @@ def prepare_run(
     config: RunConfig, data_root: str | None, device: str | None, hasher: Callable[[Path], str] | None = None
 ) -> PreparedRun:
     """Validate everything and fix the run id; no model is loaded, nothing is written."""
+    from eval_tasks.datacheck import check_benchmark_data
+
     config = replace(config, dtype=pick_dtype(config.dtype, pick_device(device)))
     root = resolve_data_root(data_root)
     plan = None
@@ -95,6 +97,8 @@ def prepare_run(
             )
         )
     hashes = data_hashes_for(config, root, hasher or FileHashCache())
+    # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
+    check_benchmark_data(config.benchmarks, root)
     return PreparedRun(config, run_id_for(config, hashes), root, plan, hashes)
 
 

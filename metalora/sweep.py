@@ -22,11 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from metalora.errors import MlbenchError
 from metalora.runconfig import allowed_keys, build_run_config
 from metalora.runner import PreparedRun, FileHashCache, prepare_run
+from metalora.yamlfile import load_yaml_file
 
 SWEEP_KEYS = ("description", "defaults", "grid", "runs")
 
@@ -38,40 +37,58 @@ class Sweep:
     runs: list[dict]  # flat options per run, in order
 
 
+# A grid whose product is larger than this is a mistake (a list pasted into the wrong key), not a
+# plan: it is refused from the list lengths alone, before any run is built.
+MAX_SWEEP_RUNS = 5000
+_SCALARS = (str, int, float, bool)
+
+
 def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise MlbenchError(f"sweep file {path} not found; pass a YAML file such as configs/table2.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MlbenchError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', error)}") from None
+    data = load_yaml_file(path, "sweep file")
     if not isinstance(data, dict):
         raise MlbenchError(f"sweep file {path} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(data) - set(SWEEP_KEYS))
+    unknown = sorted(map(str, set(data) - set(SWEEP_KEYS)))
     if unknown:
         raise MlbenchError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise MlbenchError(f"{path}: description must be one text, got a {_kind(description)}")
     defaults = _mapping(data.get("defaults"), f"{path}: defaults")
     raw_grids = data.get("grid")
     grids = raw_grids if isinstance(raw_grids, list) else [raw_grids]
-    grids = [_mapping(grid, f"{path}: grid") for grid in grids]
+    grids = [_mapping(grid, f"{path}: {_grid_name(i, grids)}") for i, grid in enumerate(grids)]
     extra = data.get("runs") or []
     if not isinstance(extra, list) or not all(isinstance(run, dict) for run in extra):
         raise MlbenchError(f"{path}: runs must be a list of mappings of options")
     named = [("defaults", defaults)] + [(_grid_name(i, grids), g) for i, g in enumerate(grids)]
     for where, keys in named + [(f"runs[{i}]", r) for i, r in enumerate(extra)]:
-        bad = sorted(set(keys) - set(allowed_keys()))
+        bad = sorted(map(str, set(keys) - set(allowed_keys())))
         if bad:
             raise MlbenchError(f"{path}: {where}: unknown option(s) {', '.join(bad)}; allowed: {', '.join(allowed_keys())}")
-    runs = []
+    for where, options in [("defaults", defaults)] + [(f"runs[{i}]", r) for i, r in enumerate(extra)]:
+        for key, value in options.items():
+            _check_value(path, f"{where}.{key}", value)
+    total = len(extra)
     for index, grid in enumerate(grids):
+        size = 1 if grid else 0
         for key, values in grid.items():
+            where = f"{_grid_name(index, grids)}.{key}"
             if not isinstance(values, list) or not values:
-                raise MlbenchError(
-                    f"{path}: {_grid_name(index, grids)}.{key} must be a non-empty list of values, got {values!r}"
-                )
+                raise MlbenchError(f"{path}: {where} must be a non-empty list of values, got {values!r}")
+            for position, value in enumerate(values):
+                _check_value(path, f"{where}[{position}]", value)
+            size *= len(values)
+        total += size
+    if total > MAX_SWEEP_RUNS:
+        raise MlbenchError(
+            f"{path}: the grid makes {total:,} runs, more than the {MAX_SWEEP_RUNS:,} a sweep may plan; "
+            "split it into several sweep files or shorten its lists"
+        )
+    runs = []
+    for grid in grids:
         if grid:
             keys = list(grid)
             for combination in itertools.product(*(grid[key] for key in keys)):
@@ -79,7 +96,34 @@ def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) 
     runs += [{**defaults, **run, **(overrides or {})} for run in extra]
     if not runs:
         raise MlbenchError(f"{path}: no runs; give a grid or a list of runs")
-    return Sweep(path, str(data.get("description", "")), runs)
+    return Sweep(path, description, runs)
+
+
+def _check_value(path: Path, where: str, value: object) -> None:
+    """One option's value: a single scalar, or a list of names (tasks, benchmarks, modules).
+    Field-specific types are checked when the run is built; this catches what is no option value
+    at all (a nested list, a mapping, a date, an empty value) and names where it is."""
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return
+    if value is None:
+        raise MlbenchError(f"{path}: {where} has no value; give one or leave the key out")
+    raise MlbenchError(
+        f"{path}: {where} must be a single value (or a list of names for tasks, benchmarks and "
+        f"target_modules), got a {_kind(value)}: {_short(value)}"
+    )
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, list):
+        return "nested list" if any(isinstance(item, (list, dict)) for item in value) else "list"
+    return {dict: "mapping", type(None): "empty value"}.get(type(value), type(value).__name__)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _grid_name(index: int, grids: list) -> str:

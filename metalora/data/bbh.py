@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalora.data.root import DataRoot, read_json
+from metalora.data.root import DataRoot, read_json, read_text
 from metalora.errors import MlbenchError
 
 BBH_TASKS = (
@@ -129,7 +129,7 @@ def bbh_prompt(root: DataRoot, task: str) -> BbhPrompt:
     if root.is_hub:
         return parse_bbh_prompt(_prompt_text_from_lm_eval(task), f"lm_eval bbh/cot_fewshot/{task}.yaml")
     path = root.file(bbh_prompt_file(task))
-    return parse_bbh_prompt(path.read_text(encoding="utf-8"), str(path))
+    return parse_bbh_prompt(read_text(path), str(path))
 
 
 def parse_bbh_prompt(text: str, source: str) -> BbhPrompt:

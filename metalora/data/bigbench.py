@@ -50,10 +50,36 @@ def bigbench_task_data(root: DataRoot, name: str) -> dict:
     if root.is_hub:
         return _hub_task_data(name)
     path = root.file(f"bigbench/{name}/task.json")
-    data = read_json(path)
+    return check_bigbench_task(read_json(path), f"BIG-bench task file {path}")
+
+
+def check_bigbench_task(data: object, source: str) -> dict:
+    """Refuse a task whose shape the formatter cannot use, naming the field or example."""
     if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-        raise MlbenchError(f"malformed BIG-bench task file {path}: expected an object with an 'examples' list")
+        raise MlbenchError(f"malformed {source}: expected an object with an 'examples' list")
+    for key, default in _DEFAULTS.items():
+        if key in data and not isinstance(data[key], type(default)):
+            kind = "true or false" if isinstance(default, bool) else "text"
+            raise MlbenchError(f"malformed {source}: '{key}' must be {kind}, got {data[key]!r}")
+    for number, item in enumerate(data["examples"]):
+        problem = _example_problem(item)
+        if problem:
+            raise MlbenchError(f"malformed {source}: example {number}: {problem}")
     return data
+
+
+def _example_problem(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return f"expected an object with 'input' and 'target_scores', got {type(item).__name__}"
+    if not isinstance(item.get("input"), str):
+        return "needs 'input' as text"
+    scores = item.get("target_scores")
+    if not isinstance(scores, dict) or not scores:
+        return "needs 'target_scores' as a non-empty object {choice: score}"
+    for choice, score in scores.items():
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            return f"target_scores[{choice!r}] must be a number, got {score!r}"
+    return None
 
 
 def _hub_task_data(name: str) -> dict:
@@ -71,24 +97,20 @@ def _hub_task_data(name: str) -> dict:
         }
         for row in rows
     ]
-    return {
+    return check_bigbench_task({
         "examples": examples,
         "task_prefix": "",
         "example_input_prefix": "",
         "example_output_prefix": "",
         "append_choices_to_input": False,
-    }
+    }, f"hub data tasksource/bigbench ({name})")
 
 
 def bigbench_examples(root: DataRoot, name: str) -> list[Example]:
     task = bigbench_task_data(root, name)
     examples = []
     for number, item in enumerate(task["examples"]):
-        scores = item.get("target_scores")
-        if not isinstance(scores, dict) or not scores or "input" not in item:
-            raise MlbenchError(
-                f"malformed example {number} in BIG-bench task {name}: needs 'input' and 'target_scores'"
-            )
+        scores = item["target_scores"]  # shape checked by check_bigbench_task
         choices = tuple(scores)
         answer = max(range(len(choices)), key=lambda index: scores[choices[index]])
         examples.append(

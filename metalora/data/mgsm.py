@@ -10,9 +10,8 @@ and go through the same parser.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from metalora.data.root import DataRoot
+from metalora.data.root import DataRoot, read_text
 from metalora.errors import MlbenchError
 
 MGSM_LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
@@ -34,7 +33,7 @@ def mgsm_rows(root: DataRoot, language: str) -> list[dict]:
         text = "".join(f"{row['question']}\t{_plain_number(row['answer_number'])}\n" for row in rows)
         return parse_mgsm_tsv(text, f"juletxara/mgsm ({language})")
     path = root.file(mgsm_file(language))
-    return parse_mgsm_tsv(Path(path).read_text(encoding="utf-8"), str(path))
+    return parse_mgsm_tsv(read_text(path), str(path))
 
 
 def parse_mgsm_tsv(text: str, source: str) -> list[dict]:

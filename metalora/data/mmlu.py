@@ -14,10 +14,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 
-from metalora.data.root import DataRoot
+from metalora.data.root import DataRoot, read_text
 from metalora.errors import MlbenchError
 
 # Subject -> category group (Hendrycks et al.'s four groups, as in lm-eval's MMLU task tags).
@@ -90,7 +89,7 @@ def mmlu_rows(root: DataRoot, subject: str) -> list[dict]:
         rows = load_hub_rows("cais/mmlu", subject, "test")
         return parse_mmlu_csv(_hub_rows_as_csv(rows), subject, f"cais/mmlu ({subject})")
     path = root.file(mmlu_file(subject))
-    return parse_mmlu_csv(Path(path).read_text(encoding="utf-8"), subject, str(path))
+    return parse_mmlu_csv(read_text(path), subject, str(path))
 
 
 def parse_mmlu_csv(text: str, subject: str, source: str) -> list[dict]:

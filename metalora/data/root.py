@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,22 +74,72 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def read_text(path: Path) -> str:
+    """A data file's text, refusing an unreadable or non-UTF-8 file with one line naming it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise MlbenchError(f"cannot read data file {path}: {error.strerror or error}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise MlbenchError(
+            f"data file {path} is not UTF-8 text (line {line}); restore it from the upstream source"
+        ) from None
+
+
 def read_json(path: Path) -> object:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise MlbenchError(f"malformed JSON in {path} at line {error.lineno}: {error.msg}") from None
 
 
-def read_jsonl(path: Path) -> list[dict]:
+# A row schema: field -> the type(s) its value must have (bool is never accepted as a number).
+RowSchema = Mapping[str, "type | tuple[type, ...]"]
+
+
+def read_jsonl(
+    path: Path, schema: RowSchema | None = None, check: Callable[[dict], str | None] | None = None
+) -> list[dict]:
+    """Rows of a JSON-lines file; with ``schema``, every row must be an object holding those fields
+    with those types (and pass ``check``, which names a problem or returns None), else one line
+    names the file, the line and the field."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise MlbenchError(f"malformed JSON in {path} at line {number}: {error.msg}") from None
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MlbenchError(f"malformed JSON in {path} at line {number}: {error.msg}") from None
+        if schema is not None:
+            problem = row_problem(row, schema) or (check(row) if check else None)
+            if problem:
+                raise MlbenchError(f"malformed data file {path} at line {number}: {problem}")
+        rows.append(row)
     return rows
+
+
+def row_problem(row: object, schema: RowSchema) -> str | None:
+    """What is wrong with one record against ``schema`` (None: nothing)."""
+    if not isinstance(row, dict):
+        return f"expected an object with {', '.join(schema)}, got {type(row).__name__}"
+    for key, kinds in schema.items():
+        if key not in row:
+            return f"missing field {key!r}"
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        value = row[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(_TYPE_NAMES.get(kind, kind.__name__) for kind in kinds)
+            return f"field {key!r} must be {names}, got {type(value).__name__} {_short(value)}"
+    return None
+
+
+_TYPE_NAMES = {str: "text", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

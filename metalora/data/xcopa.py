@@ -8,7 +8,7 @@ that training on the validation split and evaluating on the test split use one f
 from __future__ import annotations
 
 from metalora.data.example import Example
-from metalora.data.root import DataRoot, read_jsonl
+from metalora.data.root import DataRoot, read_jsonl, row_problem
 from metalora.errors import MlbenchError
 
 XCOPA_LANGUAGES = ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh")
@@ -27,6 +27,19 @@ XCOPA_CONNECTORS = {
     "tr": {"cause": "çünkü", "effect": "bu yüzden"},
     "vi": {"cause": "bởi vì", "effect": "vì vậy"},
 }
+
+XCOPA_SCHEMA = {"premise": str, "choice1": str, "choice2": str, "question": str, "label": int}
+
+
+def xcopa_row_problem(row: dict) -> str | None:
+    if row["question"] not in ("cause", "effect"):
+        return f"field 'question' must be 'cause' or 'effect', got {row['question']!r}"
+    if row["label"] not in (0, 1):
+        return f"field 'label' must be 0 or 1, got {row['label']!r}"
+    if not row["choice1"] or not row["choice2"] or not row["premise"].strip():
+        return "fields 'premise', 'choice1' and 'choice2' must not be empty"
+    return None
+
 
 # Local file split names; the hub dataset calls "val" "validation".
 _HUB_SPLITS = {"val": "validation", "test": "test"}
@@ -48,8 +61,13 @@ def xcopa_rows(root: DataRoot, language: str, split: str) -> list[dict]:
     if root.is_hub:
         from metalora.data.hub import load_hub_rows
 
-        return load_hub_rows("cambridgeltl/xcopa", language, _HUB_SPLITS[split])
-    return read_jsonl(root.file(f"xcopa/data/{language}/{split}.{language}.jsonl"))
+        rows = load_hub_rows("cambridgeltl/xcopa", language, _HUB_SPLITS[split])
+        for number, row in enumerate(rows, start=1):
+            problem = row_problem(row, XCOPA_SCHEMA) or xcopa_row_problem(row)
+            if problem:
+                raise MlbenchError(f"malformed hub data cambridgeltl/xcopa ({language}) row {number}: {problem}")
+        return rows
+    return read_jsonl(root.file(f"xcopa/data/{language}/{split}.{language}.jsonl"), XCOPA_SCHEMA, xcopa_row_problem)
 
 
 def xcopa_examples(root: DataRoot, language: str, split: str, task_name: str) -> list[Example]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from metalora.data.root import DataRoot
+from metalora.data.root import DataRoot, read_text
 from metalora.errors import MlbenchError
 
 XWINOGRAD_LANGUAGES = ("en", "fr", "jp", "pt", "ru", "zh")
@@ -38,10 +38,9 @@ def xwinograd_rows(root: DataRoot, language: str) -> list[dict]:
                 for number, row in enumerate(rows, start=1)]  # fmt: skip
     path = root.file(XWINOGRAD_FILE)
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip() and line.split("\t", 1)[0] == language:
-                rows.append(parse_xwinograd_line(line, f"{path} at line {number}"))
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip() and line.split("\t", 1)[0] == language:
+            rows.append(parse_xwinograd_line(line, f"{path} at line {number}"))
     return rows
 
 
