@@ -173,7 +173,12 @@ def build_panel(
         for _, runs in rows.values()
         for run in runs
     ]
-    shared = sorted(set.intersection(*per_run), key=lambda item: (item[0], item[1], repr(item[2])))
+    every_run = [run for _, side in rows.values() for run in side]
+    left_out = set() if target.pooled else outside_macro(every_run, target.benchmarks)
+    shared = sorted(
+        (item for item in set.intersection(*per_run) if item[:2] not in left_out),
+        key=lambda item: (item[0], item[1], repr(item[2])),
+    )
     if not shared:
         return None
     tasks = list(dict.fromkeys(item[:2] for item in shared))
@@ -192,6 +197,23 @@ def build_panel(
         draws[key] = Draws(matrix @ items.item_weights(), res, seeded=setting.method != BASE)
         seeds[key] = tuple(run.seed for run in runs)
     return Panel(items, draws, seeds)
+
+
+def outside_macro(runs: Iterable[Run], benchmarks: Sequence[str]) -> set[tuple[str, str]]:
+    """(benchmark, task) pairs a headline macro mean leaves out: tasks with fewer items available
+    than the benchmark's ``min_items_for_macro`` (XWinograd's small languages), as any run's
+    results.json reports them; the test must be on the number the leaderboard shows."""
+    out = set()
+    for benchmark in benchmarks:
+        minimum = getattr(BENCHMARKS[benchmark], "min_items_for_macro", None)  # newer registries
+        if minimum is None:
+            continue
+        for run in runs:
+            for score in (run.results or {}).get("tasks", ()):
+                available = score.get("n_available")
+                if score.get("benchmark") == benchmark and available is not None and available < minimum:
+                    out.add((benchmark, str(score.get("task"))))
+    return out
 
 
 def _paired_draws(panel: Panel, a: Setting, b: Setting) -> tuple[Draws, Draws] | None:

@@ -352,3 +352,18 @@ def test_site_shows_the_mark_the_mdd_and_the_primary(tmp_path):
     assert "<strong>metalora − lora</strong> at 50/task on bbh (sweep table2)" in html
     assert "primary, declared by sweep table2" in html  # the paired table's family column
     assert "Bootstrap: 2000 resamples, seed 0." in html
+
+
+def test_tasks_the_macro_leaves_out_are_left_out_of_its_test(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from reports import paired
+
+    settings = group_settings(load_store(standard_store(tmp_path / "store")).finished)
+    runs = [run for s in settings if s.scenario == "multilingual" for run in s.runs]
+    assert paired.outside_macro(runs, ("xcopa",)) == set()  # the registry sets no minimum for XCOPA
+    # Each xcopa language of the fixture has 4 items available: a minimum of 5 leaves all out, of 4 none.
+    for minimum, expected in ((5, {("xcopa", "et"), ("xcopa", "id"), ("xcopa", "sw")}), (4, set())):
+        registry = dict(paired.BENCHMARKS) | {"xcopa": SimpleNamespace(min_items_for_macro=minimum)}
+        monkeypatch.setattr(paired, "BENCHMARKS", registry)
+        assert paired.outside_macro(runs, ("xcopa",)) == expected
