@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval_tasks.registry import BENCHMARKS  # noqa: E402
-from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr  # noqa: E402
+from eval_tasks.registry import BENCHMARKS
+from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr
 
 MODELS = ("synthetic-135m", "synthetic-1b")
 METHODS = ("lora", "hydralora", "metalora")

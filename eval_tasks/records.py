@@ -66,6 +66,7 @@ def write_records(path: Path, records: list[dict]) -> None:
         with os.fdopen(descriptor, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed:
             for record in records:
                 compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; like every other run file, others may read it
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -338,10 +338,10 @@ def report(
     out: Path = typer.Option(Path("site"), "--out", help="Output folder for the static site."),
 ):
     """Build the static HTML leaderboard and report from the run store. Example: mlbench report --out site"""
-    from metalora.store import RunStore
+    from reports.output import existing_store
     from reports.site import build_report
 
-    index = build_report(RunStore(store).root, out)
+    index = build_report(existing_store(store), out)
     print(f"report written to {index}")
 
 

@@ -70,16 +70,24 @@ class Run:
         )
 
     def samples(self, benchmark: str) -> list[dict]:
-        """The per-sample records of one benchmark; [] when the file is missing or unreadable.
+        """The per-sample records of one benchmark; [] when the file is missing or unreadable."""
+        return self.read_samples(benchmark)[0]
 
-        A damaged records file (a copy cut short) costs that run's sample page and paired
-        comparisons, not the whole report.
+    def read_samples(self, benchmark: str) -> tuple[list[dict], str | None]:
+        """The records, and why they could not be read where the file exists but cannot be.
+
+        A damaged records file (a copy cut short) or one this user may not read (another user's
+        run written 0600) costs that run's sample page and paired comparisons, not the whole
+        report; the reason is shown, so records are never dropped silently.
         """
         path = self.path / "eval" / "samples" / f"{benchmark}.jsonl.gz"
+        if not path.is_file():
+            return [], None
         try:
-            return read_records(path) if path.is_file() else []
-        except (OSError, EOFError, ValueError):
-            return []
+            return read_records(path), None
+        except (OSError, EOFError, ValueError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            return [], f"eval/samples/{path.name} could not be read ({reason})"
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def loss_overview(settings: Sequence[Setting], folder: Path) -> Plot | None:
         for index, method in enumerate(methods, start=1):
             axes = figure.add_subplot(1, len(methods), index)
             for s in (s for s in trained if s.method == method):
-                logs = [_series(run, "loss") for run in s.runs if run.training_log]
+                logs = [series(run, "loss") for run in s.runs if run.training_log]
                 steps = sorted(set.intersection(*(set(log) for log in logs)))
                 if steps:
                     axes.plot(
@@ -202,24 +202,7 @@ def loss_overview(settings: Sequence[Setting], folder: Path) -> Plot | None:
     return Plot(file, "Training loss curves", "Loss per optimizer step, mean over the seeds of each setting.")
 
 
-def run_loss(run: Run, folder: Path) -> Plot | None:
-    if not run.training_log:
-        return None
-    with rc_context(RC):
-        figure = Figure(figsize=(6.0, 3.4))
-        axes = figure.add_subplot()
-        for key in LOSS_KEYS:
-            series = _series(run, key)
-            if series:
-                axes.plot(list(series), list(series.values()), label=key, linewidth=1)
-        axes.set_xlabel("optimizer step")
-        axes.set_ylabel("loss")
-        axes.legend(fontsize=7)
-        file = _save(figure, folder, f"loss_{run.run_id}")
-    return Plot(file, "Training loss", "Per optimizer step, from training_log.jsonl.")
-
-
-def _series(run: Run, key: str) -> dict[int, float]:
+def series(run: Run, key: str) -> dict[int, float]:
     return {
         e["step"]: float(e[key])
         for e in run.training_log

@@ -1,10 +1,11 @@
 """Build the static report: ``build_report(store, out)`` writes a self-contained site.
 
-The site opens from the file system: no server, no CDN, inline CSS and JS, figures as SVG files
+The site opens from the file system: no server, no CDN, one local stylesheet, inline JS, figures as SVG files
 beside the pages, tables exported as CSV, Markdown and LaTeX. It is built in a temporary folder
 next to ``out`` and renamed into place, so a failed build leaves the previous site (or none),
-never half of one. Every text from the store goes through Jinja's autoescaping; a Content Security
-Policy that only admits the page's own script (by hash) backs that up.
+never half of one, and only a folder the report wrote itself is ever replaced (reports/output.py).
+Every text from the store goes through Jinja's autoescaping; a Content Security Policy that only
+admits the page's own script (by hash) backs that up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +20,6 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from eval_tasks.registry import BENCHMARKS
-from metalora.errors import MlbenchError
 from metalora.runconfig import PROFILES
 from reports import plots, tables
 from reports.ablations import find_ablations
@@ -40,54 +37,30 @@ from reports.paired import (
     paired_comparisons,
     paired_table,
 )
+from reports.output import publish
 from reports.paired import __doc__ as PAIRED_DOC
 from reports.primary import read_primaries
 from reports.reference import REFERENCE_ROWS
 from reports.settings import Setting, flatten, group_settings
+from reports.sparkline import sparkline
 from reports.stats import FORMULA, MDD_FORMULA
 from reports.views import Cell, frame_view, plain_cell
 
-MARKER = ".mlbench-report"  # marks a folder this module may replace
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROMPT_TAIL_CHARS = 1500  # few-shot prompts repeat their exemplars; the question is at the end
 SCRIPT_FILE = "report.js"
+STYLE_FILE = "report.css"  # one shared stylesheet: inline in every page it cost ~2.5 kB a page
 
 
 def build_report(store: Path, out: Path) -> Path:
-    """Render the run store at ``store`` into ``out``; returns the path of ``index.html``."""
+    """Render the run store at ``store`` into ``out``; returns the path of ``index.html``.
+
+    ``out`` is replaced only when it is new, empty or a report this function wrote (reports.output).
+    """
     data = load_store(Path(store))
     out = Path(out).absolute()
-    _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        os.chmod(temp, 0o755)  # mkdtemp makes it private; a published site must be readable
-        Site(data, temp).write()
-        (temp / MARKER).write_text("built by mlbench report; this folder is replaced on every build\n")
-        _swap(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    publish(out, data.path, lambda folder: Site(data, folder).write())
     return out / "index.html"
-
-
-def _check_replaceable(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise MlbenchError(f"--out {out} is a file; give a folder for the report")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise MlbenchError(
-            f"--out {out} is a non-empty folder that is not an mlbench report; choose an empty or new folder"
-        )
-
-
-def _swap(new: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "site")
-    os.rename(new, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def environment() -> Environment:
@@ -126,6 +99,7 @@ class Site:
         path.write_text(html, encoding="utf-8")
 
     def write(self) -> None:
+        (self.root / STYLE_FILE).write_bytes((TEMPLATES / STYLE_FILE).read_bytes())
         settings = group_settings(self.store.finished)
         declared = read_primaries(self.store.path)
         comparisons = paired_comparisons(settings, declared.primaries)
@@ -146,9 +120,8 @@ class Site:
         }
         context |= self.leaderboard(settings, comparisons)
         context |= self.figures_and_tables(settings, comparisons)
-        self.render("index.html.j2", self.root / "index.html", "", **context)
-        for run in self.store.runs:
-            self.run_pages(run)
+        unreadable = [(run.run_id, problem) for run in self.store.runs for problem in self.run_pages(run)]
+        self.render("index.html.j2", self.root / "index.html", "", unreadable=unreadable, **context)
 
     def export(self, frame, name: str, readable=None) -> dict[str, str]:
         files = tables.export(frame, self.root / "tables", name, readable)
@@ -255,13 +228,17 @@ class Site:
         sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
         return sections
 
-    def run_pages(self, run: Run) -> None:
-        loss = plots.run_loss(run, self.root / "plots")
-        sample_pages = []
+    def run_pages(self, run: Run) -> list[str]:
+        """Write the run's page and its per-sample pages; returns the sample files it could not read."""
+        loss = [(key, line) for key in plots.LOSS_KEYS if (line := sparkline(plots.series(run, key)))]
+        sample_pages, unreadable = [], []
         for benchmark in run.sample_benchmarks():
             if benchmark not in BENCHMARKS:
                 continue  # only names the registry knows become file names and links
-            records = run.samples(benchmark)
+            records, problem = run.read_samples(benchmark)
+            if problem:
+                unreadable.append(problem)
+                continue
             page = f"{run.run_id}_{benchmark}.html"
             wrong = sum(1 for r in records if not r.get("correct"))
             sample_pages.append({"benchmark": benchmark, "file": page, "count": len(records), "wrong": wrong})
@@ -290,8 +267,9 @@ class Site:
             protocols=sorted((results.get("protocols") or {}).items()),
             loss=loss,
             sample_pages=sample_pages,
-            problems=run.problems,
+            problems=(*run.problems, *unreadable),
         )
+        return unreadable
 
 
 def run_row(run: Run) -> dict:
@@ -348,7 +326,7 @@ def aggregate_rows(results: dict) -> list[dict]:
 
 
 def _percent(value) -> str:
-    return "" if not isinstance(value, (int, float)) else f"{value * 100:.2f}"
+    return "" if not isinstance(value, (int, float)) else tables.number(value * 100)
 
 
 def sample_row(record: dict) -> dict:

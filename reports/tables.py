@@ -7,6 +7,8 @@ from reports.stats; the CSV keeps full precision (``<column>_mean``, ``_ci_low``
 
 from __future__ import annotations
 
+import html
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -55,7 +57,13 @@ def setting_fields(setting: Setting) -> dict:
 
 def over_seeds(setting: Setting, value: Callable[[Mapping], float | None]) -> Interval | None:
     values = [v for run in setting.runs if (v := value(run.results)) is not None]
-    return mean_ci(values) if values else None
+    if not values:
+        return None
+    if not all(math.isfinite(v) for v in values):
+        # A NaN or infinite score is shown as it is (NaN, +inf, -inf), with no interval; plain
+        # float arithmetic gives the mean such values have (inf + -inf is NaN).
+        return Interval(sum(values) / len(values), None, None, len(values))
+    return mean_ci(values)
 
 
 def stat_fields(prefix: str, interval: Interval | None) -> dict:
@@ -240,13 +248,27 @@ def ablation_table(ablation: Ablation) -> pd.DataFrame:
     return _typed(frame[[c for c in keep if not any(c.startswith(f"{d}_") for d in dropped)]])
 
 
+def number(value: float) -> str:
+    """A measured number for reading: NaN and infinities spelled out, never left blank."""
+    if value is None or math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return f"{value:.{DECIMALS}f}"
+
+
 def format_interval(mean, low, high, n) -> str:
-    """'39.53 ± 1.20 (n=3)'; with one seed the interval is not available, said so, not zero."""
-    if mean is None:
+    """'39.53 ± 1.20 (n=3)'; with one seed the interval is not available, said so, not zero.
+
+    ``n`` None means not measured (blank); a measured mean that is NaN reads "NaN (n=...)".
+    """
+    if n is None:
         return ""
+    if mean is None or not math.isfinite(mean):
+        return f"{number(mean)} (n={int(n)})"
     if low is None:
-        return f"{mean:.{DECIMALS}f} (n={int(n)}, CI n/a)"
-    return f"{mean:.{DECIMALS}f} ± {high - mean:.{DECIMALS}f} (n={int(n)})"
+        return f"{number(mean)} (n={int(n)}, CI n/a)"
+    return f"{number(mean)} ± {number(high - mean)} (n={int(n)})"
 
 
 def for_reading(frame: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +289,37 @@ def for_reading(frame: pd.DataFrame) -> pd.DataFrame:
 def _readable(value):
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
-    return f"{value:.{DECIMALS}f}" if isinstance(value, float) else value
+    return number(value) if isinstance(value, float) else value
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets take as the start of a formula
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula get a leading apostrophe (OWASP's
+    rule); numbers stay numbers. A measured NaN mean is written "NaN", a missing one left empty."""
+    out = frame.copy()
+    for column in out.columns:
+        if column.endswith("_mean") and f"{column[: -len('_mean')]}_n" in out.columns:
+            measured_nan = out[f"{column[: -len('_mean')]}_n"].notna() & out[column].isna()
+            if measured_nan.any():
+                out[column] = out[column].astype(object).where(~measured_nan, "NaN")
+        if not pd.api.types.is_numeric_dtype(out[column]):
+            safe = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v for v in out[column]]
+            out[column] = pd.Series(safe, index=out.index, dtype=object)
+    return out
+
+
+def markdown_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text that Markdown renderers would pass through as HTML, or that would break the table's
+    row (a "|" or a line break), is escaped."""
+    def escape(value):
+        if not isinstance(value, str):
+            return value
+        text = html.escape(value, quote=False).replace("|", "\\|")
+        return " ".join(text.splitlines())
+
+    return frame.map(escape)
 
 
 def export(
@@ -277,8 +329,10 @@ def export(
     folder.mkdir(parents=True, exist_ok=True)
     readable = for_reading(frame) if readable is None else readable
     files = {"CSV": f"{name}.csv", "Markdown": f"{name}.md", "LaTeX": f"{name}.tex"}
-    frame.to_csv(folder / files["CSV"], index=False)
-    (folder / files["Markdown"]).write_text(readable.to_markdown(index=False) + "\n", encoding="utf-8")
+    # RFC 4180 line ends: the writer then quotes any cell holding a line break, "\r" included.
+    csv_safe(frame).to_csv(folder / files["CSV"], index=False, lineterminator="\r\n")
+    markdown = markdown_safe(readable).to_markdown(index=False, disable_numparse=True)
+    (folder / files["Markdown"]).write_text(markdown + "\n", encoding="utf-8")
     (folder / files["LaTeX"]).write_text(readable.to_latex(index=False, escape=True), encoding="utf-8")
     return files
 

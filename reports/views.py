@@ -6,12 +6,13 @@ same frame, and the templates never format a number themselves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from reports.tables import STAT_FIELDS, format_interval
+from reports.tables import STAT_FIELDS, format_interval, number
 
 HEADERS = {
     "model": "Model",
@@ -79,13 +80,22 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA
 
 
+def sort_key(value) -> str:
+    """What the page's script sorts a number by: parseFloat reads "Infinity"; NaN sorts as missing."""
+    if _is_missing(value) or math.isnan(value):
+        return ""
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(float(value))
+
+
 def plain_cell(value) -> Cell:
     if _is_missing(value):
         return Cell("")
     if isinstance(value, bool):
         return Cell("yes" if value else "no", "1" if value else "0")
     if isinstance(value, (int, float)):
-        return Cell(f"{value:.2f}" if isinstance(value, float) else str(value), repr(float(value)))
+        return Cell(number(value) if isinstance(value, float) else str(value), sort_key(value))
     return Cell(str(value), "")
 
 
@@ -147,7 +157,7 @@ def frame_view(
                 row.append(
                     Cell(
                         format_interval(*[None if _is_missing(v) else v for v in values]),
-                        "" if _is_missing(mean) else repr(float(mean)),
+                        sort_key(mean),
                         mark=(marks or {}).get(header.key, {}).get(position, ""),
                     )
                 )

