@@ -27,6 +27,7 @@ from reports.bootstrap import __doc__ as BOOTSTRAP_DOC
 from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
 from reports.load import Run, Store, load_store
+from reports.output import publish
 from reports.paired import (
     DEFAULT_BOOTSTRAP,
     Comparison,
@@ -37,7 +38,6 @@ from reports.paired import (
     paired_comparisons,
     paired_table,
 )
-from reports.output import publish
 from reports.paired import __doc__ as PAIRED_DOC
 from reports.primary import read_primaries
 from reports.reference import REFERENCE_ROWS
