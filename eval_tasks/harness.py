@@ -22,7 +22,7 @@ from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
 from eval_tasks.model_state import evaluation_state, model_fingerprint
 from eval_tasks.records import sample_record, write_records
 from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
-from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr
+from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr, small_tasks
 from metalora.data.root import DATA_DIR_ENV, DataRoot, sha256_file, sha256_text
 from metalora.errors import MlbenchError
 
@@ -98,13 +98,15 @@ def evaluate(
             for spec in specs
         }
 
-    scores, aggregates, records = [], [], {}
+    scores, aggregates, records, flagged = [], [], {}, {}
     for spec in specs:
         spec_scores, per_item, records[spec.name] = _collect(spec, chosen[spec.name], outputs[spec.name])
         scores += spec_scores
         aggregates += aggregate_benchmark(
-            spec.name, spec.metrics, spec_scores, per_item, spec.unit, spec.categories
+            spec.name, spec.metrics, spec_scores, per_item, spec.unit, spec.categories, spec.min_items_for_macro
         )
+        if small := small_tasks(spec_scores, spec.min_items_for_macro):
+            flagged[spec.name] = small
 
     sample_files = {}
     if output_dir is not None:
@@ -133,6 +135,7 @@ def evaluate(
             "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
         },
         sample_files=sample_files,
+        flagged=flagged,
     )
 
 

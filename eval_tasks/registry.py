@@ -25,8 +25,10 @@ from metalora.errors import MlbenchError
 
 EVAL_TASKS_DIR = Path(__file__).resolve().parent  # the include_path handed to lm-eval
 MMLU_FEWSHOT = 5
-MGSM_MAX_GEN_TOKENS = 128
+MGSM_MAX_GEN_TOKENS = 256  # lm-eval's default (HFLM.max_gen_toks), as its mgsm tasks run
 XCOPA_TEST_ITEMS = 500
+# A language with fewer items gives too noisy a score to weigh as much as the others in a macro mean.
+XWINOGRAD_MIN_ITEMS = 100
 # The three upstream BBH items whose target is none of their listed options (see bbh/functions.py).
 BBH_MC_UNSCORABLE = MappingProxyType({"movie_recommendation": 1, "ruin_names": 2})
 BBH_MC_TASKS = tuple(task for task in BBH_TASKS if BBH_ANSWERS[task].closed)
@@ -49,6 +51,8 @@ class BenchmarkSpec:
     hub_sources: str = ""  # where the data comes from without a data root
     categories: Mapping[str, str] = field(default_factory=dict)  # subtask -> category group
     unit: str = "task"
+    # Subtasks with fewer items are flagged and left out of the macro mean (results.small_tasks).
+    min_items_for_macro: int | None = None
 
     @property
     def group(self) -> str:
@@ -81,13 +85,13 @@ def _mmlu_description(subject: str) -> dict:
 
 
 def _mgsm_stops(language: str) -> dict:
-    # As lm-eval's mgsm_direct: stop where the model starts a new question (HFLM adds the EOS
-    # token). No blank-line stop: small models often open with one and would answer nothing.
-    # This replaces the template's generation_kwargs as a whole (lm-eval's include merge is shallow).
+    # lm-eval's mgsm_direct_<lang>.yaml: stop at the language's "Question:" word or an end-of-turn
+    # marker. This replaces the template's generation_kwargs as a whole (lm-eval's include merge is
+    # shallow), as lm-eval's own per-language files do.
     question_word = MGSM_PROMPT_WORDS[language][0].strip()
     return {
         "generation_kwargs": {
-            "until": [question_word],
+            "until": [question_word, "</s>", "<|im_end|>"],
             "do_sample": False,
             "max_gen_toks": MGSM_MAX_GEN_TOKENS,
         }
@@ -99,12 +103,13 @@ _SPECS = (
     BenchmarkSpec(
         name="bbh",
         protocol="BBH 27 tasks, 3-shot answer-only (official CoT exemplars without reasoning), "
-        "exact match after answer normalisation",
+        "strict exact match of the stripped generation (original protocol); exact_match_normalized "
+        "after answer normalisation",
         folder="bbh",
         template="_bbh_template_yaml",
         subtasks=BBH_TASKS,
         item_counts=_BBH_COUNTS,
-        metrics=("exact_match",),
+        metrics=("exact_match", "exact_match_normalized"),
         data_files=_bbh_files,
         dataset_kwargs=lambda task: {"task": task},
         max_gen_tokens=128,
@@ -187,7 +192,9 @@ _SPECS = (
     ),
     BenchmarkSpec(
         name="xwinograd",
-        protocol="XWinograd 6 languages, 0-shot partial scoring of the sentence after each option",
+        protocol="XWinograd 6 languages, 0-shot partial scoring of the sentence after each option; "
+        f"languages with fewer than {XWINOGRAD_MIN_ITEMS} items (fr 83, zh 16) are shown separately, "
+        "not in the macro mean",
         folder="xwinograd",
         template="_xwinograd_template_yaml",
         subtasks=XWINOGRAD_LANGUAGES,
@@ -197,15 +204,17 @@ _SPECS = (
         dataset_kwargs=lambda language: {"language": language},
         unit="language",
         hub_sources="Muennighoff/xwinograd",
+        min_items_for_macro=XWINOGRAD_MIN_ITEMS,
     ),
     BenchmarkSpec(
         name="mgsm",
-        protocol="MGSM 11 languages, 0-shot direct answer, exact match on the final number",
+        protocol="MGSM 11 languages, 0-shot direct answer as lm-eval's mgsm_direct (its stop sequences; "
+        "exact match of the last number, flexible-extract; exact_match_strict: remove_whitespace)",
         folder="mgsm",
         template="_mgsm_template_yaml",
         subtasks=MGSM_LANGUAGES,
         item_counts=MappingProxyType({language: MGSM_ITEMS_PER_LANGUAGE for language in MGSM_LANGUAGES}),
-        metrics=("exact_match",),
+        metrics=("exact_match", "exact_match_strict"),
         data_files=lambda language: (mgsm_file(language),),
         dataset_kwargs=lambda language: {"language": language},
         extra_config=_mgsm_stops,

@@ -5,6 +5,12 @@ variance, lm-eval's formula for mean metrics), so they exist for every task and 
 - per task and pooled (micro) aggregates: the standard error of a mean of per-item scores;
 - mean-over-tasks (macro) aggregates: ``sqrt(sum se_i^2) / k``, tasks being independent samples.
 A standard error is ``None`` where it is undefined (fewer than two items).
+
+A benchmark may set a minimum task size for its macro mean (XWinograd: 100 items): smaller tasks,
+judged by the items the task has (not by ``--limit``), are flagged in ``EvalResult.flagged``, left
+out of the macro mean and reported on their own (their per-task scores; the micro figure still
+pools every evaluated item). Were every evaluated task that small, the macro mean covers them all
+and says so.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class EvalResult:
     data_files: dict[str, str]  # file under the data root -> sha256 (hub sources -> "hub")
     settings: dict  # batch size, limit, generation caps, whether LoRA was merged, cache key
     sample_files: dict[str, str] = field(default_factory=dict)  # benchmark -> written records file
+    # benchmark -> task -> why it is shown apart from the macro mean (e.g. too few items)
+    flagged: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def task(self, benchmark: str, task: str) -> TaskScore:
         return next(score for score in self.tasks if score.benchmark == benchmark and score.task == task)
@@ -88,6 +96,17 @@ def macro_stderr(stderrs: Sequence[float | None]) -> float | None:
     return math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
 
 
+def small_tasks(scores: Sequence[TaskScore], min_items: int | None) -> dict[str, str]:
+    """Tasks with fewer than ``min_items`` items (``n_available``), each with the reason in words."""
+    if min_items is None:
+        return {}
+    return {
+        score.task: f"{score.n_available} items, fewer than {min_items}: shown separately, not in the macro mean"
+        for score in scores
+        if score.n_available < min_items
+    }
+
+
 def aggregate_benchmark(
     benchmark: str,
     metrics: Sequence[str],
@@ -95,24 +114,34 @@ def aggregate_benchmark(
     per_item: Mapping[str, Mapping[str, list[float]]],
     unit: str,
     categories: Mapping[str, str],
+    min_items: int | None = None,
 ) -> list[Aggregate]:
     """Macro (mean over tasks) and micro (pooled) figures per metric; MMLU-style category groups.
 
-    ``per_item[task][metric]`` holds the per-item scores of each task.
+    ``per_item[task][metric]`` holds the per-item scores of each task. Tasks with fewer than
+    ``min_items`` items are left out of the macro mean (``small_tasks``).
     """
     aggregates = []
-    n_items = sum(score.n_evaluated for score in scores)
+    small = small_tasks(scores, min_items)
+    in_macro = [score for score in scores if score.task not in small] or list(scores)
+    n_items = sum(score.n_evaluated for score in in_macro)
+    if not small:
+        how = ""
+    elif len(in_macro) < len(scores):
+        how = f" with at least {min_items} items ({', '.join(small)}: fewer, shown separately)"
+    else:
+        how = f" (every one has fewer than {min_items} items)"
     for metric in metrics:
         aggregates.append(
             Aggregate(
                 benchmark=benchmark,
                 name="macro",
                 metric=metric,
-                value=mean([score.metrics[metric] for score in scores]),
-                stderr=macro_stderr([score.stderr[metric] for score in scores]),
-                n_tasks=len(scores),
+                value=mean([score.metrics[metric] for score in in_macro]),
+                stderr=macro_stderr([score.stderr[metric] for score in in_macro]),
+                n_tasks=len(in_macro),
                 n_items=n_items,
-                method=f"mean over {len(scores)} {unit}s of the per-{unit} {metric}",
+                method=f"mean over {len(in_macro)} {unit}s{how} of the per-{unit} {metric}",
             )
         )
         pooled = [value for score in scores for value in per_item[score.task][metric]]

@@ -14,7 +14,8 @@ from eval_tasks.bbh.answers import (
     parse_options,
     score_generation,
 )
-from eval_tasks.mgsm.functions import final_number, score
+from eval_tasks.bbh.functions import explain_answer_only, score_answer_only
+from eval_tasks.mgsm.functions import score
 from metalora.data.bbh import BBH_TASKS
 
 DATE_INPUT = (
@@ -94,6 +95,37 @@ def test_answer_only_scoring(task, doc_input, target, output, expected):
     assert score_generation(task, doc_input, target, output, cot=False).correct is expected
 
 
+# (target, generation as lm-eval returns it, i.e. cut before the stop sequence, strict, lenient)
+STRICT_CASES = [
+    ("(D)", " (D)", True, True),
+    ("(D)", " (D)\n", True, True),
+    ("(D)", " D", False, True),
+    ("(D)", " (d)", False, True),
+    ("(D)", " (D).", False, True),
+    ("(D)", " (D) 12/14/1937", False, True),
+    ("(D)", " (D)\nBecause", False, True),
+    ("(D)", "", False, False),
+    ("(D)", " (B)", False, False),
+]
+
+
+@pytest.mark.parametrize(("target", "generation", "strict", "lenient"), STRICT_CASES)
+def test_answer_only_primary_metric_is_strict_and_normalised_match_is_secondary(target, generation, strict, lenient):
+    doc = {"task": "date_understanding", "input": DATE_INPUT, "target": target}
+    assert score_answer_only(doc, [generation]) == {
+        "exact_match": float(strict), "exact_match_normalized": float(lenient)
+    }
+    explained = explain_answer_only(doc, generation)
+    assert explained["prediction"] == generation.strip() and explained["gold"] == "(D)"
+    assert (explained["prediction_normalized"] == explained["gold_normalized"]) is lenient
+
+
+def test_strict_match_keeps_case_of_label_answers():
+    doc = {"task": "web_of_lies", "input": "Does Ka tell the truth?", "target": "Yes"}
+    assert score_answer_only(doc, [" Yes"]) == {"exact_match": 1.0, "exact_match_normalized": 1.0}
+    assert score_answer_only(doc, [" yes"]) == {"exact_match": 0.0, "exact_match_normalized": 1.0}
+
+
 COT_CASES = [
     ("date_understanding", DATE_INPUT, "(D)", " 10 days before 12/24/1937 is 12/14/1937. So the answer is (D).", True),
     ("date_understanding", DATE_INPUT, "(D)", "\nSo the Answer is D.\nQ: more", True),
@@ -145,17 +177,21 @@ def test_every_task_has_an_answer_kind_and_closed_tasks_have_choices():
 
 
 @pytest.mark.parametrize(
-    ("generation", "gold", "expected"),
+    ("generation", "gold", "flexible", "strict"),
     [
-        (" 18", "18", True),
-        (" She makes 9 * 2 = 18 dollars.", "18", True),
-        (" 1,250", "1250", True),
-        (" 18.0", "18", True),
-        (" 16 - 3 - 4 = 9", "18", False),
-        (" eighteen", "18", False),
-        ("", "18", False),
+        (" 18", "18", True, True),
+        (" She makes 9 * 2 = 18 dollars.", "18", True, False),
+        (" 1,250", "1250", True, True),
+        (" $1,250.", "1250", True, True),
+        (" 18.0", "18", False, False),  # lm-eval compares text without punctuation: "180" != "18"
+        (" 18\nThe next one costs 5", "18", False, False),  # the last number counts
+        (" 16 - 3 - 4 = 9", "18", False, False),
+        (" 7 apples, so 18", "18", True, False),
+        (" eighteen", "18", False, False),
+        ("", "18", False, False),
     ],
 )
-def test_mgsm_scores_the_final_number(generation, gold, expected):
-    assert score({"answer_number": gold}, [generation]) == {"exact_match": float(expected)}
-    assert final_number("Answer: -3.50") == "-3.5"
+def test_mgsm_scores_as_lm_evals_mgsm_direct(generation, gold, flexible, strict):
+    assert score({"answer_number": gold}, [generation]) == {
+        "exact_match": float(flexible), "exact_match_strict": float(strict)
+    }

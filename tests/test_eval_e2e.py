@@ -94,7 +94,7 @@ def test_answer_only_outputs_of_a_real_model_normalise_into_the_answer_set(run):
     for record in records:
         if record["task"] in kinds:
             # SmolLM2 answers " False", " (A)", " yes": the leading space and case are normalised away.
-            assert record["prediction"] in kinds[record["task"]], record["output"]
+            assert record["prediction_normalized"] in kinds[record["task"]], record["output"]
 
 
 def test_the_run_records_its_provenance(run, root):

@@ -18,7 +18,7 @@ from eval_tasks.dataroot import task_metadata
 from eval_tasks.harness import evaluate
 from eval_tasks.records import read_records
 from eval_tasks.registry import EVAL_TASKS_DIR
-from eval_tasks.results import TaskScore, aggregate_benchmark
+from eval_tasks.results import TaskScore, aggregate_benchmark, small_tasks
 from metalora.data.root import DataRoot, resolve_data_root, sha256_file
 from metalora.errors import MlbenchError
 
@@ -131,6 +131,43 @@ def test_xcopa_agrees_with_lm_evals_builtin_task(tmp_path, root, lm, language):
     _assert_same(_run(lm, manager, f"mlbench_xcopa_{language}", 40), _run(lm, manager, name, 40))
 
 
+def _run_gen(lm, manager, task: str, limit: int) -> list[dict]:
+    from lm_eval import simple_evaluate
+
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True,
+                          bootstrap_iters=0, gen_kwargs={"max_gen_toks": 6})  # fmt: skip
+    return sorted(out["samples"][task], key=lambda sample: (sample["doc_id"], sample.get("filter", "")))
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_mgsm_agrees_with_lm_evals_builtin_mgsm_direct(tmp_path, root, lm, language):
+    from lm_eval.tasks import TaskManager
+
+    from metalora.data.mgsm import mgsm_rows
+
+    # The built-in task reads the hub schema (an answer of None selects its test-split prompt).
+    rows = [{"question": r["question"], "answer": None, "answer_number": int(r["answer_number"]),
+             "equation_solution": None} for r in mgsm_rows(root, language)]  # fmt: skip
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    name = f"builtin_mgsm_{language}"
+    _builtin_yaml(tmp_path, name, f"mgsm/direct/mgsm_direct_{language}.yaml", {"dataset_path": "json",
+        "dataset_name": None, "training_split": None, "dataset_kwargs": {
+            "data_files": {"test": str(tmp_path / "test.jsonl")}, "cache_dir": str(tmp_path / "cache")}})  # fmt: skip
+    manager = TaskManager(include_path=[str(EVAL_TASKS_DIR), str(tmp_path)], include_defaults=False,
+                          metadata=task_metadata(root))  # fmt: skip
+    ours = _run_gen(lm, manager, f"mlbench_mgsm_{language}", 3)
+    theirs = _run_gen(lm, manager, name, 3)
+    by_filter = {(s["doc_id"], s["filter"]): s for s in theirs}
+    assert len(ours) == 3 and len(theirs) == 6
+    for mine in ours:
+        flexible, strict = by_filter[mine["doc_id"], "flexible-extract"], by_filter[mine["doc_id"], "remove_whitespace"]
+        assert mine["arguments"] == flexible["arguments"]  # same prompt, stop sequences and settings
+        assert mine["resps"] == flexible["resps"]
+        assert mine["exact_match"] == flexible["exact_match"]
+        assert mine["exact_match_strict"] == strict["exact_match"]
+        assert mine["filtered_resps"][0] == mine["resps"][0][0]
+
+
 def test_evaluate_reports_tasks_aggregates_provenance_and_records(tmp_path, root, model, tokenizer):
     result = evaluate(model, tokenizer, ["mmlu", "xwinograd"], data_root=root, limit=2, batch_size=4,
                       output_dir=tmp_path, run_label="tiny")  # fmt: skip
@@ -150,6 +187,16 @@ def test_evaluate_reports_tasks_aggregates_provenance_and_records(tmp_path, root
     assert first["choices"] == [" A", " B", " C", " D"] and len(first["scores"]) == 4
     assert first["correct"] == (first["prediction"] == first["target"])
     assert isinstance(read_records(Path(result.sample_files["xwinograd"]))[0]["prompt"], list)
+
+    # XWinograd's fr (83 items) and zh (16) are flagged and left out of its macro mean.
+    assert result.flagged == {"xwinograd": {
+        "fr": "83 items, fewer than 100: shown separately, not in the macro mean",
+        "zh": "16 items, fewer than 100: shown separately, not in the macro mean"}}  # fmt: skip
+    macro = result.aggregate("xwinograd", "macro")
+    kept = [result.task("xwinograd", language).metrics["acc"] for language in ("en", "jp", "pt", "ru")]
+    assert (macro.n_tasks, macro.n_items) == (4, 8) and macro.value == pytest.approx(sum(kept) / 4)
+    assert result.aggregate("xwinograd", "micro").n_items == 12
+    assert json.loads(result.to_json())["flagged"]["xwinograd"]["zh"].startswith("16 items")
 
     # Aggregates agree with the records.
     correct = [float(record["correct"]) for record in records]
@@ -272,3 +319,19 @@ def test_aggregates_are_exact_on_fixed_inputs():
     assert scores[0].stderr["acc"] == pytest.approx((1 / 3 / 4) ** 0.5)
     assert named["macro"].stderr == pytest.approx(((1 / 12) + 0 + (0.25 / 4)) ** 0.5 / 3)
     assert named["micro"].stderr == pytest.approx(((0.25 * 10 / 9) / 10) ** 0.5)
+
+
+def test_tasks_below_the_minimum_size_stay_out_of_the_macro_mean():
+    per_item = {"big": {"acc": [1.0, 0.0, 1.0]}, "small": {"acc": [0.0]}, "mid": {"acc": [1.0, 1.0]}}
+    scores = [_score(task, values["acc"]) for task, values in per_item.items()]
+    named = {agg.name: agg for agg in aggregate_benchmark("demo", ("acc",), scores, per_item, "language", {}, 2)}
+    assert named["macro"].value == pytest.approx((2 / 3 + 1.0) / 2) and named["macro"].n_tasks == 2
+    assert named["macro"].method == (
+        "mean over 2 languages with at least 2 items (small: fewer, shown separately) of the per-language acc"
+    )
+    assert named["micro"].value == pytest.approx(4 / 6)  # micro pools every evaluated item
+    assert small_tasks(scores, 2) == {"small": "1 items, fewer than 2: shown separately, not in the macro mean"}
+    # Every task too small: the macro mean covers them all and says so.
+    only = {agg.name: agg for agg in aggregate_benchmark("demo", ("acc",), scores[1:2], per_item, "language", {}, 2)}
+    assert only["macro"].value == 0.0 and only["macro"].method.endswith("(every one has fewer than 2 items) of the per-language acc")
+    assert small_tasks(scores, None) == {}

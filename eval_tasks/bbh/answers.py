@@ -15,6 +15,10 @@ answer kind to one canonical form, applied to the gold target too:
 - sorted words: case-folded words, commas and spacing ignored;
 - Dyck closings: the bracket characters with all whitespace removed.
 An empty or missing answer never matches.
+
+That lenient score is the secondary metric of answer-only BBH (``exact_match_normalized``); its
+primary metric is the original BBH protocol's strict exact match (``strict_match``): the generation
+up to the stop sequence, whitespace stripped, equal to the target character for character.
 """
 
 from __future__ import annotations
@@ -193,6 +197,12 @@ class BbhScore:
     prediction: str  # normalised extracted answer ("" when none was found)
     gold: str  # normalised target
     correct: bool
+
+
+def strict_match(target: str, generation: str) -> bool:
+    """Original BBH answer-only scoring: stripped generation == stripped target (case and all)."""
+    answer = generation.strip()
+    return bool(answer) and answer == target.strip()
 
 
 def score_generation(task: str, doc_input: str, target: str, generation: str, *, cot: bool) -> BbhScore:

@@ -4,7 +4,9 @@ Every variant gives lm-eval a ``test`` split (the task's items) and a ``fewshot`
 prompt-file exemplars, which are not among the items). The task description travels in each doc
 so the YAMLs hold no data.
 
-- ``bbh``: exemplar answers are the prompt-file answers with the reasoning removed.
+- ``bbh``: exemplar answers are the prompt-file answers with the reasoning removed; scored by strict
+  exact match (``exact_match``, the original protocol) and by normalised match
+  (``exact_match_normalized``, eval_tasks/bbh/answers.py).
 - ``bbh_cot``: exemplar answers are the official reasoning, verbatim.
 - ``bbh_mc``: only tasks with a closed answer set; each doc carries its ``choices`` and
   ``answer_index``. Items whose target is none of their options (three upstream items whose
@@ -14,7 +16,7 @@ so the YAMLs hold no data.
 
 from __future__ import annotations
 
-from eval_tasks.bbh.answers import mc_choices, score_generation
+from eval_tasks.bbh.answers import mc_choices, score_generation, strict_match
 from eval_tasks.dataroot import dataset_dict, root_from_metadata
 from metalora.data.bbh import BbhPrompt, bbh_items, bbh_prompt
 
@@ -72,7 +74,10 @@ def _mc_docs(task: str, prompt: BbhPrompt, items: list[dict]) -> list[dict]:
 
 def score_answer_only(doc: dict, results: list[str]) -> dict[str, float]:
     score = score_generation(doc["task"], doc["input"], doc["target"], results[0], cot=False)
-    return {"exact_match": float(score.correct)}
+    return {
+        "exact_match": float(strict_match(doc["target"], results[0])),
+        "exact_match_normalized": float(score.correct),
+    }
 
 
 def score_cot(doc: dict, results: list[str]) -> dict[str, float]:
@@ -81,9 +86,15 @@ def score_cot(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 def explain_answer_only(doc: dict, generation: str) -> dict:
-    """The extracted answer and gold, normalised, for the per-sample records."""
+    """For the per-sample records: what the strict metric compares (the stripped generation and
+    target), and what the normalised metric compares."""
     score = score_generation(doc["task"], doc["input"], doc["target"], generation, cot=False)
-    return {"prediction": score.prediction, "gold": score.gold}
+    return {
+        "prediction": generation.strip(),
+        "gold": doc["target"].strip(),
+        "prediction_normalized": score.prediction,
+        "gold_normalized": score.gold,
+    }
 
 
 def explain_cot(doc: dict, generation: str) -> dict:

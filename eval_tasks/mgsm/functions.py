@@ -1,9 +1,16 @@
 """Dataset loader, prompt and scorer the MGSM task YAMLs name with ``!function``.
 
-Zero-shot "direct" protocol: the question after the language's own "Question:" word, then its
-"Answer:" word, as in lm-eval's ``mgsm_direct_<lang>`` tasks. The model's answer is the last number
-in its generation (commas as thousands separators are dropped), compared numerically with the
-gold number: exact match on the final number.
+Zero-shot "direct" protocol of lm-eval's ``mgsm_direct_<lang>`` tasks (``tasks/mgsm/direct``):
+the question after the language's own "Question:" word, then its "Answer:" word; greedy generation
+that stops at the language's "Question:" word, ``</s>`` or ``<|im_end|>`` (registry.py) with lm-eval's
+default cap of 256 tokens. Answers are extracted and compared by lm-eval's own filters and metric,
+called here rather than through the YAML's ``filter_list`` so each item keeps one record with both
+figures:
+- ``exact_match`` (primary; lm-eval's "flexible-extract"): the last match of
+  ``(-?[$0-9.,]{2,})|(-?[0-9]+)`` in the generation;
+- ``exact_match_strict`` (lm-eval's "remove_whitespace"): the whole generation, stripped;
+each compared with the gold number by lm-eval's ``exact_match`` ignoring case and punctuation
+(so "$1,250." matches 1250, and "18.0" does not match 18, as in lm-eval).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ MGSM_PROMPT_WORDS: Mapping[str, tuple[str, str]] = MappingProxyType(
         "zh": ("问题： ", "Answer:"),
     }
 )
+# lm-eval's mgsm direct_yaml: the flexible-extract filter's pattern and group.
+FLEXIBLE_PATTERN = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -53,11 +62,29 @@ def final_number(text: str) -> str:
     return str(int(value)) if value.is_integer() else str(value)
 
 
+def extract(generation: str) -> dict[str, str]:
+    """The answers lm-eval's two mgsm_direct filters take from a generation."""
+    from lm_eval.filters.extraction import RegexFilter, WhitespaceFilter
+
+    flexible = RegexFilter(regex_pattern=FLEXIBLE_PATTERN, group_select=-1).apply([[generation]], [{}])
+    strict = WhitespaceFilter().apply([[generation]], [{}])
+    return {"flexible": flexible[0][0], "strict": strict[0][0]}
+
+
+def _matches(prediction: str, gold: str) -> float:
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    result = exact_match_hf_evaluate([prediction], [gold], ignore_case=True, ignore_punctuation=True)
+    return float(result["exact_match"])
+
+
 def score(doc: dict, results: list[str]) -> dict[str, float]:
-    prediction = final_number(results[0])
-    return {"exact_match": float(bool(prediction) and prediction == final_number(doc["answer_number"]))}
+    answers = extract(results[0])
+    gold = str(doc["answer_number"])
+    return {"exact_match": _matches(answers["flexible"], gold), "exact_match_strict": _matches(answers["strict"], gold)}
 
 
 def explain(doc: dict, generation: str) -> dict:
-    """The final numbers compared, for the per-sample records."""
-    return {"prediction": final_number(generation), "gold": final_number(doc["answer_number"])}
+    """The extracted answers and the gold number, for the per-sample records."""
+    answers = extract(generation)
+    return {"prediction": answers["flexible"], "prediction_strict": answers["strict"], "gold": str(doc["answer_number"])}
