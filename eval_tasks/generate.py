@@ -45,7 +45,7 @@ def expected_files() -> dict[Path, str]:
 
 def _task_config(spec: BenchmarkSpec, subtask: str) -> dict:
     return {
-        "include": spec.template,
+        "include": spec.template_for(subtask),
         "task": spec.task_name(subtask),
         "task_alias": subtask,
         "dataset_kwargs": spec.dataset_kwargs(subtask),

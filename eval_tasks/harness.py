@@ -21,6 +21,7 @@ from typing import Literal
 from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
 from eval_tasks.model_state import evaluation_state, model_fingerprint
 from eval_tasks.records import sample_record, write_records
+from eval_tasks.references import compute_references
 from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
 from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr, small_tasks
 from metalora.data.root import DATA_DIR_ENV, DataRoot, sha256_file, sha256_text
@@ -83,6 +84,7 @@ def evaluate(
     chosen = choose_subtasks(specs, subtasks or {})
     options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir)
     data_files = hash_data_files(specs, chosen, data_root)
+    references = compute_references(specs, chosen, data_root, options.limit)
 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -136,6 +138,7 @@ def evaluate(
         },
         sample_files=sample_files,
         flagged=flagged,
+        references=references,
     )
 
 

@@ -29,7 +29,8 @@ def sample_record(
     """A JSON-ready record from one lm-eval logged sample."""
     requests = [tuple(_request_args(argument)) for argument in sample["arguments"]]
     record: dict = {"task": task, "doc_id": sample["doc_id"]}
-    if explain is not None:  # generate_until: one request (context, generation settings)
+    # generate_until: one request (context, generation settings); a benchmark may mix both kinds.
+    if explain is not None and isinstance(requests[0][1], dict):
         output = sample["filtered_resps"][0]
         record |= {"prompt": requests[0][0], "target": sample["target"], "output": output}
         record |= explain(sample["doc"], output)

@@ -7,18 +7,20 @@ eval_tasks.generate`` then writes the per-task YAMLs and the group file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from eval_tasks.bbh.answers import BBH_ANSWERS
 from eval_tasks.bbh.functions import explain_answer_only, explain_cot
+from eval_tasks.heldout.functions import explain as explain_heldout
 from eval_tasks.mgsm.functions import MGSM_PROMPT_WORDS
 from eval_tasks.mgsm.functions import explain as explain_mgsm
 from metalora.data.bbh import BBH_ITEM_COUNTS, BBH_TASKS, bbh_item_file, bbh_prompt_file
 from metalora.data.mgsm import MGSM_ITEMS_PER_LANGUAGE, MGSM_LANGUAGES, mgsm_file
-from metalora.data.mmlu import MMLU_CATEGORIES, MMLU_ITEM_COUNTS, MMLU_SUBJECTS, mmlu_file
+from metalora.data.mmlu import MMLU_CATEGORIES, MMLU_DEV_SHORTFALL, MMLU_ITEM_COUNTS, MMLU_SUBJECTS, mmlu_file
+from metalora.data.registry import HELD_OUT_COUNTS, TRAINING_TASKS
 from metalora.data.xcopa import XCOPA_LANGUAGES
 from metalora.data.xwinograd import XWINOGRAD_COUNTS, XWINOGRAD_FILE, XWINOGRAD_LANGUAGES
 from metalora.errors import MlbenchError
@@ -53,6 +55,12 @@ class BenchmarkSpec:
     unit: str = "task"
     # Subtasks with fewer items are flagged and left out of the macro mean (results.small_tasks).
     min_items_for_macro: int | None = None
+    templates: Mapping[str, str] = field(default_factory=dict)  # subtask -> template, where not ``template``
+    # The subtasks are training tasks: a run evaluates those it trained on (training_task_subtasks).
+    follows_training_tasks: bool = False
+
+    def template_for(self, subtask: str) -> str:
+        return self.templates.get(subtask, self.template)
 
     @property
     def group(self) -> str:
@@ -84,6 +92,12 @@ def _mmlu_description(subject: str) -> dict:
     return {"description": f"The following are multiple choice questions (with answers) about {words}.\n\n"}
 
 
+def _mmlu_5shot_config(subject: str) -> dict:
+    # A subject with fewer usable dev items runs with those it has, never with test items.
+    shots = MMLU_DEV_SHORTFALL.get(subject)
+    return _mmlu_description(subject) | ({"num_fewshot": shots} if shots else {})
+
+
 def _mgsm_stops(language: str) -> dict:
     # lm-eval's mgsm_direct_<lang>.yaml: stop at the language's "Question:" word or an end-of-turn
     # marker. This replaces the template's generation_kwargs as a whole (lm-eval's include merge is
@@ -99,7 +113,26 @@ def _mgsm_stops(language: str) -> dict:
 
 
 _BBH_COUNTS = MappingProxyType(dict(BBH_ITEM_COUNTS))
+HELDOUT_MAX_GEN_TOKENS = 256  # GSM8K worked answers run to about 130 tokens (lm-eval's default cap)
 _SPECS = (
+    BenchmarkSpec(
+        name="heldout",
+        protocol="The run's training tasks, each on its own held-out items (BIG-bench: the 20% never "
+        "trained on; GSM8K test; XCOPA test), 0-shot with the training prompts; multiple choice by "
+        "log-likelihood over the choices, GSM8K by exact match of the final number (acc)",
+        folder="heldout",
+        template="_heldout_mc_template_yaml",
+        templates=MappingProxyType({"gsm8k": "_heldout_gsm8k_template_yaml"}),
+        subtasks=tuple(TRAINING_TASKS),
+        item_counts=HELD_OUT_COUNTS,
+        metrics=("acc",),
+        data_files=lambda task: TRAINING_TASKS[task].files,
+        dataset_kwargs=lambda task: {"task": task},
+        max_gen_tokens=HELDOUT_MAX_GEN_TOKENS,
+        explain=explain_heldout,
+        hub_sources="tasksource/bigbench, openai/gsm8k, cambridgeltl/xcopa",
+        follows_training_tasks=True,
+    ),
     BenchmarkSpec(
         name="bbh",
         protocol="BBH 27 tasks, 3-shot answer-only (official CoT exemplars without reasoning), "
@@ -163,16 +196,18 @@ _SPECS = (
     ),
     BenchmarkSpec(
         name="mmlu_5shot",
-        protocol=f"MMLU 57 subjects, {MMLU_FEWSHOT}-shot log-likelihood over A-D; exemplars are the first "
-        f"{MMLU_FEWSHOT} items of each subject's test file and are not evaluated (no dev split offline)",
+        protocol=f"MMLU 57 subjects, {MMLU_FEWSHOT}-shot log-likelihood over A-D; exemplars are the subject's "
+        "MMLU dev items as shipped in lm-eval (tasks/mmlu/flan_cot_fewshot), every test item evaluated; "
+        + ", ".join(f"{subject} {shots}-shot" for subject, shots in MMLU_DEV_SHORTFALL.items())
+        + " (fewer usable dev items)",
         folder="mmlu",
         template="_mmlu_5shot_template_yaml",
         subtasks=MMLU_SUBJECTS,
-        item_counts=MappingProxyType({s: n - MMLU_FEWSHOT for s, n in MMLU_ITEM_COUNTS.items()}),
+        item_counts=MMLU_ITEM_COUNTS,
         metrics=("acc",),
         data_files=lambda subject: (mmlu_file(subject),),
         dataset_kwargs=lambda subject: {"subject": subject, "shots": MMLU_FEWSHOT},
-        extra_config=_mmlu_description,
+        extra_config=_mmlu_5shot_config,
         categories=MMLU_CATEGORIES,
         unit="subject",
         hub_sources="cais/mmlu",
@@ -226,6 +261,17 @@ _SPECS = (
 )
 
 BENCHMARKS: Mapping[str, BenchmarkSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+
+
+def training_task_subtasks(benchmarks: Sequence[str], tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The ``subtasks`` selection of a run that trained on ``tasks``: benchmarks whose subtasks are
+    training tasks (``heldout``) evaluate exactly those tasks; the others are not restricted.
+
+    A run's tasks follow its scenario, ``--tasks`` and ``--held-out-languages`` (a held-out XCOPA
+    language is not a training task, so its items are not in ``heldout``; ``xcopa`` measures it).
+    An untrained (base) run evaluates the tasks its scenario would train on, so its row compares.
+    """
+    return {name: tuple(tasks) for name in dict.fromkeys(benchmarks) if get_benchmark(name).follows_training_tasks}
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:

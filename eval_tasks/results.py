@@ -60,6 +60,8 @@ class EvalResult:
     sample_files: dict[str, str] = field(default_factory=dict)  # benchmark -> written records file
     # benchmark -> task -> why it is shown apart from the macro mean (e.g. too few items)
     flagged: dict[str, dict[str, str]] = field(default_factory=dict)
+    # benchmark -> reference row -> {"macro", "per_task"} on the evaluated items (references.py)
+    references: dict[str, dict] = field(default_factory=dict)
 
     def task(self, benchmark: str, task: str) -> TaskScore:
         return next(score for score in self.tasks if score.benchmark == benchmark and score.task == task)

@@ -58,13 +58,14 @@ class FileHashCache:
 
 
 def data_hashes_for(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
-    from eval_tasks.registry import get_benchmark
+    from eval_tasks.registry import get_benchmark, training_task_subtasks
 
     files = [name for task in (config.tasks if config.trains else ()) for name in get_task(task).files]
+    chosen = training_task_subtasks(config.benchmarks, config.tasks)
     files += [
         name
         for benchmark in config.benchmarks
-        for subtask in get_benchmark(benchmark).subtasks
+        for subtask in chosen.get(benchmark, get_benchmark(benchmark).subtasks)
         for name in get_benchmark(benchmark).data_files(subtask)
     ]
     if root.is_hub:
@@ -190,6 +191,7 @@ def _execute_claimed(prepared, store, folder: Path, options, report, on_step) ->
     results_path = folder / "eval" / "results.json"
     if not results_path.is_file():
         from eval_tasks.harness import evaluate
+        from eval_tasks.registry import training_task_subtasks
 
         report(f"run {run_id}: evaluating on {', '.join(config.benchmarks)}"
                + (f" (first {config.eval_limit} items per task)" if config.eval_limit else ""))
@@ -205,6 +207,7 @@ def _execute_claimed(prepared, store, folder: Path, options, report, on_step) ->
             output_dir=folder / "eval",
             run_label=run_id,
             merge_lora=adapter.mergeable,
+            subtasks=training_task_subtasks(config.benchmarks, config.tasks),
         )
         write_atomic(results_path, result.to_json())
     results = json.loads(results_path.read_text())

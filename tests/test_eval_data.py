@@ -14,11 +14,13 @@ from metalora.data.bbh import BBH_ITEM_COUNTS, BBH_TASKS, bbh_items, bbh_prompt,
 from metalora.data.mgsm import MGSM_LANGUAGES, mgsm_rows
 from metalora.data.mmlu import (
     MMLU_CATEGORIES,
+    MMLU_DEV_SHORTFALL,
     MMLU_ITEM_COUNTS,
     MMLU_SUBJECTS,
     MMLU_TOTAL_ITEMS,
+    mmlu_dev_exemplars,
     mmlu_rows,
-    mmlu_split,
+    parse_mmlu_dev_prompt,
 )
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.data.xwinograd import XWINOGRAD_COUNTS, XWINOGRAD_LANGUAGES, xwinograd_rows
@@ -78,8 +80,65 @@ def test_mmlu_has_57_subjects_with_the_official_counts(root):
     row = mmlu_rows(root, "anatomy")[0]
     assert row["question"].startswith("A lesion causing compression of the facial nerve")
     assert row["choices"][0] == "paralysis of the facial muscles." and row["answer"] == 0
-    exemplars, evaluated = mmlu_split(mmlu_rows(root, "anatomy"), 5)
-    assert len(exemplars) == 5 and len(evaluated) == 130 and exemplars[0] == row
+
+
+# Hand-checked against the file and by working each one out: (subject, position in the file,
+# question start, choices, answer letter).
+DEV_ITEMS = [
+    ("abstract_algebra", 1, "Find the characteristic of the ring 2Z.", ["0", "3", "12", "30"], "A"),  # repaired
+    ("abstract_algebra", 4, "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.", ["0", "1", "2", "3"], "B"),
+    ("elementary_mathematics", 1, ("The population of the city where Michelle was born is 145,826. What is the value "
+     "of the 5 in the number 145,826?"), ["5 thousands", "5 hundreds", "5 tens", "5 ones"], "A"),
+    ("elementary_mathematics", 4, "Which expression is equivalent to 5 x 9?",  # choices one per line
+     ["(5 x 4) x (6 x 5)", "(5 x 5) + (5 x 4)", "(5 x 5) + (5 x 9)", "(5 x 9) x (6 x 9)"], "B"),
+    ("human_aging", 2, "Which element in tobacco smoke is responsible for cancers?",
+     ["Nicotine", "Tar", "Carbon monoxide", "Smoke particles"], "B"),
+    ("college_chemistry", 2, ("Which of the following lists the hydrides of group-14 elements in order of thermal "
+     "stability, from lowest to highest?"), ["PbH4 < SnH4 < GeH4 < SiH4 < CH4", "PbH4 < SnH4 < CH4 < GeH4 < SiH4",
+     "CH4 < SiH4 < GeH4 < SnH4 < PbH4", "CH4 < PbH4 < GeH4 < SnH4 < SiH4"], "A"),
+    ("high_school_geography", 0, "Which one of the following items is an example of nonmaterial culture?",
+     ["Dove soap", "Dove candy bar", "Dove symbol", "A dove (bird)."], "C"),
+    ("formal_logic", 2, "Select the best English interpretation of the given arguments in predicate logic.\nDm\n",
+     None, "D"),  # repaired: the stray leading newline is gone
+    ("high_school_computer_science", 4, "A list of numbers has n elements", None, "B"),  # options span two lines
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("subject", "index", "question", "choices", "answer"), DEV_ITEMS)
+def test_mmlu_dev_exemplars_match_hand_checked_items(subject, index, question, choices, answer):
+    item = mmlu_dev_exemplars(subject)[index]
+    assert item["question"].startswith(question) and item["subject"] == subject
+    assert item["choices"] == choices if choices else len(item["choices"]) == 4
+    assert "ABCD"[item["answer"]] == answer
+
+
+def test_every_subject_has_its_dev_exemplars_or_says_how_many(root):
+    counts = {subject: len(mmlu_dev_exemplars(subject)) for subject in MMLU_SUBJECTS}
+    assert {s: n for s, n in counts.items() if n != 5} == dict(MMLU_DEV_SHORTFALL)
+    assert sum(counts.values()) == 281  # 282 of 285 dev items are in lm-eval's file, one has 5 options
+    test_items = {subject: {row["question"] for row in mmlu_rows(root, subject)} for subject in MMLU_SUBJECTS}
+    elsewhere = []
+    for subject in MMLU_SUBJECTS:
+        for item in mmlu_dev_exemplars(subject):
+            assert item["question"] and item["question"] == item["question"].strip()
+            assert len(item["choices"]) == 4 and all(item["choices"]) and item["answer"] in range(4)
+            assert not any("(B)" in choice or "\nA: " in choice for choice in item["choices"])
+            assert item["question"] not in test_items[subject]  # no exemplar is evaluated with itself
+            elsewhere += [other for other in MMLU_SUBJECTS if item["question"] in test_items[other]]
+    # Upstream MMLU repeats five dev items of one medical subject as test items of the other.
+    assert sorted(elsewhere) == ["clinical_knowledge"] * 3 + ["college_medicine"] * 2
+    # The skipped college_chemistry item is the five-option one.
+    assert not any("EPR spectrum" in item["question"] for item in mmlu_dev_exemplars("college_chemistry"))
+
+
+def test_mmlu_dev_parser_refuses_malformed_text_and_unknown_subjects():
+    text = "The following are multiple choice questions (with answers) about anatomy.\n\nQ: What?\n(A) a (B) b\n"
+    with pytest.raises(MlbenchError, match=r"malformed MMLU dev file demo, exemplar 1: expected 'Q: question'"):
+        parse_mmlu_dev_prompt(text, "anatomy", "demo")
+    with pytest.raises(MlbenchError, match="expected defect not found"):
+        parse_mmlu_dev_prompt("no defect here", "abstract_algebra", "demo")
+    with pytest.raises(MlbenchError, match="unknown MMLU subject 'anatomyy'"):
+        mmlu_dev_exemplars("anatomyy")
 
 
 def test_mmlu_categories_match_lm_evals_groups():

@@ -19,6 +19,7 @@ from eval_tasks.harness import evaluate
 from eval_tasks.records import read_records
 from eval_tasks.registry import EVAL_TASKS_DIR
 from eval_tasks.results import TaskScore, aggregate_benchmark, small_tasks
+from metalora.data.mmlu import mmlu_dev_exemplars
 from metalora.data.root import DataRoot, resolve_data_root, sha256_file
 from metalora.errors import MlbenchError
 
@@ -99,7 +100,8 @@ def test_mmlu_agrees_with_lm_evals_builtin_task(tmp_path, root, lm):
             {"question": r[0], "subject": "anatomy", "choices": r[1:5], "answer": "ABCD".index(r[5])}
             for r in csv.reader(handle)
         ]
-    for split, split_rows in {"test": rows, "dev": rows[:5], "test5": rows[5:]}.items():
+    # 5-shot: lm-eval's own task given the same dev items (the copy inside lm-eval) and all test items.
+    for split, split_rows in {"test": rows, "dev": mmlu_dev_exemplars("anatomy")}.items():
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
     common = {"dataset_path": "json", "dataset_name": None}
     files = {"cache_dir": str(tmp_path / "cache")}
@@ -107,14 +109,14 @@ def test_mmlu_agrees_with_lm_evals_builtin_task(tmp_path, root, lm):
         "dataset_kwargs": {**files, "data_files": {"test": str(tmp_path / "test.jsonl"), "dev": str(tmp_path / "dev.jsonl")}}})  # fmt: skip
     _builtin_yaml(tmp_path, "builtin_mmlu_5shot_anatomy", "mmlu/default/mmlu_anatomy.yaml", {**common,
         "num_fewshot": 5,
-        "dataset_kwargs": {**files, "data_files": {"test": str(tmp_path / "test5.jsonl"), "dev": str(tmp_path / "dev.jsonl")}}})  # fmt: skip
+        "dataset_kwargs": {**files, "data_files": {"test": str(tmp_path / "test.jsonl"), "dev": str(tmp_path / "dev.jsonl")}}})  # fmt: skip
     manager = TaskManager(include_path=[str(EVAL_TASKS_DIR), str(tmp_path)], include_defaults=False,
                           metadata=task_metadata(root))  # fmt: skip
 
     _assert_same(_run(lm, manager, "mlbench_mmlu_anatomy", 24), _run(lm, manager, "builtin_mmlu_anatomy", 24))
     ours = _run(lm, manager, "mlbench_mmlu_5shot_anatomy", 8)
     _assert_same(ours, _run(lm, manager, "builtin_mmlu_5shot_anatomy", 8))
-    assert ours[0]["doc"]["question"] == rows[5]["question"]  # exemplars are not evaluated
+    assert ours[0]["doc"]["question"] == rows[0]["question"]  # every test item is evaluated
 
 
 @pytest.mark.parametrize("language", ["et", "zh"])
@@ -197,6 +199,21 @@ def test_evaluate_reports_tasks_aggregates_provenance_and_records(tmp_path, root
     assert (macro.n_tasks, macro.n_items) == (4, 8) and macro.value == pytest.approx(sum(kept) / 4)
     assert result.aggregate("xwinograd", "micro").n_items == 12
     assert json.loads(result.to_json())["flagged"]["xwinograd"]["zh"].startswith("16 items")
+
+    # Reference rows come from the very items evaluated: recomputed here from the records' gold choices.
+    for benchmark in ("mmlu", "xwinograd"):
+        per_task = {}
+        for record in read_records(Path(result.sample_files[benchmark])):
+            per_task.setdefault(record["task"], []).append(record)
+        for task, task_records in per_task.items():
+            golds = [r["target"] for r in task_records]
+            position = max(golds.count(g) for g in golds) / len(golds)
+            references = {row: values["per_task"][task] for row, values in result.references[benchmark].items()}
+            assert references["random"] == pytest.approx(sum(1 / len(r["choices"]) for r in task_records) / 2)
+            assert references["always_position"] == pytest.approx(position)
+    xwinograd = result.references["xwinograd"]["always_position"]
+    assert xwinograd["macro"] == pytest.approx(sum(xwinograd["per_task"][t] for t in ("en", "jp", "pt", "ru")) / 4)
+    assert set(json.loads(result.to_json())["references"]) == {"mmlu", "xwinograd"}
 
     # Aggregates agree with the records.
     correct = [float(record["correct"]) for record in records]

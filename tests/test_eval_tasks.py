@@ -11,17 +11,19 @@ from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
 from eval_tasks.generate import expected_files, stale_files
 from eval_tasks.harness import evaluate
 from eval_tasks.registry import BENCHMARKS, EVAL_TASKS_DIR
+from metalora.data.mmlu import mmlu_dev_exemplars
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
 DOCUMENTED = {
+    "heldout": (24, 22035),
     "bbh": (27, 6511),
     "bbh_cot": (27, 6511),
     "bbh_mc": (23, 5508),
     "mmlu": (57, 14042),
-    "mmlu_5shot": (57, 14042 - 57 * 5),
+    "mmlu_5shot": (57, 14042),
     "xcopa": (11, 5500),
     "xwinograd": (6, 3961),
     "mgsm": (11, 2750),
@@ -54,7 +56,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", refuse)
 
 
-def test_registry_names_the_eight_benchmarks_and_is_immutable():
+def test_registry_names_the_nine_benchmarks_and_is_immutable():
     assert list(BENCHMARKS) == list(DOCUMENTED)
     with pytest.raises(TypeError):
         BENCHMARKS["extra"] = BENCHMARKS["bbh"]  # type: ignore[index]
@@ -71,7 +73,7 @@ def test_every_task_loads_offline_with_the_documented_counts(name, manager, no_n
     assert (len(counts), sum(counts.values())) == DOCUMENTED[name] == (len(spec.subtasks), spec.total_items)
     for task in tasks.values():
         assert task.config.metadata[DATA_ROOT_KEY] == str(manager.metadata[DATA_ROOT_KEY])
-        if spec.generative:
+        if task.config.output_type == "generate_until":
             assert task.config.generation_kwargs["max_gen_toks"] == spec.max_gen_tokens
 
 
@@ -81,7 +83,7 @@ def test_documented_per_task_counts():
     assert BENCHMARKS["bbh"].item_counts["snarks"] == 178
     assert BENCHMARKS["bbh_mc"].item_counts["movie_recommendation"] == 249
     assert BENCHMARKS["bbh_mc"].item_counts["ruin_names"] == 248
-    assert BENCHMARKS["mmlu_5shot"].item_counts["anatomy"] == 130
+    assert BENCHMARKS["mmlu_5shot"].item_counts["anatomy"] == 135
     assert dict(BENCHMARKS["xwinograd"].item_counts) == {
         "en": 2325,
         "fr": 83,
@@ -111,13 +113,21 @@ def test_prompts_render_as_documented(manager):
     mmlu = manager.load(["mlbench_mmlu_5shot_anatomy"])["tasks"]["mlbench_mmlu_5shot_anatomy"]
     context = mmlu.fewshot_context(mmlu.eval_docs[0], 5)
     assert context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
-    assert context.count("\nAnswer:") == 6 and context.endswith("D. Breathing will be unaffected.\nAnswer:")
+    assert context.count("\nAnswer:") == 6 and context.endswith(
+        "D. paralysis of the facial muscles, loss of taste, lacrimation and decreased salivation.\nAnswer:"
+    )
+    # The exemplars are anatomy's dev items (lm-eval's copy), answered by letter.
+    dev = mmlu_dev_exemplars("anatomy")
+    assert context.index(dev[0]["question"]) < context.index(dev[4]["question"]) < context.index("A lesion causing")
+    assert f"Answer: {'ABCD'[dev[0]['answer']]}\n\n" in context
+    short = manager.load(["mlbench_mmlu_5shot_formal_logic"])["tasks"]["mlbench_mmlu_5shot_formal_logic"]
+    assert short.config.num_fewshot == 4
 
 
 def test_yaml_files_are_generated_from_the_registry_and_name_no_data_path():
     assert stale_files() == []
     yamls = sorted(EVAL_TASKS_DIR.glob("*/*.yaml")) + sorted(EVAL_TASKS_DIR.glob("*/_*_yaml"))
-    assert len(expected_files()) == 27 * 3 - 4 + 57 * 2 + 11 + 6 + 11 + 8
+    assert len(expected_files()) == 24 + 27 * 3 - 4 + 57 * 2 + 11 + 6 + 11 + 9
     for path in yamls:
         text = path.read_text(encoding="utf-8")
         for forbidden in ("shared/data", "/work", "data_files", "dataset_path", "MLBENCH_DATA_DIR"):
@@ -137,7 +147,8 @@ def test_unknown_benchmark_is_one_line_listing_the_valid_names(root):
     with pytest.raises(MlbenchError) as error:
         evaluate(None, None, ["bbh", "bhh"], data_root=root)
     assert str(error.value) == (
-        "unknown benchmark 'bhh'; valid names: bbh, bbh_cot, bbh_mc, mmlu, mmlu_5shot, xcopa, xwinograd, mgsm"
+        "unknown benchmark 'bhh'; valid names: heldout, bbh, bbh_cot, bbh_mc, mmlu, mmlu_5shot, xcopa, xwinograd, "
+        "mgsm"
     )
 
 

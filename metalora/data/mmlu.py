@@ -3,8 +3,16 @@
 Each CSV row (no header) is ``question, A, B, C, D, answer-letter``. Rows become dicts in the hub
 schema lm-eval's MMLU tasks read (``question``, ``subject``, ``choices`` list, ``answer`` index).
 
-There is no dev split in the mirror, so k-shot exemplars are the first k items of the subject's
-test file and those items are left out of the evaluated set (``mmlu_split``).
+Few-shot exemplars come from MMLU's real dev split (5 items per subject, 285 in all), which the
+mirror lacks but lm-eval ships inside its package: ``tasks/mmlu/flan_cot_fewshot/_cot_prompts.json``
+holds, per subject, the dev items as chain-of-thought exemplars ("Q: question / (A) .. (D) .. /
+A: Let's think step by step. ... The answer is (X)."). ``mmlu_dev_exemplars`` parses question,
+choices and answer from there (the reasoning is dropped), so every test item is evaluated. The file
+holds 282 of the 285 dev items (formal_logic, human_aging and college_chemistry miss one each),
+and one of college_chemistry's is not an MMLU item (five options, A-E) and is skipped: rule for a
+subject with fewer than 5 usable dev items, it is evaluated with the ones it has (3 or 4 shots,
+``MMLU_DEV_SHORTFALL``), never with test items. Two defects of the file are repaired by exact,
+listed edits (``_DEV_REPAIRS``). Exemplars keep the file's order.
 
 Hub fallback: ``cais/mmlu`` rows are rewritten into CSV rows and go through the same parser.
 """
@@ -13,10 +21,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 
-from metalora.data.root import DataRoot, read_text
+from metalora.data.root import DataRoot, read_json, read_text
 from metalora.errors import MlbenchError
 
 # Subject -> category group (Hendrycks et al.'s four groups, as in lm-eval's MMLU task tags).
@@ -116,9 +126,80 @@ def parse_mmlu_csv(text: str, subject: str, source: str) -> list[dict]:
     return rows
 
 
-def mmlu_split(rows: list[dict], shots: int) -> tuple[list[dict], list[dict]]:
-    """(exemplars, evaluated): the first ``shots`` items are exemplars and are never evaluated."""
-    return rows[:shots], rows[shots:]
+MMLU_DEV_FILE = "tasks/mmlu/flan_cot_fewshot/_cot_prompts.json"  # inside the installed lm_eval
+# Subjects with fewer than 5 usable dev items -> how many they have (they run with that many shots).
+MMLU_DEV_SHORTFALL: Mapping[str, int] = MappingProxyType(
+    {"college_chemistry": 3, "formal_logic": 4, "human_aging": 4}
+)
+# Exact edits of defects in lm-eval's file: (subject, text as found, replacement). Each must match.
+_DEV_REPAIRS = (
+    # The end of the previous exemplar's reasoning (a LaTeX command mangled into a newline) leaked
+    # into the next question.
+    ("abstract_algebra", ("Q: The symmetric group $S_n$ has $\nactorial{n}$ elements, hence it is not true "
+     "that $S_{10}$ has 10 elements.\nFind the characteristic of the ring 2Z."), "Q: Find the characteristic of the ring 2Z."),
+    # A question that starts with a stray newline.
+    ("formal_logic", "Q: \nSelect the best English interpretation", "Q: Select the best English interpretation"),
+)  # fmt: skip
+_COT_ANSWER = "\nA: Let's think step by step."
+_ANSWER_IS = re.compile(r"The answer is \(([A-Z])\)")
+_ONE_LINE_CHOICES = re.compile(r"\(A\) (.*?) \(B\) (.*?) \(C\) (.*?) \(D\) (.*)", re.DOTALL)
+
+
+def mmlu_dev_file() -> Path:
+    import lm_eval
+
+    return Path(lm_eval.__file__).parent / MMLU_DEV_FILE
+
+
+def mmlu_dev_exemplars(subject: str) -> list[dict]:
+    """The subject's dev items from lm-eval's file, as hub-schema dicts, in the file's order."""
+    if subject not in MMLU_CATEGORIES:
+        raise MlbenchError(f"unknown MMLU subject {subject!r}; choose from {', '.join(MMLU_SUBJECTS)}")
+    path = mmlu_dev_file()
+    if not path.is_file():
+        raise MlbenchError(f"MMLU dev exemplars not found in the installed lm_eval ({path}); install lm-eval>=0.4.9")
+    prompts = read_json(path)
+    if not isinstance(prompts, dict) or not isinstance(prompts.get(subject), str):
+        raise MlbenchError(f"malformed MMLU dev file {path}: expected an object with a prompt for {subject}")
+    return parse_mmlu_dev_prompt(prompts[subject], subject, f"{path} ({subject})")
+
+
+def parse_mmlu_dev_prompt(text: str, subject: str, source: str) -> list[dict]:
+    """Dev items of one subject's chain-of-thought prompt; items that are not 4-option MMLU items
+    (one five-option item in college_chemistry) are skipped."""
+    for repaired_subject, found, replacement in _DEV_REPAIRS:
+        if repaired_subject == subject:
+            if text.count(found) != 1:
+                raise MlbenchError(f"MMLU dev file {source}: expected defect not found; the repair list needs review")
+            text = text.replace(found, replacement)
+    items = []
+    for number, block in enumerate(text.split("\n\nQ: ")[1:], start=1):
+        head, marker, reasoning = block.partition(_COT_ANSWER)
+        start = head.rfind("\n(A) ")
+        answers = _ANSWER_IS.findall(reasoning)
+        if not marker or start < 0 or len(answers) != 1:
+            raise MlbenchError(
+                f"malformed MMLU dev file {source}, exemplar {number}: expected 'Q: question', '(A) ..', "
+                f"'{_COT_ANSWER.strip()} ... The answer is (X).'"
+            )
+        choices = _parse_choices(head[start + 1 :])
+        if choices is None or answers[0] not in _LETTERS:
+            continue  # not a 4-option item
+        items.append({"question": head[:start].strip(), "subject": subject, "choices": choices,
+                      "answer": _LETTERS.index(answers[0])})  # fmt: skip
+    return items
+
+
+def _parse_choices(text: str) -> list[str] | None:
+    """"(A) a (B) b (C) c (D) d" on one line, or each "(X) text" starting a line (an option may
+    span lines); None otherwise (e.g. a fifth option)."""
+    if "\n" not in text:
+        match = _ONE_LINE_CHOICES.fullmatch(text)
+        return [choice.strip() for choice in match.groups()] if match and " (E) " not in text else None
+    parts = re.split(r"\n(?=\([A-Z]\) )", text)
+    if len(parts) == 4 and all(part.startswith(f"({letter}) ") for part, letter in zip(parts, _LETTERS)):
+        return [part[4:].strip() for part in parts]
+    return None
 
 
 def _hub_rows_as_csv(rows: list[dict]) -> str:

@@ -109,6 +109,19 @@ def _build_registry() -> Mapping[str, TaskSpec]:
 
 TRAINING_TASKS: Mapping[str, TaskSpec] = _build_registry()
 
+# Held-out items per training task in shared/data (the ``heldout`` benchmark evaluates them all);
+# the tests check the data against this table.
+HELD_OUT_COUNTS: Mapping[str, int] = MappingProxyType(
+    {
+        "strategyqa": 479, "social_iqa": 408, "logical_fallacy_detection": 535,
+        "vitaminc_fact_verification": 10907, "winowhy": 582, "implicatures": 113,
+        "presuppositions_as_nli": 147, "timedial": 532, "epistemic_reasoning": 395,
+        "play_dialog_same_or_different": 664, "metaphor_boolean": 145, "question_selection": 309,
+        "gsm8k": 1319,
+    }
+    | {f"xcopa_{language}": 500 for language in XCOPA_LANGUAGES}
+)  # fmt: skip
+
 
 def get_task(name: str) -> TaskSpec:
     try:

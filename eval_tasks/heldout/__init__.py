@@ -1,0 +1,1 @@
+"""The training tasks' own held-out items (benchmark ``heldout``), one lm-eval task per training task."""
