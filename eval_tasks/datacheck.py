@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from eval_tasks.dataroot import task_metadata
@@ -22,6 +22,7 @@ from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
 from metalora.data.bbh import bbh_items, bbh_prompt
 from metalora.data.mgsm import mgsm_rows
 from metalora.data.mmlu import mmlu_rows
+from metalora.data.registry import get_task
 from metalora.data.root import DataRoot
 from metalora.data.xcopa import xcopa_rows
 from metalora.data.xwinograd import xwinograd_rows
@@ -35,21 +36,25 @@ _PARSERS: Mapping[str, Callable[..., object]] = MappingProxyType(
         "xcopa": lambda root, language, **_: xcopa_rows(root, language, "test"),
         "xwinograd": lambda root, language, **_: xwinograd_rows(root, language),
         "mgsm": lambda root, language, **_: mgsm_rows(root, language),
+        "heldout": lambda root, task, **_: get_task(task).load(root),
     }
 )
 _CUSTOM_DATASET = re.compile(r"^custom_dataset:\s*!function\s+(\S+)\s*$", re.MULTILINE)
 _INCLUDE = re.compile(r"^include:\s*(\S+)\s*$", re.MULTILINE)
 
 
-def check_benchmark_data(benchmarks: Iterable[str], root: DataRoot) -> None:
-    """Parse every local file the benchmarks read; a malformed one raises ``MlbenchError`` naming it.
-    Hub data is not checked here (it is fetched by the evaluation itself)."""
+def check_benchmark_data(
+    benchmarks: Iterable[str], root: DataRoot, subtasks: Mapping[str, Sequence[str]] | None = None
+) -> None:
+    """Parse every local file the benchmarks read (``subtasks``: a run's selection, e.g. ``heldout``
+    on its training tasks); a malformed one raises ``MlbenchError`` naming it. Hub data is not
+    checked here (it is fetched by the evaluation itself)."""
     if root.is_hub:
         return
     for name in benchmarks:
         spec = get_benchmark(name)
         parser = _PARSERS.get(spec.folder)
-        for subtask in spec.subtasks:
+        for subtask in (subtasks or {}).get(name, spec.subtasks):
             if parser is not None:
                 parser(root, **spec.dataset_kwargs(subtask))
             else:

@@ -78,6 +78,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Validate everything and fix the run id; no model is loaded, nothing is written."""
     from eval_tasks.datacheck import check_benchmark_data
+    from eval_tasks.registry import training_task_subtasks
 
     config = replace(config, dtype=pick_dtype(config.dtype, pick_device(device)))
     root = resolve_data_root(data_root)
@@ -99,7 +100,7 @@ def prepare_run(
         )
     hashes = data_hashes_for(config, root, hasher or FileHashCache())
     # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
-    check_benchmark_data(config.benchmarks, root)
+    check_benchmark_data(config.benchmarks, root, training_task_subtasks(config.benchmarks, config.tasks))
     return PreparedRun(config, run_id_for(config, hashes), root, plan, hashes)
 
 
