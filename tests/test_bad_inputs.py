@@ -143,6 +143,8 @@ CASES = [
         data={BIGBENCH: '{"examples": {"input": "a"}}'}),
     Bad("BIG-bench prefix not text", RUN, "'task_prefix' must be text, got 3",
         data={BIGBENCH: '{"task_prefix": 3, "examples": [{"input": "a", "target_scores": {"yes": 1}}]}'}),
+    Bad("empty task budget", RUN + ("--shots", "full"), "task strategyqa has no training items",
+        data={BIGBENCH: '{"examples": []}'}),
     Bad("GSM8K row without answer", RUN + ("--tasks", "gsm8k"), f"malformed data file {{data}}/{GSM8K} at line 2: missing field 'answer'",
         data={GSM8K: '{"question": "q", "answer": "a #### 1"}\n{"question": "q2"}\n'}),
     Bad("GSM8K answer a number", RUN + ("--tasks", "gsm8k"), "at line 1: field 'answer' must be text, got int 7",

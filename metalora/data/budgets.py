@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from metalora.data.example import Example
-from metalora.data.registry import get_task
+from metalora.data.registry import TaskSplit, get_task
 from metalora.data.root import DataRoot
 from metalora.errors import MlbenchError
 
@@ -47,6 +47,11 @@ def draw_budget(
     name: str, pool: list[Example], shots: int | str, seed: int, full_cap: int = DEFAULT_FULL_CAP
 ) -> list[Example]:
     rng = random.Random(task_seed(seed, name))
+    if not pool:
+        raise MlbenchError(
+            f"task {name} has no training items (its data holds none outside the held-out items); "
+            "leave it out of --tasks or restore its data file"
+        )
     if shots == "full":
         count = min(len(pool), full_cap)
     else:
@@ -60,12 +65,19 @@ def draw_budget(
 
 
 def load_budgets(
-    root: DataRoot, tasks: Sequence[str], shots: int | str, seed: int, full_cap: int = DEFAULT_FULL_CAP
+    root: DataRoot,
+    tasks: Sequence[str],
+    shots: int | str,
+    seed: int,
+    full_cap: int = DEFAULT_FULL_CAP,
+    load_split: Callable[[str], TaskSplit] | None = None,
 ) -> list[TaskBudget]:
+    """Each task's budget. ``load_split`` (task name -> its split under ``root``) lets a sweep read
+    every task's files once for all its runs instead of once per run."""
     if full_cap < 1:
         raise MlbenchError(f"full_cap must be a positive integer, got {full_cap}")
     budgets = []
     for name in tasks:
-        split = get_task(name).load(root)
+        split = load_split(name) if load_split else get_task(name).load(root)
         budgets.append(TaskBudget(name, draw_budget(name, split.train, shots, seed, full_cap), split.held_out))
     return budgets
