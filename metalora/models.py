@@ -521,9 +521,22 @@ def pick_device(device: str | None) -> str:
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise MlbenchError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if parsed.type == "cpu":
+        return "cpu"  # "cpu:0" is the CPU: the same profile, dtype and run id as "cpu"
+    if not torch.cuda.is_available():
         raise MlbenchError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
-    return device
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise MlbenchError(
+            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    return str(parsed)
 
 
 def pick_dtype(dtype: str | None, device: str) -> str:

@@ -86,6 +86,8 @@ CASES = [
     Bad("hydralora without heads", RUN + ("--method", "hydralora", "--num-heads", "0"),
         "num_heads must be a positive integer, got 0"),
     Bad("unknown variant", RUN + ("--method", "metalora", "--variant", "third_order"), "unknown MeTA-LoRA variant"),
+    Bad("unknown device", RUN + ("--device", "tpu0"), "unknown device 'tpu0'; use cpu, cuda or cuda:N"),
+    Bad("device index not a number", RUN + ("--device", "cuda:x"), "unknown device 'cuda:x'; use cpu, cuda or cuda:N"),
     Bad("missing data root", RUN + ("--data-root", "{tmp}/nowhere"), "is not a folder"),
     Bad("empty model name", RUN + ("--model", " "), "model name is empty"),
     # ---- sweep files ----
@@ -272,3 +274,15 @@ def test_data_check_parses_every_file_and_counts_from_the_data(tmp_path):
         f"mlbench: error: 2 task(s) or benchmark(s) cannot be read, first: malformed MMLU file {mirror}/{MMLU} "
         "at line 2: expected 6 columns (question, A, B, C, D, answer letter A-D)\n"
     )
+
+
+def test_cpu_colon_zero_is_the_cpu_profile_and_dtype(tmp_path, tiny_model_dir, data_root):
+    from metalora.models import pick_device, pick_dtype
+
+    assert pick_device("cpu:0") == "cpu" and pick_dtype("auto", pick_device("cpu:0")) == "float32"
+    args = [a for a in RUN if a not in ("--profile", "smoke")] + ["--device", "cpu:0", "--rank", "0"]
+    fill = {"model": str(tiny_model_dir), "data": str(data_root.path), "store": str(tmp_path / "s"), "tmp": str(tmp_path)}
+    result = CliRunner().invoke(app, [arg.format(**fill) for arg in args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("CPU only: using the 'quick' profile")
+    assert result.stderr.endswith("mlbench: error: rank must be a positive integer, got 0\n")
