@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metalora.adapters import Adapter
-from metalora.config import require_positive
 from metalora.errors import MlbenchError
-from metalora.supervised import train_supervised
-from metalora.trainer import Trainer, preserve_requires_grad, seed_everything
+from metalora.options import option, require_positive
+from metalora.training.adapters import Adapter
+from metalora.training.supervised import train_supervised
+from metalora.training.trainer import MethodSpec, Trainer, preserve_requires_grad, seed_everything
 
 HYDRA_PARAM_MARKERS = ("hydra_A", "hydra_B", "hydra_router")
 
@@ -99,6 +99,7 @@ class HydraLoraAdapter(Adapter):
     mergeable = False
 
     def attach(self, model):
+        training = model.training
         inject_hydralora(model, self.config)
         expected = hydra_state_dict(model)
         if set(expected) != set(self.state):
@@ -111,31 +112,22 @@ class HydraLoraAdapter(Adapter):
             params = dict(model.named_parameters())
             for name, tensor in self.state.items():
                 params[name].copy_(tensor)
-        return model
-
-    def detach(self, model):
-        remove_hydralora(model)
-        return model
+        return model.train(training)
 
 
 @dataclass(frozen=True)
 class HydraOptions:
-    num_heads: int = 4
+    num_heads: int = option(4, "hydralora: number of B heads.")
 
-    def validate(self, **_context) -> HydraOptions:
+    def validate(self) -> HydraOptions:
         require_positive("num_heads", self.num_heads)
         return self
 
-    def to_dict(self) -> dict:
-        return {"num_heads": self.num_heads}
-
 
 class HydraLoraTrainer(Trainer):
-    name = "hydralora"
     options_class = HydraOptions
 
     def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> HydraLoraAdapter:
-        self.validate(config, tasks)
         shape = {
             "rank": config.rank,
             "alpha": config.alpha,
@@ -153,3 +145,8 @@ class HydraLoraTrainer(Trainer):
                 remove_hydralora(model)
         adapter.training_log = log
         return adapter
+
+
+SPEC = MethodSpec(
+    "hydralora", HydraLoraTrainer, HydraLoraAdapter, "HydraLoRA: shared A, N routed B heads (evaluated live)"
+)

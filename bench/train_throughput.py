@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from metalora.config import TrainConfig
 from metalora.data.budgets import load_budgets
 from metalora.data.root import resolve_data_root
 from metalora.data.scenarios import scenario_tasks
+from metalora.methods import make_trainer
 from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
-from metalora.trainer import make_trainer
+from metalora.training.config import TrainConfig
 
 SHAPES = {  # Llama shapes for random-init throughput runs (no weights needed)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),

@@ -11,7 +11,6 @@ evaluated, and only then are the per-sample files written (each atomically).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from eval_tasks.records import sample_record, write_records
 from eval_tasks.references import compute_references
 from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
 from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr, small_tasks
-from metalora.data.root import DATA_DIR_ENV, DataRoot, sha256_file, sha256_text
+from metalora.data.root import DATA_DIR_ENV, DataRoot
 from metalora.errors import MlbenchError
+from metalora.provenance import package_versions, sha256_file, sha256_text
 
 BatchSize = int | Literal["auto"]
 DEFAULT_BATCH_SIZE = 8
@@ -123,7 +123,7 @@ def evaluate(
         protocols={spec.name: spec.protocol for spec in specs},
         tasks=tuple(scores),
         aggregates=tuple(aggregates),
-        versions=_versions(),
+        versions=package_versions(("lm_eval", "transformers", "torch", "peft", "datasets", "mlbench")),
         data_root=data_root.describe(),
         data_files=data_files,
         settings={
@@ -254,13 +254,3 @@ def config_hash(config: dict) -> str:
         key: value for key, value in config.get("metadata", {}).items() if key not in _RUNTIME_METADATA
     }
     return sha256_text(json.dumps({**config, "metadata": metadata}, sort_keys=True, default=str))
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("lm_eval", "transformers", "torch", "peft", "datasets", "mlbench"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from metalora.files import atomic_path
 
 
 def sample_record(
@@ -60,18 +60,12 @@ def _request_args(argument: object) -> list:
 
 
 def write_records(path: Path, records: list[dict]) -> None:
-    """Write gzipped JSON lines atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed:
-            for record in records:
-                compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; like every other run file, others may read it
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write gzipped JSON lines atomically (``metalora.files.atomic_path``)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as raw, gzip.GzipFile(
+        fileobj=raw, mode="wb", mtime=0
+    ) as compressed:
+        for record in records:
+            compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_records(path: Path) -> list[dict]:

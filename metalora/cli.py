@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from metalora.errors import MlbenchError
+from metalora.options import option_names
 
 app = typer.Typer(
     help="Benchmark multi-task LoRA methods (MeTA-LoRA, LoRA, HydraLoRA) in low-data regimes.",
@@ -50,8 +53,72 @@ def console() -> Console:
 
 StoreOption = typer.Option(None, "--store", help="Run store folder (default: $MLBENCH_STORE or ./runs).")
 DataRootOption = typer.Option(None, "--data-root", help="Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
-CheckpointOption = typer.Option(10, help="Save a resumable training checkpoint every N steps.")
-DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+
+
+def option_flags(options_class: type, names, panel: str) -> list[inspect.Parameter]:
+    """One ``--flag`` per dataclass field, typed and documented from the field. Every flag defaults
+    to None ("not given") so profiles can fill what the user left out."""
+    from metalora.options import flag_type, option_default, option_help, option_type
+
+    parameters = []
+    for name in names:
+        default = option_default(options_class, name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text = option_help(options_class, name) + ("" if shown in (None, ()) else f" (default {shown})")
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, "--" + name.replace("_", "-"), help=text, rich_help_panel=panel,
+                                     show_default=False),
+                annotation=Optional[flag_type(option_type(options_class, name))],  # noqa: UP045 - typer needs a real type object
+            )
+        )
+    return parameters
+
+
+def run_flags() -> list[inspect.Parameter]:
+    """Every option of a run: its own, the shared training ones, each method's, how to execute."""
+    from metalora.methods import METHODS
+    from metalora.runs.runconfig import RUN_KEYS, TRAIN_KEYS, RunConfig
+    from metalora.training.config import TrainConfig
+
+    flags = option_flags(RunConfig, RUN_KEYS, "Run") + option_flags(TrainConfig, TRAIN_KEYS, "Training (every method)")
+    seen = {flag.name for flag in flags}
+    for name, spec in METHODS.items():
+        own = [key for key in option_names(spec.options) if key not in seen]
+        seen.update(own)
+        flags += option_flags(spec.options, own, f"Method {name}")
+    return flags + execution_flags()
+
+
+def execution_flags() -> list[inspect.Parameter]:
+    from metalora.runs.runconfig import EXECUTION_KEYS, ExecutionOptions
+
+    panel = "Execution (not part of the run id)"
+    store = inspect.Parameter(
+        "store", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],  # noqa: UP045
+        default=typer.Option(None, "--store", help=StoreOption.help, rich_help_panel=panel),
+    )
+    return option_flags(ExecutionOptions, EXECUTION_KEYS, panel) + [store]
+
+
+def execution_options(given: dict):
+    """Take the execution flags out of ``given``: validated ``ExecutionOptions``."""
+    from metalora.runs.runconfig import EXECUTION_KEYS, ExecutionOptions
+
+    values = {key: given.pop(key) for key in EXECUTION_KEYS}
+    return ExecutionOptions(**{key: value for key, value in values.items() if value is not None}).validate()
+
+
+def with_flags(parameters: list[inspect.Parameter]):
+    """Give a ``**given`` command the signature typer reads its flags from."""
+
+    def decorate(command):
+        command.__signature__ = inspect.Signature(parameters)
+        return command
+
+    return decorate
 
 
 def _progress_callbacks(out: Console):
@@ -76,7 +143,7 @@ def _progress_callbacks(out: Console):
 
 
 def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
-    from metalora.runner import execute_run
+    from metalora.runs.runner import execute_run
 
     outcomes = {}
     for index, prepared in enumerate(prepared_runs, start=1):
@@ -103,7 +170,7 @@ def describe(config) -> str:
 
 def _default_profile(device: str | None, profile: str | None, out: Console) -> str:
     from metalora.models import pick_device
-    from metalora.runconfig import PROFILES
+    from metalora.runs.profiles import PROFILES
 
     if profile:
         return profile
@@ -114,103 +181,41 @@ def _default_profile(device: str | None, profile: str | None, out: Console) -> s
     return "full"
 
 
-@app.command()
-@user_errors
-def run(
-    method: str = typer.Option("metalora", help="base | lora | hydralora | metalora"),
-    shots: str = typer.Option("50", help="Examples per task: 10..100, or 'full'."),
-    model: str = typer.Option("smollm2-135m", help="Alias, hub id, local HF folder or .gguf file."),
-    scenario: str = typer.Option("multitask", help="multitask | multilingual"),
-    tasks: str | None = typer.Option(None, help="Comma-separated training tasks (default: the scenario's)."),
-    held_out_languages: str | None = typer.Option(None, help="multilingual: XCOPA languages never trained on."),
-    full_cap: int | None = typer.Option(None, help="Cap per task for --shots full (default 1000)."),
-    seed: int = typer.Option(0, help="Seed for budgets, initialisation and sampling."),
-    profile: str | None = typer.Option(None, help="full | quick | smoke (default: quick on CPU, full on GPU)."),
-    rank: int | None = typer.Option(None, help="LoRA rank (16)."),
-    alpha: float | None = typer.Option(None, help="LoRA alpha (32)."),
-    dropout: float | None = typer.Option(None, help="LoRA dropout (0.05)."),
-    target_modules: str | None = typer.Option(None, help="Comma-separated module names (gate_proj,up_proj,down_proj)."),
-    steps: int | None = typer.Option(None, help="Optimizer steps / meta-iterations (100)."),
-    epochs: float | None = typer.Option(None, help="Train for this many passes over the budgets instead of --steps."),
-    lr: float | None = typer.Option(None, help="Learning rate; the outer rate beta for metalora (2e-4)."),
-    weight_decay: float | None = typer.Option(None, help="AdamW weight decay (0)."),
-    lr_schedule: str | None = typer.Option(None, help="constant | linear | cosine"),
-    warmup_steps: int | None = typer.Option(None, help="Warm-up steps (0)."),
-    batch_size: int | None = typer.Option(None, help="Training batch size for lora/hydralora (8)."),
-    max_seq_len: int | None = typer.Option(None, help="Longest training sequence in tokens (512)."),
-    inner_steps: int | None = typer.Option(None, help="metalora: k inner SGD steps (3)."),
-    support_size: int | None = typer.Option(None, help="metalora: n_s support examples per task (8)."),
-    query_size: int | None = typer.Option(None, help="metalora: n_q query examples per task (8)."),
-    inner_lr: float | None = typer.Option(None, help="metalora: inner SGD rate alpha (1e-2)."),
-    tasks_per_iteration: int | None = typer.Option(None, help="metalora: tasks per meta-iteration (all)."),
-    variant: str | None = typer.Option(None, help="metalora: first_order | second_order | reptile | phase1_only | phase2_only"),
-    outer_optimizer: str | None = typer.Option(None, help="metalora: adamw | sgd"),
-    num_heads: int | None = typer.Option(None, help="hydralora: number of B heads (4)."),
-    benchmarks: str | None = typer.Option(None, help="Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."),
-    eval_limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
-    max_gen_tokens: int | None = typer.Option(None, help="Cap on generated tokens (generative benchmarks)."),
-    eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
-    checkpoint_every: int = CheckpointOption,
-    device: str | None = DeviceOption,
-    dtype: str | None = typer.Option(None, help="auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 on GPU)."),
-    store: Path | None = StoreOption,
-    data_root: str | None = DataRootOption,
-):
+def run(**given):
     """Train one adapter, evaluate it, store the run and print a summary.
+
+    Every option of the run, of training and of each method is a flag here and a key in sweep files.
 
     Example: mlbench run --method metalora --shots 50
     """
-    given = dict(locals())
-    from metalora.runconfig import build_run_config
-    from metalora.runner import prepare_run
-    from metalora.store import RunStore
+    from metalora.runs.runconfig import build_run_config
+    from metalora.runs.runner import prepare_run
+    from metalora.runs.store import RunStore
 
     out = console()
-    options = {key: value for key, value in given.items()
-               if key not in ("store", "data_root", "device", "eval_batch_size", "checkpoint_every")
-               and value is not None}
-    options["profile"] = _default_profile(device, profile, out)
-    config = build_run_config(options)
-    prepared = prepare_run(config, data_root, device)
-    run_store = RunStore(store)
-    _execute([prepared], run_store, _execution(device, eval_batch_size, checkpoint_every), out)
+    store = given.pop("store")
+    execution = execution_options(given)
+    given["profile"] = _default_profile(execution.device, given.get("profile"), out)
+    prepared = prepare_run(build_run_config(given), execution)
+    _execute([prepared], RunStore(store), execution, out)
     show(prepared.run_id, store=store)
 
 
-def _execution(device: str | None, eval_batch_size: str, checkpoint_every: int):
-    from metalora.runner import ExecutionOptions
-
-    if checkpoint_every < 1:
-        raise MlbenchError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
-    if eval_batch_size != "auto":
-        try:
-            eval_batch_size = int(eval_batch_size)
-        except ValueError:
-            raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {eval_batch_size!r}") from None
-    return ExecutionOptions(device=device, eval_batch_size=eval_batch_size, checkpoint_every=checkpoint_every)
+app.command()(user_errors(with_flags(run_flags())(run)))
 
 
-@app.command()
-@user_errors
-def sweep(
-    config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing."),
-    profile: str | None = typer.Option(None, help="Override every run's profile (e.g. smoke on CPU)."),
-    eval_batch_size: str = typer.Option("8", help="Evaluation batch size, or 'auto'."),
-    checkpoint_every: int = CheckpointOption,
-    device: str | None = DeviceOption,
-    store: Path | None = StoreOption,
-    data_root: str | None = DataRootOption,
-):
+def sweep(config: Path, dry_run: bool, profile: str | None, **given):
     """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
 
     Example: mlbench sweep configs/table2.yaml --dry-run
     """
-    from metalora.store import RunStore
-    from metalora.sweep import load_sweep, prepare_sweep
+    from metalora.runs.store import RunStore
+    from metalora.runs.sweep import load_sweep, prepare_sweep
 
     out = console()
-    plan = prepare_sweep(load_sweep(config, {"profile": profile} if profile else None), data_root, device)
+    store = given.pop("store")
+    execution = execution_options(given)
+    plan = prepare_sweep(load_sweep(config, {"profile": profile} if profile else None), execution)
     run_store = RunStore(store)
     done = [p for p in plan if run_store.is_done(p.run_id)]
     out.print(f"{config}: {len(plan)} runs, {len(done)} already done, {len(plan) - len(done)} to run", highlight=False)
@@ -219,18 +224,29 @@ def sweep(
             status = "done" if run_store.is_done(prepared.run_id) else "to run"
             print(f"{prepared.run_id}  {status:7s}  {describe(prepared.config)}")
         return
-    outcomes = _execute(plan, run_store, _execution(device, eval_batch_size, checkpoint_every), out)
+    outcomes = _execute(plan, run_store, execution, out)
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
     out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
               f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker",
               highlight=False)
 
 
+_SWEEP_FLAGS = [
+    inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                      default=typer.Argument(..., help="Sweep YAML (see configs/).")),
+    inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--dry-run", help="Print the plan and what is already done; run nothing.")),
+    inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
+        None, help="Override every run's profile (e.g. smoke on CPU).")),
+]
+app.command()(user_errors(with_flags(_SWEEP_FLAGS + execution_flags())(sweep)))
+
+
 @app.command("ls")
 @user_errors
 def list_runs(store: Path | None = StoreOption):
     """List runs with status and headline metrics. Example: mlbench ls --store runs"""
-    from metalora.store import RunStore
+    from metalora.runs.store import RunStore
 
     rows = RunStore(store).rows()
     if not rows:
@@ -248,26 +264,24 @@ def list_runs(store: Path | None = StoreOption):
 @user_errors
 def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."), store: Path | None = StoreOption):
     """Print one run: configuration, environment, metrics. Example: mlbench show 3fa2"""
-    from metalora.runner import read_run
-    from metalora.store import RunStore
+    from metalora.runs.store import RunStore
 
     run_store = RunStore(store)
-    record = read_run(run_store, run_store.find(run_id))
+    record = run_store.record(run_store.find(run_id))
     out = Console(width=200)
-    config = (record["config"] or {}).get("config", {})
-    out.print(f"run {record['run_id']}  ({'done' if record['done'] else 'not finished'})  {record['folder']}", highlight=False)
-    out.print(json.dumps(config, indent=2), highlight=False)
-    if record["env"]:
-        env = record["env"]
+    out.print(f"run {record.run_id}  ({'done' if record.finished is not None else 'not finished'})  {record.path}",
+              highlight=False)
+    out.print(json.dumps(record.config, indent=2), highlight=False)
+    if record.env:
+        env = record.env
         out.print(f"code {env.get('code_revision')}{' (dirty)' if env.get('code_dirty') else ''}; device {env.get('device')}; "
                   f"model {env.get('model_source', {}).get('identity')}", highlight=False)
-    if record["training_log"]:
-        losses = [r["loss"] for r in record["training_log"] if r.get("loss") is not None]
-        out.print(f"training: {len(record['training_log'])} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
-    results = record["results"]
-    if results:
+    if record.training_log:
+        losses = [r["loss"] for r in record.training_log if r.get("loss") is not None]
+        out.print(f"training: {len(record.training_log)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+    if record.results:
         table = Table("benchmark", "aggregate", "metric", "value", "stderr", "items")
-        for agg in results["aggregates"]:
+        for agg in record.results["aggregates"]:
             if agg["name"] in ("macro", "micro"):
                 stderr = "-" if agg["stderr"] is None else f"{agg['stderr']:.4f}"
                 table.add_row(agg["benchmark"], agg["name"], agg["metric"], f"{agg['value']:.4f}", stderr, str(agg["n_items"]))

@@ -9,8 +9,6 @@ else is a bug and keeps its traceback.
 class MlbenchError(Exception):
     """A mistake in the user's input or environment, explained in one line."""
 
-    exit_code = 2
-
     def __init__(self, message: str):
         # One line, always: the CLI contract is "one clear line", so fold any newlines here.
         super().__init__(" ".join(str(message).split()))

@@ -14,8 +14,8 @@ import os
 import struct
 from pathlib import Path
 
-from metalora.data.root import sha256_file
 from metalora.errors import MlbenchError
+from metalora.provenance import sha256_file
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)

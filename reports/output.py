@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from metalora.errors import MlbenchError
-from metalora.store import DEFAULT_STORE, STORE_ENV
+from metalora.runs.store import DEFAULT_STORE, STORE_ENV
 
 MARKER = ".mlbench-report"
 LEGACY_LAYOUT = re.compile(r"^(index\.html|report\.css|runs/[^/]+\.html|plots/[^/]+\.svg|tables/[^/]+\.(csv|md|tex))$")

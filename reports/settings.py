@@ -19,8 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from metalora.runconfig import PROFILES
-from metalora.trainer import METHODS
+from metalora.runs.profiles import PROFILES
 from reports.load import Run
 
 BASE = "base"
@@ -28,7 +27,6 @@ BASE = "base"
 BASE_IGNORED = ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario")
 IGNORED = ("train.seed", "benchmarks")
 SHOWN = ("model", "scenario", "method", "shots", "profile")  # own leaderboard columns, never in labels
-METHOD_ORDER = (BASE, *METHODS)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -59,7 +57,9 @@ def shots_order(shots) -> tuple:
 
 
 def method_order(method: str) -> tuple:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """The base model first, then the methods by name. The report reads no method table: that
+    would import torch, and a new method needs no change here."""
+    return (0, "") if method == BASE else (1, method)
 
 
 @dataclass(frozen=True)

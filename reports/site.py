@@ -20,7 +20,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from eval_tasks.registry import BENCHMARKS
-from metalora.runconfig import PROFILES
+from metalora.runs.profiles import PROFILES
 from reports import plots, tables
 from reports.ablations import find_ablations
 from reports.bootstrap import __doc__ as BOOTSTRAP_DOC

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from baselines.hydralora import HydraLoraAdapter, HydraLoraTrainer, hydra_state_dict, inject_hydralora
-from metalora.adapters import LoraAdapter, load_adapter
-from metalora.config import TrainConfig
 from metalora.errors import MlbenchError
+from metalora.methods import adapter_kinds
+from metalora.training.adapters import LoraAdapter, load_adapter
+from metalora.training.config import TrainConfig
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
@@ -65,7 +66,7 @@ def test_save_load_round_trip_and_no_merge(tmp_path):
     hydra = random_hydra(num_heads=4)
     expected = logits(hydra.attach(make_tiny_llama()))
     hydra.save(tmp_path / "hydra")
-    reloaded = load_adapter(tmp_path / "hydra")
+    reloaded = load_adapter(tmp_path / "hydra", adapter_kinds())
     assert isinstance(reloaded, HydraLoraAdapter) and not reloaded.mergeable
     assert torch.equal(logits(reloaded.attach(make_tiny_llama())), expected)
     with pytest.raises(MlbenchError, match="cannot be merged"):

@@ -1,8 +1,9 @@
 import torch
 
 from baselines.lora import LoraTrainer
-from metalora.adapters import LoraAdapter, load_adapter
-from metalora.config import TrainConfig
+from metalora.methods import adapter_kinds
+from metalora.training.adapters import LoraAdapter, load_adapter
+from metalora.training.config import TrainConfig
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
@@ -46,7 +47,7 @@ def test_saved_adapter_reloads_bit_for_bit(tmp_path):
     expected = logits(adapter.attach(make_tiny_llama()))
     adapter.save(tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter.json", "adapter.safetensors"]
-    reloaded = load_adapter(tmp_path / "adapter")
+    reloaded = load_adapter(tmp_path / "adapter", adapter_kinds())
     assert isinstance(reloaded, LoraAdapter)
     assert torch.equal(logits(reloaded.attach(make_tiny_llama())), expected)
 

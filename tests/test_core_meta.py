@@ -5,16 +5,16 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from metalora.adapters import LoraAdapter
-from metalora.batching import batch_loss, collate, encode_example
-from metalora.config import TrainConfig
-from metalora.meta import (
+from metalora.methods.meta import (
     EpisodeSampler,
     MetaLoraTrainer,
     MetaOptions,
     make_outer_optimizer,
     meta_update_direction,
 )
+from metalora.training.adapters import LoraAdapter
+from metalora.training.batching import batch_loss, collate, encode_example
+from metalora.training.config import TrainConfig
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
@@ -123,7 +123,7 @@ def test_second_order_gradient_matches_functorch_through_unrolled_loop(tokenizer
 
     def loss_at(params, batch):
         logits = functional_call(model, params, args=(), kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}).logits
-        from metalora.batching import lm_loss
+        from metalora.training.batching import lm_loss
 
         return lm_loss(logits, batch["labels"])
 
@@ -198,7 +198,7 @@ def test_trainer_first_iteration_equals_hand_computation(tokenizer):
     options = MetaOptions(inner_steps=2, support_size=3, query_size=3, inner_lr=0.5, outer_optimizer="sgd")
     adapter = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, tasks, config)
 
-    from baselines.lora import new_lora_model
+    from metalora.training.lora import new_lora_model
 
     model = new_lora_model(make_tiny_llama(), config)
     theta = snapshot(model)

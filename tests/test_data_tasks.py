@@ -6,8 +6,8 @@ from metalora.data.bbh import BBH_TASKS, bbh_items
 from metalora.data.budgets import load_budgets, parse_shots, task_seed
 from metalora.data.mmlu import MMLU_SUBJECTS, mmlu_rows
 from metalora.data.registry import TRAINING_TASKS, TaskSplit, get_task
-from metalora.data.root import sha256_text
 from metalora.data.scenarios import SCENARIOS, scenario_tasks
+from metalora.provenance import sha256_text
 
 # (training pool, held-out) per task on shared/data: BIG-bench 80/20 by prompt hash, GSM8K
 # train/test, XCOPA validation/test (xcopa_th's test file holds one prompt twice).

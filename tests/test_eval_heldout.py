@@ -32,7 +32,7 @@ def root() -> DataRoot:
 
 def _config_budgets() -> tuple[set, set]:
     """Every shots value and full-data cap the sweep configs and profiles use."""
-    from metalora.runconfig import PROFILES
+    from metalora.runs.profiles import PROFILES
 
     shots, caps = set(), {DEFAULT_FULL_CAP}
 

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from metalora.cli import app
 from metalora.errors import MlbenchError
-from metalora.runconfig import build_run_config
-from metalora.store import RunStore, write_atomic
+from metalora.files import write_atomic
+from metalora.runs.runconfig import build_run_config
+from metalora.runs.store import RunStore
 from tests.conftest import _byte_tokenizer, make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +209,7 @@ def test_cli_run_ls_show_and_dry_run(tmp_path, tiny_model_dir, data_root):
 
 
 def _sha(path: Path) -> str:
-    from metalora.data.root import sha256_file
+    from metalora.provenance import sha256_file
 
     return sha256_file(path)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metalora.data.root import sha256_file
 from metalora.errors import MlbenchError
+from metalora.provenance import sha256_file
 
 
 def verify_checksums(root: Path) -> tuple[int, list[str]]:

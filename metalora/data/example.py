@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from metalora.data.root import sha256_text
+from metalora.provenance import sha256_text
 
 
 @dataclass(frozen=True)

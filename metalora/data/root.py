@@ -6,7 +6,6 @@ to the Hugging Face hub (``datasets``). Files under a data root are only ever re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -59,19 +58,6 @@ def resolve_data_root(explicit: str | os.PathLike | None = None, *, allow_hub: b
             "to a folder laid out like shared/data"
         )
     return DataRoot(path.resolve())
-
-
-def sha256_file(path: Path) -> str:
-    """Streamed sha256 of a file (data files and model files are hashed into run records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_text(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""A run store written file by file in the layout metalora/store.py writes, with known numbers.
+"""A run store written with the run store's own writers (metalora/runs/store.py), with known numbers.
 
 Scores come from per-item correctness lists, so every task score, aggregate and per-sample record
 agrees with the others exactly as in a real run; tests state the expected means by hand.
@@ -6,13 +6,21 @@ agrees with the others exactly as in a real run; tests state the expected means 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eval_tasks.records import write_records
 from eval_tasks.registry import BENCHMARKS
 from eval_tasks.results import Aggregate, EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr
+from metalora.runs.store import (
+    SAMPLES_DIR,
+    SAMPLES_SUFFIX,
+    write_config,
+    write_done,
+    write_env,
+    write_results,
+    write_training_log,
+)
 
 BBH_TASKS = ("boolean_expressions", "date_understanding")
 MMLU_SUBJECTS = ("abstract_algebra", "anatomy")
@@ -107,7 +115,7 @@ def write_run(
     losses: Sequence[float] = (),
 ) -> Path:
     folder = store / run_id
-    (folder / "eval" / "samples").mkdir(parents=True)
+    (folder / SAMPLES_DIR).mkdir(parents=True)
     options = dict(method_options or {})
     if method == "metalora":
         options = {
@@ -149,17 +157,16 @@ def write_run(
         "dtype": "float32",
         "profile": profile,
     }
-    _json(
-        folder / "config.json",
-        {
-            "run_id": run_id,
-            "created": f"2025-01-01T00:00:{int(run_id[-2:], 16) % 60:02d}",
-            "data_hashes": {"bbh/boolean_expressions.json": "ab" * 32},
-            "config": config,
-        },
+    write_config(
+        folder,
+        run_id,
+        config,
+        {"bbh/boolean_expressions.json": "ab" * 32},
+        "/data",
+        created=f"2025-01-01T00:00:{int(run_id[-2:], 16) % 60:02d}",
     )
-    _json(
-        folder / "env.json",
+    write_env(
+        folder,
         {
             "packages": {"torch": "2.13.0"},
             "python": "3.11",
@@ -172,25 +179,15 @@ def write_run(
         },
     )
     if losses:
-        (folder / "training_log.jsonl").write_text(
-            "".join(
-                json.dumps({"step": step, "loss": loss, "lr": 1e-4}) + "\n"
-                for step, loss in enumerate(losses, 1)
-            )
-        )
+        write_training_log(folder, [{"step": step, "loss": loss, "lr": 1e-4} for step, loss in enumerate(losses, 1)])
     if done:
-        _json(folder / "eval" / "results.json", eval_result(correct).to_dict())
+        write_results(folder, eval_result(correct).to_json())
         for benchmark, tasks_correct in correct.items():
             write_records(
-                folder / "eval" / "samples" / f"{benchmark}.jsonl.gz", records(tasks_correct, sample_text)
+                folder / SAMPLES_DIR / f"{benchmark}{SAMPLES_SUFFIX}", records(tasks_correct, sample_text)
             )
-        _json(folder / "DONE", {"finished": "2025-01-02T00:00:00"})
+        write_done(folder, {}, finished="2025-01-02T00:00:00")
     return folder
-
-
-def _json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def rid(number: int) -> str:

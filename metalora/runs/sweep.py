@@ -11,7 +11,7 @@ runs:                 # single runs added as they are (over the defaults), not c
   - {method: base}
   - {method: lora, shots: full}
 ```
-Keys are the flat options of ``metalora.runconfig``. Every run is built and validated, and its
+Keys are the flat options of ``metalora.runs.runconfig``. Every run is built and validated, and its
 id computed, before the first one starts: a typo in the last run costs nothing.
 """
 
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metalora.errors import MlbenchError
-from metalora.runconfig import allowed_keys, build_run_config
-from metalora.runner import PreparedRun, FileHashCache, prepare_run
+from metalora.provenance import FileHashCache
+from metalora.runs.runconfig import ExecutionOptions, allowed_keys, build_run_config
+from metalora.runs.runner import PreparedRun, prepare_run
 from metalora.yamlfile import load_yaml_file
 
 SWEEP_KEYS = ("description", "defaults", "grid", "runs")
@@ -138,14 +139,15 @@ def _mapping(value, where: str) -> dict:
     return value
 
 
-def prepare_sweep(sweep: Sweep, data_root: str | None, device: str | None) -> list[PreparedRun]:
+def prepare_sweep(sweep: Sweep, execution: ExecutionOptions | None = None) -> list[PreparedRun]:
     """Build and validate every run; duplicates (e.g. the base model once per seed) collapse."""
+    execution = execution or ExecutionOptions()
     hasher = FileHashCache()
     prepared: dict[str, PreparedRun] = {}
     for index, options in enumerate(sweep.runs):
         label = ", ".join(f"{k}={options[k]}" for k in ("method", "shots", "seed") if k in options)
         try:
-            run = prepare_run(build_run_config(options), data_root, device, hasher)
+            run = prepare_run(build_run_config(options), execution, hasher)
         except MlbenchError as error:
             raise MlbenchError(f"{sweep.path}: run {index + 1} ({label}): {error}") from None
         prepared.setdefault(run.run_id, run)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 from transformers import get_scheduler
 
-from metalora.batching import MixedTaskSampler, batch_loss, collate, encode_example
-from metalora.config import TrainConfig
 from metalora.data.budgets import TaskBudget
-from metalora.loop import StepCallback, run_steps
-from metalora.trainer import model_device
+from metalora.training.batching import MixedTaskSampler, batch_loss, collate, encode_example
+from metalora.training.config import TrainConfig
+from metalora.training.loop import StepCallback, run_steps
+from metalora.training.trainer import model_device
 
 
 def encode_tasks(tokenizer, tasks: Sequence[TaskBudget], max_seq_len: int):

@@ -1,7 +1,9 @@
-"""What a result was produced with: package versions, code revision, device."""
+"""What a result was produced with: content hashes of the data, package versions, code revision,
+device. The one place for each: the run store, the run id and the evaluation harness use these."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -11,9 +13,34 @@ from pathlib import Path
 PACKAGES = ("mlbench", "torch", "transformers", "peft", "lm_eval", "datasets", "safetensors", "numpy", "accelerate")
 
 
-def package_versions() -> dict[str, str]:
+def sha256_file(path: Path) -> str:
+    """Streamed sha256 of a file (data files and model files are hashed into run records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class FileHashCache:
+    """sha256 of files, once per file per process (a sweep hashes the same files for every run)."""
+
+    def __init__(self):
+        self.known: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self.known:
+            self.known[path] = sha256_file(path)
+        return self.known[path]
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     versions = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from metalora.checkpoint import FolderCheckpointer, capture_training, restore_training
+from metalora.training.checkpoint import FolderCheckpointer, capture_training, restore_training
 
 StepCallback = Callable[[dict], None]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
+
+from metalora.files import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -84,7 +85,6 @@ class FolderCheckpointer:
         return step % self.every == 0 and step < total_steps
 
     def save(self, state: TrainState) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         optimizer_tensors, optimizer_rest = _split_optimizer(state.optimizer)
         tensors = {f"params/{name}": value.detach().cpu().contiguous() for name, value in state.params.items()}
         tensors.update({key: value.detach().cpu().contiguous() for key, value in optimizer_tensors.items()})
@@ -96,14 +96,8 @@ class FolderCheckpointer:
             "sampler": state.sampler,
             "log": state.log,
         }
-        handle, temp = tempfile.mkstemp(prefix=".checkpoint.", dir=self.folder)
-        os.close(handle)
-        try:
-            save_file(tensors, temp, metadata={"mlbench": json.dumps(metadata)})
-            os.replace(temp, self.path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        with atomic_path(self.path) as temp:
+            save_file(tensors, str(temp), metadata={"mlbench": json.dumps(metadata)})
 
     def load(self) -> TrainState | None:
         if not self.path.is_file():

@@ -23,14 +23,14 @@ from peft import get_peft_model_state_dict
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from baselines.lora import lora_shape, new_lora_model
-from metalora.adapters import LoraAdapter
-from metalora.batching import IGNORE_INDEX, batch_loss, collate, lm_loss
-from metalora.config import require_positive
 from metalora.errors import MlbenchError
-from metalora.loop import run_steps
-from metalora.supervised import encode_tasks, make_scheduler
-from metalora.trainer import Trainer, model_device, preserve_requires_grad
+from metalora.options import option, require_choice, require_positive
+from metalora.training.adapters import LoraAdapter
+from metalora.training.batching import IGNORE_INDEX, batch_loss, collate, lm_loss
+from metalora.training.loop import run_steps
+from metalora.training.lora import lora_shape, new_lora_model
+from metalora.training.supervised import encode_tasks, make_scheduler
+from metalora.training.trainer import MethodSpec, Trainer, model_device, preserve_requires_grad
 
 Params = dict[str, torch.Tensor]
 
@@ -171,31 +171,29 @@ INNER_LOOPS = ("sequential", "batched")
 
 @dataclass(frozen=True)
 class MetaOptions:
-    inner_steps: int = 3  # k
-    support_size: int = 8  # n_s
-    query_size: int = 8  # n_q
-    inner_lr: float = 1e-2  # alpha (SGD); the outer rate beta is TrainConfig.lr
-    tasks_per_iteration: int | None = None  # n; None = every task of the scenario
-    variant: str = "first_order"
-    outer_optimizer: str = "adamw"
+    inner_steps: int = option(3, "metalora: k inner SGD steps per task.")
+    support_size: int = option(8, "metalora: n_s support examples per task.")
+    query_size: int = option(8, "metalora: n_q query examples per task.")
+    inner_lr: float = option(1e-2, "metalora: inner SGD rate alpha (the outer rate beta is --lr).")
+    tasks_per_iteration: int | None = option(None, "metalora: tasks per meta-iteration (default: all).")
+    variant: str = option("first_order", "metalora: " + " | ".join(VARIANTS) + ".")
+    outer_optimizer: str = option("adamw", "metalora: " + " | ".join(OUTER_OPTIMIZERS) + ".")
     # "batched" runs all tasks' inner loops as one vmapped pass per step (faster on a GPU, where
     # small passes are overhead-bound); "sequential" runs them one task after another.
-    inner_loop: str = "sequential"
+    inner_loop: str = option(
+        "sequential", "metalora: " + " | ".join(INNER_LOOPS) + " (batched: one vmapped pass for all tasks)."
+    )
 
     @property
     def effective_inner_steps(self) -> int:
         forced = VARIANTS[self.variant].inner_steps
         return self.inner_steps if forced is None else forced
 
-    def validate(self, *, config=None, tasks: Sequence = ()) -> MetaOptions:
+    def validate(self) -> MetaOptions:
         if self.variant not in VARIANTS:
             raise MlbenchError(f"unknown MeTA-LoRA variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
-        if self.outer_optimizer not in OUTER_OPTIMIZERS:
-            raise MlbenchError(
-                f"outer_optimizer must be one of {', '.join(OUTER_OPTIMIZERS)}, got {self.outer_optimizer!r}"
-            )
-        if self.inner_loop not in INNER_LOOPS:
-            raise MlbenchError(f"inner_loop must be one of {', '.join(INNER_LOOPS)}, got {self.inner_loop!r}")
+        require_choice("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
+        require_choice("inner_loop", self.inner_loop, INNER_LOOPS)
         if self.inner_loop == "batched" and not VARIANTS[self.variant].batchable:
             raise MlbenchError(f"variant {self.variant} runs only with inner_loop=sequential")
         if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) or self.inner_steps < 0:
@@ -205,11 +203,15 @@ class MetaOptions:
         require_positive("inner_lr", self.inner_lr, integer=False)
         if self.tasks_per_iteration is not None:
             require_positive("tasks_per_iteration", self.tasks_per_iteration)
-            if tasks and self.tasks_per_iteration > len(tasks):
-                raise MlbenchError(
-                    f"tasks_per_iteration is {self.tasks_per_iteration} but only {len(tasks)} tasks are trained; "
-                    f"use at most {len(tasks)}"
-                )
+        return self
+
+    def check_budgets(self, tasks: Sequence) -> None:
+        """Each meta-iteration draws n tasks, each with disjoint support and query sets."""
+        if self.tasks_per_iteration is not None and self.tasks_per_iteration > len(tasks):
+            raise MlbenchError(
+                f"tasks_per_iteration is {self.tasks_per_iteration} but only {len(tasks)} tasks are trained; "
+                f"use at most {len(tasks)}"
+            )
         needed = self.support_size + self.query_size
         for task in tasks:
             if len(task.examples) < needed:
@@ -217,10 +219,6 @@ class MetaOptions:
                     f"support_size + query_size = {needed} is larger than task {task.name}'s budget of "
                     f"{len(task.examples)} examples; lower them or raise --shots"
                 )
-        return self
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 class EpisodeSampler:
@@ -281,11 +279,9 @@ def make_outer_optimizer(params: list[torch.Tensor], options: MetaOptions, lr: f
 
 
 class MetaLoraTrainer(Trainer):
-    name = "metalora"
     options_class = MetaOptions
 
     def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
-        self.validate(config, tasks)
         options = self.options
         encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
         sampler = EpisodeSampler([len(items) for items in encoded], options, seed=config.seed)
@@ -334,3 +330,14 @@ class MetaLoraTrainer(Trainer):
             on_step=on_step,
             checkpointer=checkpointer,
         )
+
+
+# On CPU the quick and smoke profiles train a few steps on tiny support/query sets.
+_CPU_DEFAULTS = MappingProxyType({"support_size": 2, "query_size": 2, "inner_steps": 1})
+SPEC = MethodSpec(
+    "metalora",
+    MetaLoraTrainer,
+    LoraAdapter,
+    "MeTA-LoRA: first-order MAML-style two-stage training of one shared LoRA adapter",
+    profile_defaults=MappingProxyType({"quick": _CPU_DEFAULTS, "smoke": _CPU_DEFAULTS}),
+)

@@ -1,24 +1,24 @@
 """Adapter artifacts: what a trainer returns, what is saved, and what evaluation attaches.
 
 Saved as a folder: ``adapter.safetensors`` (tensors only, never pickles) and ``adapter.json`` (kind
-and shape config). ``ADAPTER_KINDS`` maps the saved kind to its class, so loading never guesses.
+and shape config). ``load_adapter`` takes the kind -> class mapping (the method table's
+``adapter_kinds()``), so loading never guesses and this layer needs no knowledge of the methods.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from metalora.errors import MlbenchError
+from metalora.files import atomic_path, write_atomic
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -38,7 +38,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def attach(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Return ``model`` with the adapter live (the base module is modified in place)."""
+        """Return ``model`` with the adapter live (the base module is modified in place), in the
+        train/eval mode ``model`` was in: newly built adapter layers (their dropout) follow it."""
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """Fold the adapter into the base weights, for faster inference."""
@@ -47,21 +48,10 @@ class Adapter(ABC):
     def save(self, folder: str | os.PathLike) -> Path:
         """Write atomically: a reader never sees weights without their config or half a file."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ADAPTER_WEIGHTS) as temp:
+            save_file(self.state, str(temp), metadata={"kind": self.kind})
         header = {"kind": self.kind, "format_version": FORMAT_VERSION, "config": self.config}
-        for name, write in (
-            (ADAPTER_WEIGHTS, lambda path: save_file(self.state, str(path), metadata={"kind": self.kind})),
-            (ADAPTER_CONFIG, lambda path: path.write_text(json.dumps(header, indent=2, sort_keys=True))),
-        ):
-            handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-            os.close(handle)
-            try:
-                write(Path(temp))
-                os.chmod(temp, 0o644)
-                os.replace(temp, folder / name)
-            finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+        write_atomic(folder / ADAPTER_CONFIG, json.dumps(header, indent=2, sort_keys=True))
         return folder
 
 
@@ -83,6 +73,7 @@ class LoraAdapter(Adapter):
 
     kind = "lora"
     mergeable = True
+    peft_options: ClassVar[Mapping[str, object]] = {}  # extra LoraConfig arguments of a subclass
 
     def peft_config(self):
         from peft import LoraConfig
@@ -94,11 +85,13 @@ class LoraAdapter(Adapter):
             target_modules=list(self.config["target_modules"]),
             bias="none",
             task_type="CAUSAL_LM",
+            **self.peft_options,
         )
 
     def attach(self, model):
         from peft import get_peft_model, set_peft_model_state_dict
 
+        training = model.training
         peft_model = get_peft_model(model, self.peft_config())
         result = set_peft_model_state_dict(peft_model, self.state)
         unexpected = getattr(result, "unexpected_keys", [])
@@ -106,28 +99,14 @@ class LoraAdapter(Adapter):
             raise MlbenchError(
                 f"adapter does not fit this model: {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"
             )
-        return peft_model
+        return peft_model.train(training)
 
     def merge(self, model):
         return self.attach(model).merge_and_unload()
 
 
-# Lazy "module:Class" references keep the mapping immutable and free of import cycles.
-ADAPTER_KINDS: Mapping[str, str] = MappingProxyType(
-    {
-        "none": "metalora.adapters:NoAdapter",
-        "lora": "metalora.adapters:LoraAdapter",
-        "hydralora": "baselines.hydralora:HydraLoraAdapter",
-    }
-)
-
-
-def import_reference(reference: str):
-    module, _, attribute = reference.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def load_adapter(folder: str | os.PathLike) -> Adapter:
+def load_adapter(folder: str | os.PathLike, kinds: Mapping[str, type[Adapter]]) -> Adapter:
+    """Load a saved adapter as the class its ``kind`` names in ``kinds``."""
     folder = Path(folder)
     config_path, weights_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
@@ -137,7 +116,6 @@ def load_adapter(folder: str | os.PathLike) -> Adapter:
     except json.JSONDecodeError as error:
         raise MlbenchError(f"malformed {config_path} at line {error.lineno}: {error.msg}") from None
     kind = header.get("kind")
-    if kind not in ADAPTER_KINDS:
-        raise MlbenchError(f"{config_path} names adapter kind {kind!r}; known kinds: {', '.join(ADAPTER_KINDS)}")
-    adapter_class = import_reference(ADAPTER_KINDS[kind])
-    return adapter_class(header["config"], load_file(str(weights_path)))
+    if kind not in kinds:
+        raise MlbenchError(f"{config_path} names adapter kind {kind!r}; known kinds: {', '.join(kinds)}")
+    return kinds[kind](header["config"], load_file(str(weights_path)))

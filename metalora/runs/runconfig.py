@@ -1,0 +1,189 @@
+"""One run's complete configuration, built from flat options (CLI flags or a sweep's YAML).
+
+Flat option names are the single vocabulary of the CLI and of sweep files, read from dataclass
+fields: the run's own fields (``RunConfig``: ``method``, ``shots``, ``benchmarks``...), the shared
+training fields (``TrainConfig``: ``rank``, ``lr``, ``seed``...) and every method's options (its
+spec's options dataclass: ``inner_steps``, ``num_heads``...). A method option given to a run of
+another method is left out of that run, so one grid can mix methods. Profiles supply defaults that
+explicit options override. ``build_run_config`` validates every value; ``prepare_run`` (runner)
+adds the checks that need the data. Both happen before any model is loaded.
+
+The run id hashes everything that can change a number: the resolved config and the sha256 of every
+data file the run reads. Device and evaluation batch size are recorded, not hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+
+from metalora.data.budgets import DEFAULT_FULL_CAP, parse_shots
+from metalora.data.scenarios import SCENARIOS, scenario_tasks
+from metalora.errors import MlbenchError
+from metalora.methods import METHODS, get_method
+from metalora.models import DEFAULT_MODEL, DTYPES, MODEL_ALIASES
+from metalora.options import (
+    NoOptions,
+    option,
+    option_names,
+    options_from_dict,
+    require_choice,
+    require_positive,
+)
+from metalora.runs.profiles import PROFILES
+from metalora.training.config import TrainConfig
+
+DEFAULT_BENCHMARKS = ("bbh", "mmlu")
+DEFAULT_CHECKPOINT_EVERY = 10
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run computes. Fields with help text are flat options; ``train`` holds the shared
+    training options, ``method_options`` the method options as given (hashed into the run id),
+    ``options`` the method's validated options dataclass built from them."""
+
+    method: str = option("metalora", "Method: " + " | ".join(METHODS) + ".")
+    model: str = option(DEFAULT_MODEL, "Alias, hub id, local HF folder or .gguf file.")
+    scenario: str = option("multitask", "Scenario: " + " | ".join(SCENARIOS) + ".")
+    tasks: tuple[str, ...] = option((), "Comma-separated training tasks (default: the scenario's).")
+    held_out_languages: tuple[str, ...] = option((), "multilingual: XCOPA languages never trained on.")
+    shots: int | str | None = option(50, "Examples per task: 10..100, or 'full'.")
+    full_cap: int = option(DEFAULT_FULL_CAP, "Cap per task for --shots full.")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method_options: Mapping[str, object] = field(default_factory=dict)
+    benchmarks: tuple[str, ...] = option(
+        DEFAULT_BENCHMARKS, "Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."
+    )
+    eval_limit: int | None = option(None, "Evaluate only the first N items of each task.")
+    max_gen_tokens: int | None = option(None, "Cap on generated tokens (generative benchmarks).")
+    dtype: str = option("auto", "auto | " + " | ".join(d for d in DTYPES if d != "auto") + " (auto: fp32 on CPU, bf16 on GPU).")
+    profile: str = option("full", "Profile: " + " | ".join(PROFILES) + " (run: quick on CPU, full on GPU).")
+    options: object = field(default_factory=NoOptions, compare=False, repr=False)
+
+    @property
+    def trains(self) -> bool:
+        return get_method(self.method).trains
+
+    def to_dict(self) -> dict:
+        """Plain data for config.json and the run id (``options`` is derived from ``method_options``)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+
+    def identity(self) -> dict:
+        """What defines the run's numbers; the base model ignores every training field."""
+        data = self.to_dict()
+        if not self.trains:
+            for key in ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario"):
+                data.pop(key)
+        return data
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How to execute, not what: none of these change a number, so none is in the run id."""
+
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available).")
+    eval_batch_size: int | str = option(8, "Evaluation batch size, or 'auto'.")
+    checkpoint_every: int = option(DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps.")
+    data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
+
+    def validate(self) -> ExecutionOptions:
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise MlbenchError(
+                f"--checkpoint-every must be a positive number of steps, got {self.checkpoint_every}"
+            )
+        batch = self.eval_batch_size
+        if isinstance(batch, str) and batch != "auto":
+            try:
+                batch = int(batch)
+            except ValueError:
+                raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {batch!r}") from None
+        if batch != "auto" and (not isinstance(batch, int) or batch < 1):
+            raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {batch!r}")
+        return replace(self, eval_batch_size=batch)
+
+
+def _plain(value):
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def run_id_for(config: RunConfig, data_hashes: Mapping[str, str]) -> str:
+    payload = json.dumps({"config": config.identity(), "data": dict(sorted(data_hashes.items()))}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+RUN_KEYS = tuple(f.name for f in fields(RunConfig) if "help" in f.metadata)
+TRAIN_KEYS = option_names(TrainConfig)
+EXECUTION_KEYS = option_names(ExecutionOptions)
+
+
+def method_option_keys() -> dict[str, tuple[str, ...]]:
+    """Each method's own option names, read from its options dataclass."""
+    return {name: option_names(spec.options) for name, spec in METHODS.items()}
+
+
+def allowed_keys() -> tuple[str, ...]:
+    """Every key a sweep may set (and every ``mlbench run`` flag but the execution ones)."""
+    method_keys = {key for keys in method_option_keys().values() for key in keys}
+    return tuple(sorted(set(RUN_KEYS) | set(TRAIN_KEYS) | method_keys))
+
+
+def check_model_name(name: str) -> None:
+    """Cheap early check; full resolution (and any GGUF conversion) happens at load time."""
+    if not isinstance(name, str) or not name.strip():
+        raise MlbenchError(
+            f"model name is empty; pass a hub id, a local folder, a .gguf file or {', '.join(MODEL_ALIASES)}"
+        )
+
+
+def build_run_config(options: Mapping[str, object]) -> RunConfig:
+    """Flat options -> validated, immutable ``RunConfig`` (profile defaults first, explicit options win)."""
+    options = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(options) - set(allowed_keys()))
+    if unknown:
+        raise MlbenchError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed_keys())}")
+    profile_name = options.get("profile", "full")
+    if profile_name not in PROFILES:
+        raise MlbenchError(f"unknown profile {profile_name!r}; choose from {', '.join(PROFILES)}")
+    spec = get_method(options.get("method", "metalora"))
+    merged = {**PROFILES[profile_name].defaults, **spec.profile_defaults.get(profile_name, {}), **options}
+    if "epochs" in options and "steps" not in options:
+        merged["steps"] = None  # epochs given explicitly replaces the step count
+
+    train = options_from_dict(TrainConfig, {k: merged[k] for k in TRAIN_KEYS if k in merged}, what="training")
+    train.validate()
+    method_options = {key: merged[key] for key in option_names(spec.options) if key in merged}
+    method_config = spec.make_options(method_options)
+
+    run = options_from_dict(
+        RunConfig, {k: merged[k] for k in RUN_KEYS if k in merged and k != "profile"}, what="run"
+    )
+    check_model_name(run.model)
+    require_choice("dtype", run.dtype, DTYPES)
+    for key in ("eval_limit", "max_gen_tokens", "full_cap"):
+        value = getattr(run, key)
+        if value is not None:
+            require_positive(key, value)
+    from eval_tasks.registry import get_benchmark
+
+    if not run.benchmarks:
+        raise MlbenchError("benchmarks is empty; name at least one, e.g. bbh,mmlu")
+    for name in run.benchmarks:
+        get_benchmark(name)
+    return replace(
+        run,
+        tasks=scenario_tasks(run.scenario, run.tasks, run.held_out_languages),
+        shots=parse_shots(run.shots) if spec.trains else None,
+        train=train,
+        method_options=method_options,
+        options=method_config,
+        profile=profile_name,
+    )

@@ -1,0 +1,64 @@
+"""The training options every method shares (``TrainConfig``).
+
+Method-specific options live in each method's own dataclass (its spec's ``options``). ``validate()``
+refuses bad values with one line that says what is allowed, before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from metalora.errors import MlbenchError
+from metalora.options import option, require_choice, require_positive, require_range
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options every method shares. ``lr`` is the (outer) optimizer's rate: beta for MeTA-LoRA."""
+
+    rank: int = option(16, "LoRA rank.")
+    alpha: float = option(32.0, "LoRA alpha (scaling alpha / rank).")
+    dropout: float = option(0.05, "LoRA dropout.")
+    # MLP projections, as in HydraLoRA's scripts and the MeTA-LoRA lab's related code (method.md).
+    target_modules: tuple[str, ...] = option(("gate_proj", "up_proj", "down_proj"), "Comma-separated module names.")
+    steps: int | None = option(100, "Optimizer steps / meta-iterations.")
+    epochs: float | None = option(None, "Train for this many passes over the budgets instead of --steps.")
+    lr: float = option(2e-4, "Learning rate; the outer rate beta for metalora.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    lr_schedule: str = option("constant", "Learning-rate schedule: " + " | ".join(LR_SCHEDULES) + ".")
+    warmup_steps: int = option(0, "Warm-up steps.")
+    batch_size: int = option(8, "Training batch size (supervised methods).")
+    max_seq_len: int = option(512, "Longest training sequence in tokens.")
+    seed: int = option(0, "Seed for budgets, initialisation and sampling.")
+
+    def validate(self) -> TrainConfig:
+        require_positive("rank", self.rank)
+        require_positive("alpha", self.alpha, integer=False)
+        require_range("dropout", self.dropout, 0.0, 0.99)
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise MlbenchError("target_modules must list at least one module name, e.g. gate_proj,up_proj,down_proj")
+        if (self.steps is None) == (self.epochs is None):
+            raise MlbenchError(f"set exactly one of steps or epochs, got steps={self.steps!r} epochs={self.epochs!r}")
+        if self.steps is not None:
+            require_positive("steps", self.steps)
+        if self.epochs is not None:
+            require_positive("epochs", self.epochs, integer=False)
+        require_positive("lr", self.lr, integer=False)
+        require_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise MlbenchError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        require_positive("batch_size", self.batch_size)
+        require_positive("max_seq_len", self.max_seq_len)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise MlbenchError(f"seed must be a non-negative integer, got {self.seed!r}")
+        return self
+
+    def total_steps(self, examples_per_epoch: int, examples_per_step: int) -> int:
+        """Optimizer steps: ``steps`` as given, or enough to see every example ``epochs`` times."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * examples_per_epoch / examples_per_step))
