@@ -85,6 +85,7 @@ def _pooled(benchmark: str, label: str) -> Column:
 
 
 _COLUMNS = (
+    _macro("heldout", "Held-out (training tasks)"),  # Table 2's first column: what training taught
     _macro("bbh", "BBH avg"),
     _macro("mmlu", "MMLU avg"),
     Column(

@@ -205,7 +205,7 @@ def outside_macro(runs: Iterable[Run], benchmarks: Sequence[str]) -> set[tuple[s
     results.json reports them; the test must be on the number the leaderboard shows."""
     out = set()
     for benchmark in benchmarks:
-        minimum = getattr(BENCHMARKS[benchmark], "min_items_for_macro", None)  # newer registries
+        minimum = BENCHMARKS[benchmark].min_items_for_macro
         if minimum is None:
             continue
         for run in runs:

@@ -20,7 +20,7 @@ from reports.bootstrap import BootstrapConfig, Draws, Items, difference, item_dr
 from reports.bootstrap import point_estimates as estimand_of
 from reports.load import load_store
 from reports.paired import ALPHA, BETWEEN, block_mdd, comparison_index, mdd_table, paired_comparisons
-from reports.primary import read_primaries
+from reports.primary import Primary, read_primaries
 from reports.settings import group_settings
 from reports.stats import holm, minimum_detectable_difference
 from reports.tables import BEST, TIED
@@ -367,3 +367,22 @@ def test_tasks_the_macro_leaves_out_are_left_out_of_its_test(tmp_path, monkeypat
         registry = dict(paired.BENCHMARKS) | {"xcopa": SimpleNamespace(min_items_for_macro=minimum)}
         monkeypatch.setattr(paired, "BENCHMARKS", registry)
         assert paired.outside_macro(runs, ("xcopa",)) == expected
+
+
+def test_primary_on_the_heldout_column(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    for seed in range(3):
+        for number, (method, right) in enumerate((("lora", 20 + seed), ("metalora", 30 + 2 * seed))):
+            heldout = {task: first(right) for task in ("strategyqa", "gsm8k")}
+            write_run(
+                store, rid(10 * (number + 1) + seed), method=method, seed=seed, correct={"heldout": heldout}
+            )
+    primary = Primary("table2", "metalora", "lora", 50, ("heldout", "bbh"))
+    settings = group_settings(load_store(store).finished)
+    comparisons = paired_comparisons(settings, (primary,), BootstrapConfig(resamples=500))
+    [main] = [c for c in comparisons if c.column == "heldout"]
+    assert main.primary and (main.a.method, main.b.method) == ("metalora", "lora")
+    # per seed MeTA-LoRA answers 10, 11, 12 more of each task's 60 items: 11/60 on average
+    assert main.difference.estimate == pytest.approx(100 * 11 / 60)
+    assert main.significant and main.p_adjusted == main.difference.p_value
