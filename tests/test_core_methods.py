@@ -17,6 +17,7 @@ CASES = {
     "lora": {},
     "hydralora": {"num_heads": 2},
     "metalora": {"inner_steps": 2, "support_size": 4, "query_size": 4},
+    "dora": {},
 }
 TRAINED = [name for name, spec in METHODS.items() if spec.trains]
 # dropout on: seeding and resume must also cover torch's RNG stream

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from baselines.dora import SPEC as DORA
 from baselines.hydralora import SPEC as HYDRALORA
 from baselines.lora import SPEC as LORA
 from metalora.errors import MlbenchError
@@ -25,6 +26,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec i
     LORA,
     HYDRALORA,
     METALORA,
+    DORA,
 )})
 
 
