@@ -111,7 +111,7 @@ def test_options_from_dict_refuses_unknown_keys():
 
 
 def test_valid_options_plan_without_loading_a_model(base):
-    prepared = plan({"model": "some-org/not-downloaded"}, base)
+    prepared = plan({"model": "smollm2-135m"}, base)
     assert prepared.config.tasks == (
         "strategyqa", "social_iqa", "logical_fallacy_detection", "vitaminc_fact_verification", "gsm8k")
     assert [len(b.examples) for b in prepared.budgets] == [50] * 5

@@ -284,6 +284,48 @@ def test_names_that_are_nothing_are_one_line(tmp_path):
         locate_model(" ", cache=tmp_path)
 
 
+def prepared_run(model: str, data_root):
+    from metalora.runs.runconfig import ExecutionOptions, build_run_config
+    from metalora.runs.runner import prepare_run
+
+    config = build_run_config({"method": "base", "model": model, "benchmarks": "xcopa", "eval_limit": 1})
+    return prepare_run(config, ExecutionOptions(device="cpu", data_root=str(data_root.path)))
+
+
+def test_run_id_follows_the_weights_not_the_name(tmp_path, data_root, monkeypatch, offline):
+    monkeypatch.setenv("MLBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    save_folder(folder, seed=0)
+    first = prepared_run(str(folder), data_root)
+    assert first.model_identity == model_identity(str(folder))
+    save_folder(folder, seed=1)  # same folder, new weights: never the old run
+    second = prepared_run(str(folder), data_root)
+    assert second.model_identity != first.model_identity and second.run_id != first.run_id
+    save_folder(tmp_path / "copy", seed=1)  # same weights elsewhere: the same run
+    assert prepared_run(str(tmp_path / "copy"), data_root).run_id == second.run_id
+    # An alias and the .gguf it holds are one model, so one run.
+    location = locate_model("smollm2-135m")
+    if location.kind == "gguf" and location.path:
+        assert prepared_run("smollm2-135m", data_root).run_id == prepared_run(location.path, data_root).run_id
+
+
+def test_a_bad_model_fails_the_run_before_anything_is_stored(tmp_path, data_root):
+    from typer.testing import CliRunner
+
+    from metalora.cli import app
+
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a model at all")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["run", "--method", "base", "--model", str(garbage), "--benchmarks", "xcopa",
+                                      "--store", str(store), "--data-root", str(data_root.path), "--device", "cpu",
+                                      "--profile", "full"])
+    assert result.exit_code == 2
+    wanted = f"mlbench: error: model file {garbage} is not a GGUF file (it does not start with 'GGUF'); pass a .gguf model file"
+    assert result.stderr.strip().splitlines() == [wanted]
+    assert not store.exists() or not [p for p in store.iterdir() if p.is_dir()]
+
+
 def test_cli_lists_aliases_and_fetch_refuses_in_one_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

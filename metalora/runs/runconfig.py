@@ -115,8 +115,11 @@ def _plain(value):
     return value
 
 
-def run_id_for(config: RunConfig, data_hashes: Mapping[str, str]) -> str:
-    payload = json.dumps({"config": config.identity(), "data": dict(sorted(data_hashes.items()))}, sort_keys=True)
+def run_id_for(config: RunConfig, data_hashes: Mapping[str, str], model_identity: str) -> str:
+    """The model enters by its weights' hash (``metalora.models.model_identity``), never its name: an
+    alias and the same .gguf share runs, and new weights under an old name never reuse old results."""
+    identity = config.identity() | {"model": model_identity}
+    payload = json.dumps({"config": identity, "data": dict(sorted(data_hashes.items()))}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from metalora.data.budgets import TaskBudget, load_budgets
 from metalora.data.registry import get_task
 from metalora.data.root import DataRoot, resolve_data_root
+from metalora.errors import MlbenchError
 from metalora.methods import adapter_kinds, get_method
-from metalora.models import load_model, pick_device, pick_dtype
+from metalora.models import load_model, model_identity, pick_device, pick_dtype
 from metalora.provenance import FileHashCache, environment_record
 from metalora.runs import store as files
 from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
@@ -35,6 +36,7 @@ class PreparedRun:
     root: DataRoot
     budgets: tuple[TaskBudget, ...]  # empty for the base model
     data_hashes: dict[str, str]
+    model_identity: str  # sha256 of the weights, checked again when the model loads
 
 
 def data_hashes_for(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
@@ -63,6 +65,7 @@ def prepare_run(
 
     config = replace(config, dtype=pick_dtype(config.dtype, pick_device(execution.device)))
     root = resolve_data_root(execution.data_root)
+    model = model_identity(config.model)  # also checks the model's files (or the hub) before anything loads
     budgets: tuple[TaskBudget, ...] = ()
     if config.trains:
         budgets = tuple(load_budgets(root, config.tasks, config.shots, config.train.seed, config.full_cap))
@@ -70,7 +73,7 @@ def prepare_run(
     hashes = data_hashes_for(config, root, hasher or FileHashCache())
     # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
     check_benchmark_data(config.benchmarks, root, training_task_subtasks(config.benchmarks, config.tasks))
-    return PreparedRun(config, run_id_for(config, hashes), root, budgets, hashes)
+    return PreparedRun(config, run_id_for(config, hashes, model), root, budgets, hashes, model)
 
 
 def headline_metrics(results: dict) -> dict[str, float]:
@@ -120,6 +123,8 @@ def _execute_claimed(prepared, store, folder: Path, options, report, on_step) ->
     device = pick_device(options.device)
     report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
     loaded = load_model(config.model, dtype=config.dtype, device=device)
+    if loaded.source.identity != prepared.model_identity:
+        raise MlbenchError(f"the weights of {config.model} changed after run {run_id} was planned; run it again")
     environment = environment_record(device) | {
         "dtype": loaded.dtype,
         "model_source": loaded.source.to_dict(),
