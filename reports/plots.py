@@ -21,12 +21,25 @@ import pandas as pd
 matplotlib.use("Agg")  # files only: never open a window, never need a display
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE
 from reports.load import Run
 from reports.settings import BASE, Setting, shots_order
 from reports.tables import SETTING_FIELDS, over_seeds
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DASHES = ("-", "--", "-.", ":")
+MAX_LEGEND = 16  # more series than this get no legend (it would hide the lines)
+NUDGE = 0.03  # relative sideways shift between neighbouring series on a log axis
+
+
+def series_style(index: int) -> dict:
+    """Marker and line style of the index-th series: no two of the first 8 share a marker, and
+    marker and dash cycles of different lengths keep later ones apart too."""
+    return {"marker": MARKERS[index % len(MARKERS)], "linestyle": DASHES[index % len(DASHES)], "markersize": 5}
+
 
 RC = {"text.parse_math": False, "svg.hashsalt": "mlbench-report", "svg.fonttype": "path", "font.size": 9}
 STATUS_STYLE = {"seen": {"hatch": ""}, "held-out": {"hatch": "///"}, "other": {"hatch": "..."}}
@@ -85,16 +98,32 @@ def budget_curves(settings: Sequence[Setting], folder: Path) -> list[Plot]:
             numeric = [
                 float(x) for points in series.values() for x, _ in points if isinstance(x, (int, float))
             ]
+            budgets = sorted({str(x) for points in series.values() for x, _ in points})
+            if len(budgets) < 2:
+                # One budget gives one dot per method: no curve. Said in words, not drawn.
+                plots.append(
+                    Plot(
+                        "",
+                        f"{column.label} vs examples per task ({model})",
+                        f"Only one data budget ({budgets[0]} per task) was run for {model}, so there is no "
+                        "curve to draw; the leaderboard has these numbers.",
+                    )
+                )
+                continue
             with rc_context(RC):
                 figure = Figure(figsize=(6.4, 4.0))
                 axes = figure.add_subplot()
-                for label, points in sorted(series.items()):
+                ordered = sorted(series.items())
+                for index, (label, points) in enumerate(ordered):
                     points.sort(key=lambda point: shots_order(point[0]))
-                    xs = [_budget_position(x, numeric) for x, _ in points]
+                    # Each series is nudged sideways a little (on the log axis) and has its own
+                    # marker and dash, so series with equal numbers stay apart and readable in grey.
+                    nudge = 1 + NUDGE * (index - (len(ordered) - 1) / 2)
+                    xs = [_budget_position(x, numeric) * nudge for x, _ in points]
                     means = [i.mean for _, i in points]
                     lows = [math.nan if i.low is None else i.low for _, i in points]
                     highs = [math.nan if i.high is None else i.high for _, i in points]
-                    line = axes.plot(xs, means, marker="o", label=label)[0]
+                    line = axes.plot(xs, means, label=label, **series_style(index))[0]
                     axes.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
                 for s, interval in baselines:
                     axes.axhline(
@@ -156,7 +185,7 @@ def ablation_plot(ablation: Ablation, folder: Path) -> Plot | None:
             errors = [0.0 if i.half_width is None else i.half_width for _, i in points]
             if ablation.spec.numeric:
                 axes.errorbar([float(v) for v, _ in points], means, yerr=errors, marker="o", capsize=3)
-                axes.set_xticks([float(v) for v, _ in points], labels)
+                axes.set_xticks([float(v) for v, _ in points], labels)  # the values run: whole steps
             else:
                 axes.bar(range(len(points)), means, yerr=errors, capsize=3, color="tab:blue")
                 axes.set_xticks(range(len(points)), labels, rotation=20)
@@ -184,7 +213,8 @@ def loss_overview(settings: Sequence[Setting], folder: Path) -> Plot | None:
         figure = Figure(figsize=(4.2 * len(methods), 3.4))
         for index, method in enumerate(methods, start=1):
             axes = figure.add_subplot(1, len(methods), index)
-            for s in (s for s in trained if s.method == method):
+            members = [s for s in trained if s.method == method]
+            for number, s in enumerate(members):
                 logs = [series(run, "loss") for run in s.runs if run.training_log]
                 steps = sorted(set.intersection(*(set(log) for log in logs)))
                 if steps:
@@ -193,11 +223,17 @@ def loss_overview(settings: Sequence[Setting], folder: Path) -> Plot | None:
                         [sum(log[x] for log in logs) / len(logs) for x in steps],
                         label=s.name,
                         linewidth=1,
+                        markevery=max(1, len(steps) // 8),
+                        **series_style(number),
                     )
             axes.set_title(method)
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
             axes.set_xlabel("optimizer step")
             axes.set_ylabel("training loss (mean over seeds)")
-            axes.legend(fontsize=6)
+            if len(members) <= MAX_LEGEND:
+                axes.legend(fontsize=6)
+            else:  # hundreds of entries would cover the plot; the leaderboard names every setting
+                axes.text(0.98, 0.98, f"{len(members)} settings", transform=axes.transAxes, ha="right", va="top")
         file = _save(figure, folder, "training_loss")
     return Plot(file, "Training loss curves", "Loss per optimizer step, mean over the seeds of each setting.")
 

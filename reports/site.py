@@ -13,19 +13,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
 from eval_tasks.registry import BENCHMARKS
 from metalora.runs.profiles import PROFILES
 from reports import plots, tables
 from reports.ablations import find_ablations
+from reports.answers import Collapse, collapse
 from reports.bootstrap import __doc__ as BOOTSTRAP_DOC
+from reports.chance import item_references
 from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
+from reports.cost import COST_COLUMNS, NOT_RECORDED, CostColumn, cost_text, cost_value
 from reports.load import Run, Store, load_store
 from reports.output import publish
 from reports.paired import (
@@ -44,7 +49,7 @@ from reports.reference import REFERENCE_ROWS
 from reports.settings import Setting, flatten, group_settings
 from reports.sparkline import sparkline
 from reports.stats import FORMULA, MDD_FORMULA
-from reports.views import Cell, frame_view, plain_cell
+from reports.views import Cell, TableView, frame_view, plain_cell, sort_key
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROMPT_TAIL_CHARS = 1500  # few-shot prompts repeat their exemplars; the question is at the end
@@ -120,8 +125,18 @@ class Site:
         }
         context |= self.leaderboard(settings, comparisons)
         context |= self.figures_and_tables(settings, comparisons)
-        unreadable = [(run.run_id, problem) for run in self.store.runs for problem in self.run_pages(run)]
-        self.render("index.html.j2", self.root / "index.html", "", unreadable=unreadable, **context)
+        notes = {run.run_id: self.run_pages(run) for run in self.store.runs}
+        unreadable = [(run_id, problem) for run_id, note in notes.items() for problem in note.unreadable]
+        collapsed = [
+            {"run": run.run_id, "benchmark": benchmark, "text": found.describe(), "setting": setting.name}
+            for setting in settings
+            for run in setting.runs
+            for benchmark, found in notes[run.run_id].collapsed
+        ]
+        flag_collapsed(context["leaderboard"], settings, notes)
+        self.render(
+            "index.html.j2", self.root / "index.html", "", unreadable=unreadable, collapsed=collapsed, **context
+        )
 
     def export(self, frame, name: str, readable=None) -> dict[str, str]:
         files = tables.export(frame, self.root / "tables", name, readable)
@@ -135,7 +150,7 @@ class Site:
         marks = {c.key: tables.column_marks(frame, c.key, tests) for c in columns}
         view = frame_view(
             frame,
-            hide=("setting", "comparable"),
+            hide=("setting", "comparable", "evaluation", "seed_list"),
             labels={c.key: c.label for c in columns},
             descriptions={c.key: c.description for c in columns},
             marks=marks,
@@ -159,6 +174,28 @@ class Site:
             }
             cells |= {key: Cell(f"{value:.2f}") for key, value in row.values.items() if key in cells}
             reference_rows.append({"source": row.source, "cells": [cells[h.key] for h in view.headers]})
+        items = item_references(settings)
+        item_rows = []
+        for strategy in items:
+            cells = {h.key: Cell("") for h in view.headers}
+            cells |= {
+                "method": Cell(strategy.label),
+                "scenario": Cell(strategy.scenario or ""),
+                "variant": Cell(strategy.evaluation or "complete benchmarks"),
+                "profile": Cell("from the evaluated items"),
+            }
+            cells |= {
+                key: Cell(tables.number(value), sort_key(value))
+                for key, value in strategy.values.items()
+                if key in cells and key in COLUMNS
+            }
+            item_rows.append({"cells": [cells[h.key] for h in view.headers]})
+        item_frame = pd.DataFrame(
+            [
+                {"strategy": r.row, "scenario": r.scenario, "evaluation": r.evaluation} | r.values
+                for r in items
+            ]
+        )
         marked, readable = tables.with_marks(frame, marks)
         mdd = block_mdd(comparisons)
         mdd_frame = mdd_table(comparisons)
@@ -176,6 +213,8 @@ class Site:
             "mdd_rows": mdd_rows,
             "mdd_files": None if mdd_frame.empty else self.export(mdd_frame, "mdd"),
             "reference_rows": reference_rows,
+            "item_reference_rows": item_rows,
+            "item_reference_files": None if item_frame.empty else self.export(item_frame, "item_references"),
             "leaderboard_files": self.export(marked, "leaderboard", readable),
             "reference_files": self.export(reference, "reference"),
         }
@@ -224,14 +263,14 @@ class Site:
         )
 
         paired = paired_table(comparisons)
-        sections["paired"] = None if paired.empty else frame_view(paired, hide=("a_setting", "b_setting"))
+        sections["paired"] = None if paired.empty else identical_said(frame_view(paired, hide=("a_setting", "b_setting")), paired)
         sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
         return sections
 
-    def run_pages(self, run: Run) -> list[str]:
-        """Write the run's page and its per-sample pages; returns the sample files it could not read."""
+    def run_pages(self, run: Run) -> RunNotes:
+        """Write the run's page and its per-sample pages; returns what the index should say of them."""
         loss = [(key, line) for key in plots.LOSS_KEYS if (line := sparkline(plots.series(run, key)))]
-        sample_pages, unreadable = [], []
+        sample_pages, unreadable, collapsed = [], [], []
         for benchmark in run.sample_benchmarks():
             if benchmark not in BENCHMARKS:
                 continue  # only names the registry knows become file names and links
@@ -241,14 +280,26 @@ class Site:
                 continue
             page = f"{run.run_id}_{benchmark}.html"
             wrong = sum(1 for r in records if not r.get("correct"))
-            sample_pages.append({"benchmark": benchmark, "file": page, "count": len(records), "wrong": wrong})
+            found = collapse(records)
+            if found:
+                collapsed.append((benchmark, found))
+            sample_pages.append(
+                {
+                    "benchmark": benchmark,
+                    "file": page,
+                    "count": len(records),
+                    "wrong": wrong,
+                    "collapse": found.describe() if found else "",
+                }
+            )
             self.render(
                 "samples.html.j2",
                 self.root / "runs" / page,
                 "../",
                 run=run_row(run),
                 benchmark=benchmark,
-                records=[sample_row(r) for r in records],
+                records_json=records_json([sample_row(r) for r in records]),
+                count=len(records),
                 tasks=sorted({str(r.get("task")) for r in records}),
                 tail=PROMPT_TAIL_CHARS,
             )
@@ -266,10 +317,53 @@ class Site:
             aggregates=aggregate_rows(results),
             protocols=sorted((results.get("protocols") or {}).items()),
             loss=loss,
+            cost=run_cost(run.cost),
             sample_pages=sample_pages,
             problems=(*run.problems, *unreadable),
         )
-        return unreadable
+        return RunNotes(tuple(unreadable), tuple(collapsed))
+
+
+@dataclass(frozen=True)
+class RunNotes:
+    unreadable: tuple[str, ...]  # sample files that could not be read, with the reason
+    collapsed: tuple[tuple[str, Collapse], ...]  # (benchmark, the answer given to nearly every item)
+
+
+def flag_collapsed(view: TableView, settings: list[Setting], notes: dict[str, RunNotes]) -> None:
+    """A leaderboard cell whose runs gave one answer to nearly every item carries a badge."""
+    columns = {h.key: index for index, h in enumerate(view.headers)}
+    for row, setting in zip(view.rows, settings):
+        for run in setting.runs:
+            for benchmark, found in notes[run.run_id].collapsed:
+                if benchmark in columns:
+                    cell = row[columns[benchmark]]
+                    badge = f"same answer on {found.share:.0%} of items (seed {run.seed})"
+                    row[columns[benchmark]] = replace(cell, badge=f"{cell.badge}; {badge}" if cell.badge else badge)
+
+
+NO_ITEM_DIFFERS = "no item differs: both sides gave the same verdict on every item in every seed"
+
+
+def identical_said(view: TableView, frame) -> TableView:
+    """A comparison whose difference and spread are both exactly zero compared identical answers;
+    it says so instead of showing "0.00 ± 0.00"."""
+    column = [h.key for h in view.headers].index("difference")
+    for row, estimate, se in zip(view.rows, frame["difference_mean"], frame["se"]):
+        if estimate == 0 and se == 0:
+            row[column] = replace(row[column], text=NO_ITEM_DIFFERS)
+    return view
+
+
+def run_cost(cost: dict | None) -> list[tuple[str, str]]:
+    """The run page's cost table: the leaderboard's cost columns, the budget rule and wall time."""
+    if cost is None:
+        return [("cost.json", NOT_RECORDED)]
+    rule = (cost.get("training") or {}).get("budget_rule") if isinstance(cost.get("training"), dict) else None
+    rows = [("Budget rule", str(rule) if rule else NOT_RECORDED)]
+    rows += [(c.label, cost_text(c, cost_value(cost, c.path))) for c in COST_COLUMNS]
+    total = CostColumn("total_s", "Wall seconds", "", ("time", "total_s"), seconds=True)
+    return [*rows, (total.label, cost_text(total, cost_value(cost, total.path)))]
 
 
 def run_row(run: Run) -> dict:
@@ -349,6 +443,18 @@ def sample_row(record: dict) -> dict:
         "prompt_tail": prompt[-PROMPT_TAIL_CHARS:],
         "truncated": len(prompt) > PROMPT_TAIL_CHARS,
     }
+
+
+SAMPLE_FIELDS = ("task", "doc_id", "correct", "prediction", "gold", "output", "prompt_tail", "truncated")
+
+
+def records_json(rows: list[dict]) -> Markup:
+    """The page's records as one JSON array of arrays (``SAMPLE_FIELDS`` order) in a data block the
+    page's script turns into table rows with ``textContent``. Inline markup written per record cost
+    most of a large report's time and size. ``<``, ``>`` and ``&`` are written as JSON escapes, so no
+    text can end the data block or read as markup."""
+    text = json.dumps([[row[field] for field in SAMPLE_FIELDS] for row in rows], ensure_ascii=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def _text(value) -> str:

@@ -19,6 +19,7 @@ import pandas as pd
 from eval_tasks.registry import BENCHMARKS
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE, MULTILINGUAL_BENCHMARKS, Column, task_values
+from reports.cost import COST_COLUMNS, cost_fields, cost_text
 from reports.reference import REFERENCE_ROWS
 from reports.settings import BASE, Setting
 from reports.stats import Interval, mean_ci
@@ -36,9 +37,12 @@ SETTING_FIELDS = (
     "variant",
     "profile",
     "comparable",
+    "evaluation",
     "seeds",
+    "seed_list",
 )
 STAT_FIELDS = ("mean", "ci_low", "ci_high", "n")
+COST_KEYS = {column.key: column for column in COST_COLUMNS}
 
 
 def setting_fields(setting: Setting) -> dict:
@@ -51,8 +55,19 @@ def setting_fields(setting: Setting) -> dict:
         "variant": setting.label,
         "profile": setting.profile,
         "comparable": setting.comparable,
-        "seeds": " ".join(str(seed) for seed in setting.seeds),
+        "evaluation": evaluation(setting.config),
+        "seeds": len(setting.runs),  # runs averaged: one per training seed
+        "seed_list": " ".join(str(seed) for seed in setting.seeds),
     }
+
+
+EVALUATION_KEYS = ("eval_limit", "max_gen_tokens")  # what changes the evaluated items or answers
+
+
+def evaluation(config: Mapping) -> str:
+    """How a setting was evaluated, where it differs from the complete benchmarks ("" if not):
+    rows evaluated differently are never ranked against each other."""
+    return ", ".join(f"{key}={config[key]}" for key in EVALUATION_KEYS if config.get(key) is not None)
 
 
 def over_seeds(setting: Setting, value: Callable[[Mapping], float | None]) -> Interval | None:
@@ -86,7 +101,13 @@ def leaderboard(settings: Sequence[Setting], keep: Sequence[str] = ()) -> pd.Dat
     ]
     frame = pd.DataFrame(rows, columns=[*SETTING_FIELDS, *_stat_columns(COLUMNS)])
     present = [c for c in COLUMNS if c in keep or frame[f"{c}_mean"].notna().any()]
-    return _typed(frame[[*SETTING_FIELDS, *_stat_columns(present)]])
+    costs = pd.DataFrame(
+        [cost_fields([run.cost for run in s.runs]) for s in settings],
+        columns=[c.key for c in COST_COLUMNS],
+        index=frame.index,
+        dtype=object,
+    )
+    return _typed(pd.concat([frame[[*SETTING_FIELDS, *_stat_columns(present)]], costs], axis=1))
 
 
 def present_columns(frame: pd.DataFrame) -> list[Column]:
@@ -95,7 +116,7 @@ def present_columns(frame: pd.DataFrame) -> list[Column]:
 
 BEST = "best"  # the block's highest mean, significantly above the runner-up after correction
 TIED = "tied"  # highest, or not significantly below the highest: no single best can be claimed
-MARK_GROUP = ("model", "profile", "scenario", "shots")  # a block: what the mark ranks within
+MARK_GROUP = ("model", "profile", "scenario", "shots", "evaluation")  # a block: what the mark ranks within
 
 
 def column_marks(
@@ -112,7 +133,8 @@ def column_marks(
     comparison with it is not significant in its favour (or could not be tested) are TIED.
     """
     means = frame[f"{key}_mean"]
-    measured = frame[(frame["method"] != BASE) & means.notna()]
+    # Only rows of a comparable profile compete (a smoke or quick run is never marked).
+    measured = frame[(frame["method"] != BASE) & means.notna() & frame["comparable"].astype(bool)]
     marks: dict[int, str] = {}
     positions = {index: position for position, index in enumerate(frame.index)}
     for _, block in measured.groupby([frame[c].map(repr) for c in MARK_GROUP], sort=False):
@@ -281,6 +303,8 @@ def for_reading(frame: pd.DataFrame) -> pd.DataFrame:
             prefix = column[: -len("_mean")]
             parts = [[None if pd.isna(v) else v for v in frame[f"{prefix}_{name}"]] for name in STAT_FIELDS]
             out[prefix] = [format_interval(*values) for values in zip(*parts)]
+        elif column in COST_KEYS:
+            out[column] = [cost_text(COST_KEYS[column], None if pd.isna(v) else v) for v in frame[column]]
         elif column not in folded:
             out[column] = [_readable(value) for value in frame[column]]
     return pd.DataFrame(out, columns=list(out))
@@ -333,8 +357,43 @@ def export(
     csv_safe(frame).to_csv(folder / files["CSV"], index=False, lineterminator="\r\n")
     markdown = markdown_safe(readable).to_markdown(index=False, disable_numparse=True)
     (folder / files["Markdown"]).write_text(markdown + "\n", encoding="utf-8")
-    (folder / files["LaTeX"]).write_text(readable.to_latex(index=False, escape=True), encoding="utf-8")
+    (folder / files["LaTeX"]).write_text(latex_table(readable), encoding="utf-8")
     return files
+
+
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+LATEX_ESCAPE = str.maketrans(LATEX_SPECIAL)
+
+
+def latex_table(frame: pd.DataFrame) -> str:
+    """A booktabs tabular, as pandas' ``to_latex(escape=True)`` writes it, without its Styler
+    (which took most of a large report's export time); every cell escaped."""
+
+    def text(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return ""
+        return (number(value) if isinstance(value, float) else str(value)).translate(LATEX_ESCAPE)
+
+    align = "".join(
+        "r" if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) else "l"
+        for c in frame.columns
+    )
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(text(c) for c in frame.columns) + " \\\\"]
+    lines.append("\\midrule")
+    lines += [" & ".join(text(v) for v in row) + " \\\\" for row in frame.itertuples(index=False, name=None)]
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
 
 
 def _stat_columns(keys) -> list[str]:

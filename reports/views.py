@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from reports.cost import COST_COLUMNS, CostColumn, cost_text
 from reports.tables import STAT_FIELDS, format_interval, number
 
 HEADERS = {
@@ -22,6 +23,7 @@ HEADERS = {
     "variant": "Variant",
     "profile": "Profile",
     "seeds": "Seeds",
+    **{column.key: column.label for column in COST_COLUMNS},
     "name": "Setting",
     "benchmark": "Benchmark",
     "language": "Language",
@@ -60,6 +62,7 @@ class Cell:
     sort: str = ""  # a number as text for numeric columns, "" when missing (sorted last)
     mark: str = ""  # "best" or "tied" (reports.tables.column_marks), shown as ★ or ≈
     badge: str = ""  # e.g. "smoke run: not comparable to the paper"
+    title: str = ""  # shown on hover
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,22 @@ def df_cell(value) -> Cell:
     return Cell("∞", "Infinity") if value == float("inf") else Cell(f"{value:.1f}", repr(float(value)))
 
 
-CELL_MAKERS = {"shots": budget_cell, "p": p_cell, "p_holm": p_cell, "df": df_cell}  # not plain values
+def cost_cell(column: CostColumn):
+    def make(value) -> Cell:
+        value = None if _is_missing(value) else float(value)
+        return Cell(cost_text(column, value), "" if value is None else repr(value))
+
+    return make
+
+
+CELL_MAKERS = {  # columns whose cells are not plain values
+    "shots": budget_cell,
+    "p": p_cell,
+    "p_holm": p_cell,
+    "df": df_cell,
+    **{column.key: cost_cell(column) for column in COST_COLUMNS},
+}
+HOVER = {"seeds": ("seed_list", "seeds: {}")}  # column -> (the column its hover text comes from, format)
 
 
 def frame_view(
@@ -162,6 +180,10 @@ def frame_view(
                     )
                 )
             else:
-                row.append(CELL_MAKERS.get(key, plain_cell)(record[key]))
+                cell = CELL_MAKERS.get(key, plain_cell)(record[key])
+                if key in HOVER and HOVER[key][0] in record and not _is_missing(record[HOVER[key][0]]):
+                    source, text = HOVER[key]
+                    cell = replace(cell, title=text.format(", ".join(str(record[source]).split())))
+                row.append(cell)
         rows.append(row)
     return TableView(headers, rows)

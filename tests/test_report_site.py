@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_every_link_is_local_and_exists(built):
             target = (page.parent / ref.split("#")[0]).resolve()
             assert target.exists(), f"{page.name}: {ref} is missing"
             images += tag == "img"
-    assert images >= 6
+    assert images >= 5  # MMLU has one budget only: said in words, not drawn as a dot
     assert (root / "tables" / "leaderboard.csv").is_file() and (root / "tables" / "paired.tex").is_file()
 
 
@@ -77,7 +78,8 @@ def test_run_page_shows_config_hashes_environment_metrics_and_samples(built):
     assert '<polyline points="2.0,2.0 160.0,47.6 318.0,78.0"/>' in page
     assert not list((built.parent / "plots").glob("loss_*"))  # no matplotlib figure per run
     samples = (built.parent / "runs" / f"{rid(20)}_bbh.html").read_text(encoding="utf-8")
-    assert samples.count('data-correct="false"') == 3 and 'id="wrong-only"' in samples
+    records = json.loads(samples.split('<script type="application/json" id="records-data">')[1].split("</script>")[0])
+    assert [r[2] for r in records].count(False) == 3 and len(records) == 8 and 'id="wrong-only"' in samples
 
 
 def test_markup_in_store_text_is_escaped(tmp_path):

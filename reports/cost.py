@@ -1,0 +1,61 @@
+"""What each setting consumed, from its runs' ``cost.json``: leaderboard columns beside the scores.
+
+A column's value is the mean over the setting's runs that recorded it (counts are normally equal
+across seeds; seconds vary). Runs from before ``cost.json`` existed, or a field a run did not
+record (``device_s`` is null on a CPU), read "not recorded", never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CostColumn:
+    key: str  # the leaderboard frame's column
+    label: str
+    description: str
+    path: tuple[str, str]  # where in cost.json
+    seconds: bool = False
+
+
+COST_COLUMNS = (
+    CostColumn("outer_updates", "Outer updates", "optimizer steps of the shared adapter (meta-iterations for MeTA-LoRA)",
+               ("training", "outer_updates")),
+    CostColumn("example_passes", "Example passes", "training examples through a forward and backward pass, all loops counted",
+               ("training", "example_passes")),
+    CostColumn("tokens", "Training tokens", "tokens through forward and backward passes in training",
+               ("training", "tokens")),
+    CostColumn("trainable_parameters", "Trainable parameters", "adapter parameters the optimizer updates",
+               ("training", "trainable_parameters")),
+    CostColumn("device_s", "GPU seconds", "accelerator time of the whole run (not recorded on a CPU)",
+               ("time", "device_s"), seconds=True),
+    CostColumn("cpu_s", "CPU seconds", "process CPU time of the whole run", ("time", "cpu_s"), seconds=True),
+)
+NOT_RECORDED = "not recorded"
+
+
+def cost_value(cost: Mapping | None, path: Sequence[str]) -> float | None:
+    value = cost
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def cost_fields(costs: Sequence[Mapping | None]) -> dict[str, float | None]:
+    """Each cost column's mean over the runs that recorded it (None where none did)."""
+    fields = {}
+    for column in COST_COLUMNS:
+        values = [v for cost in costs if (v := cost_value(cost, column.path)) is not None]
+        fields[column.key] = sum(values) / len(values) if values else None
+    return fields
+
+
+def cost_text(column: CostColumn, value: float | None) -> str:
+    if value is None:
+        return NOT_RECORDED
+    return f"{value:,.1f}" if column.seconds else f"{round(value):,}"

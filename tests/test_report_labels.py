@@ -1,0 +1,181 @@
+"""Honest labels: seeds, marks among comparable rows only, identical comparisons, answer collapse,
+plots that say what they cannot show, the run page's order, costs and answer-blind reference rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval_tasks.records import write_records
+from reports import tables
+from reports.answers import collapse
+from reports.bootstrap import BootstrapConfig
+from reports.load import load_store
+from reports.paired import comparison_index, paired_comparisons
+from reports.plots import series_style
+from reports.settings import group_settings
+from reports.site import NO_ITEM_DIFFERS, build_report
+from tests.report_fixtures import BBH_TASKS, bbh, mmlu, rid, standard_store, write_run
+
+N_ITEMS = 40
+
+
+def first(right: int) -> list[bool]:
+    return [index < right for index in range(N_ITEMS)]
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("labels")
+    store = standard_store(root / "store")
+    cost = {
+        "training": {"budget_rule": "matched_compute", "outer_updates": 100, "example_passes": 16000,
+                     "tokens": 1_234_567, "trainable_parameters": 4_718_592, "min_epochs": 1.0},
+        "time": {"total_s": 95.5, "cpu_s": 120.25, "device_s": 80.0},
+    }
+    for number in (20, 21, 22):  # metalora 50/task, seeds 0-2
+        (store / rid(number) / "cost.json").write_text(json.dumps(cost))
+    references = {"bbh": {"random": {"macro": 0.25, "per_task": {}}, "always_position": {"macro": 0.375},
+                          "majority": {"macro": 0.5}}}
+    edit_json(store / rid(10) / "eval" / "results.json", lambda r: r.__setitem__("references", references))
+    return build_report(store, root / "site")
+
+
+def leaderboard_row(html: str, text: str) -> str:
+    table = html.split('id="leaderboard-table"')[1].split("</table>")[0]
+    return next(row for row in table.split("<tr") if text in row)
+
+
+def test_seeds_column_counts_seeds_and_lists_them_on_hover(built):
+    html = built.read_text(encoding="utf-8")
+    frame = tables.leaderboard(group_settings(load_store(built.parent.parent / "store").finished))
+    lora = frame[(frame["method"] == "lora") & (frame["shots"] == 50)].iloc[0]
+    assert lora["seeds"] == 3 and lora["seed_list"] == "0 1 2"
+    base = frame[frame["method"] == "base"].iloc[0]
+    assert base["seeds"] == 1
+    assert 'title="seeds: 0, 1, 2">3</td>' in html
+
+
+def test_cost_columns_beside_the_scores(built):
+    html = built.read_text(encoding="utf-8")
+    for label in ("Outer updates", "Example passes", "Training tokens", "Trainable parameters", "GPU seconds",
+                  "CPU seconds"):
+        assert f">{label}</button>" in html
+    header = html.split('id="leaderboard-table"')[1].split("</thead>")[0]
+    assert header.index('data-key="bbh"') < header.index('data-key="outer_updates"')
+    table = html.split('id="leaderboard-table"')[1].split("</table>")[0]
+    metalora = [row for row in table.split("<tr")[1:] if ">metalora<" in row and ">1,234,567<" in row]
+    assert len(metalora) == 1
+    for text in (">100<", ">16,000<", ">4,718,592<", ">80.0<", ">120.2<"):
+        assert text in metalora[0]
+    lora = [row for row in table.split("<tr")[1:] if ">lora<" in row and "not recorded" in row]
+    assert lora and lora[0].count(">not recorded<") == 6
+    run_page = (built.parent / "runs" / f"{rid(20)}.html").read_text(encoding="utf-8")
+    assert "matched_compute" in run_page and "95.5" in run_page
+    csv = (built.parent / "tables" / "leaderboard.csv").read_text()
+    assert "outer_updates" in csv.splitlines()[0]
+
+
+def test_answer_blind_reference_rows_from_the_evaluated_items(built):
+    html = built.read_text(encoding="utf-8")
+    rows = [r for r in html.split("<tr") if 'class="item-reference-row"' in r]
+    assert len(rows) == 3
+    assert ">random guessing<" in rows[0] and ">25.00<" in rows[0]
+    assert ">always the most frequent answer position<" in rows[1] and ">37.50<" in rows[1]
+    assert ">each task&#39;s majority answer<" in rows[2] and ">50.00<" in rows[2]
+    assert (built.parent / "tables" / "item_references.csv").is_file()
+
+
+def test_run_page_shows_aggregates_first_and_folds_details(built):
+    page = (built.parent / "runs" / f"{rid(20)}.html").read_text(encoding="utf-8")
+    assert page.index('id="aggregates"') < page.index('<details id="per-task">')
+    assert page.index('<details id="per-task">') < page.index("boolean_expressions")
+    assert '<details id="data-hashes">' in page
+
+
+def test_budget_plot_with_one_budget_says_so(built):
+    html = built.read_text(encoding="utf-8")
+    assert "MMLU avg vs examples per task (tiny-llama)</strong>: Only one data budget (50 per task)" in html
+
+
+def test_series_styles_differ():
+    styles = [series_style(i) for i in range(8)]
+    assert len({s["marker"] for s in styles}) == 8
+    assert len({(s["marker"], s["linestyle"]) for s in [series_style(i) for i in range(32)]}) == 8
+
+
+def marks_of(store: Path) -> dict[str, str]:
+    settings = group_settings(load_store(store).finished)
+    comparisons = paired_comparisons(settings, (), BootstrapConfig(resamples=1000))
+    board = tables.leaderboard(settings)
+    marks = tables.column_marks(board, "bbh", comparison_index(comparisons))
+    return {f"{board.iloc[p]['method']}/{board.iloc[p]['evaluation']}": m for p, m in marks.items()}
+
+
+def gap_store(store: Path, profile: str = "full") -> Path:
+    """MeTA-LoRA answers 12 more items of each task than LoRA, over 3 seeds: a clear winner."""
+    store.mkdir(parents=True)
+    for seed in range(3):
+        for number, (method, right) in enumerate((("lora", 10 + seed), ("metalora", 22 + seed))):
+            write_run(store, rid(10 * (number + 1) + seed), method=method, seed=seed, profile=profile,
+                      correct={"bbh": {t: first(right + i) for i, t in enumerate(BBH_TASKS)}})
+    return store
+
+
+def test_no_mark_among_runs_of_a_profile_that_is_not_comparable(tmp_path):
+    assert marks_of(gap_store(tmp_path / "full")) == {"metalora/": "best"}  # the same data, full profile
+    assert marks_of(gap_store(tmp_path / "smoke", profile="smoke")) == {}
+
+
+def test_runs_evaluated_on_other_items_are_not_ranked_together(tmp_path):
+    store = gap_store(tmp_path / "store")
+    for seed in range(3):  # MeTA-LoRA evaluated with at most 40 items per task: another block
+        edit_json(store / rid(20 + seed) / "config.json", lambda d: d["config"].__setitem__("eval_limit", 40))
+    assert marks_of(store) == {}
+
+
+def test_paired_comparison_without_any_differing_item_says_so(tmp_path):
+    store = tmp_path / "store"
+    for seed in range(2):
+        for number, method in enumerate(("lora", "metalora")):
+            write_run(store, rid(10 * (number + 1) + seed), method=method, seed=seed,
+                      correct={"bbh": bbh(2, 3), "mmlu": mmlu(1, 2)})
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    paired = html.split('id="paired-table"')[1].split("</table>")[0]
+    assert NO_ITEM_DIFFERS in paired and "0.00 ± 0.00" not in paired
+
+
+def collapsed_records(n: int, same: int) -> list[dict]:
+    return [
+        {"task": "abstract_algebra", "doc_id": i, "prompt": "q", "target": 1, "choices": ["A", "B", "C", "D"],
+         "prediction": 0 if i < same else 1, "correct": i % 4 == 0, "metrics": {"acc": 0.0}}
+        for i in range(n)
+    ]
+
+
+def test_answer_collapse_threshold():
+    assert collapse(collapsed_records(57, 56)).describe() == "the same answer 'A' on 56 of 57 items (98%)"
+    assert collapse(collapsed_records(20, 18)) is not None  # exactly 90%
+    assert collapse(collapsed_records(20, 17)) is None
+    assert collapse(collapsed_records(9, 9)) is None  # too few items to say
+
+
+def test_answer_collapse_is_flagged_in_the_report(tmp_path):
+    store = tmp_path / "store"
+    write_run(store, rid(1), method="lora", correct={"mmlu": mmlu(1, 2)})
+    write_records(store / rid(1) / "eval" / "samples" / "mmlu.jsonl.gz", collapsed_records(57, 56))
+    index = build_report(store, tmp_path / "site")
+    html = index.read_text(encoding="utf-8")
+    assert "Runs that gave the same answer to nearly every item" in html
+    assert "mmlu: the same answer &#39;A&#39; on 56 of 57 items (98%)" in html
+    assert "same answer on 98% of items (seed 0)" in leaderboard_row(html, ">lora<")
+    run_page = (index.parent / "runs" / f"{rid(1)}.html").read_text(encoding="utf-8")
+    assert "the same answer &#39;A&#39; on 56 of 57 items (98%)" in run_page
