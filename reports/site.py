@@ -49,6 +49,7 @@ from reports.reference import REFERENCE_ROWS
 from reports.settings import Setting, flatten, group_settings
 from reports.sparkline import sparkline
 from reports.stats import FORMULA, MDD_FORMULA
+from reports.status import Status, index_statuses, run_status
 from reports.views import Cell, TableView, frame_view, plain_cell, sort_key
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -91,12 +92,16 @@ class Site:
         self.store = store
         self.root = root
         self.env = environment()
+        self.statuses = index_statuses(store.path)
         self.script = (TEMPLATES / SCRIPT_FILE).read_text(encoding="utf-8")
         self.common = {
             "script": self.script,
             "script_hash": script_policy(self.script),
             "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
+
+    def status(self, run: Run) -> Status:
+        return run_status(run, self.statuses.get(run.run_id))
 
     def render(self, template: str, path: Path, root: str, **context) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +115,7 @@ class Site:
         comparisons = paired_comparisons(settings, declared.primaries)
         context = {
             "store": str(self.store.path),
-            "runs": [run_row(run) for run in self.store.runs],
+            "runs": [run_row(run, self.status(run)) for run in self.store.runs],
             "skipped": self.store.skipped,
             "n_finished": len(self.store.finished),
             "formula": FORMULA,
@@ -296,7 +301,7 @@ class Site:
                 "samples.html.j2",
                 self.root / "runs" / page,
                 "../",
-                run=run_row(run),
+                run=run_row(run, self.status(run)),
                 benchmark=benchmark,
                 records_json=records_json([sample_row(r) for r in records]),
                 count=len(records),
@@ -308,7 +313,7 @@ class Site:
             "run.html.j2",
             self.root / "runs" / f"{run.run_id}.html",
             "../",
-            run=run_row(run),
+            run=run_row(run, self.status(run)),
             config=sorted(flatten(run.config).items()),
             data_hashes=sorted(run.data_hashes.items()),
             env={k: v for k, v in run.env.items() if k != "packages"},
@@ -366,11 +371,12 @@ def run_cost(cost: dict | None) -> list[tuple[str, str]]:
     return [*rows, (total.label, cost_text(total, cost_value(cost, total.path)))]
 
 
-def run_row(run: Run) -> dict:
+def run_row(run: Run, status: Status) -> dict:
     profile = PROFILES.get(run.profile)
     return {
         "id": run.run_id,
-        "status": run.status,
+        "status": status.name,  # the store's words: done, failed, running, interrupted
+        "reason": status.reason,  # a failed run's one-line reason
         "done": run.done,
         "method": run.method,
         "model": run.model,

@@ -9,8 +9,12 @@ running it. A failed run shows its one-line reason.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
+from metalora.errors import MlbenchError
+from metalora.store import RunStore
 from reports.load import Run
 
 DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
@@ -27,13 +31,24 @@ class Status:
         return f"{self.name}: {self.reason}" if self.reason else self.name
 
 
+def index_statuses(store: Path) -> dict[str, tuple[str, str | None]]:
+    """Run id -> (status, error) as ``mlbench ls`` reads them from the store's index; empty when the
+    store has no index or it cannot be opened (a read-only or damaged one): the folders then decide."""
+    if not (Path(store) / "index.sqlite").is_file():
+        return {}
+    try:
+        return {row.run_id: (row.status, row.error) for row in RunStore(store).rows()}
+    except (MlbenchError, sqlite3.Error, OSError):
+        return {}
+
+
 def run_status(run: Run, index: tuple[str, str | None] | None = None) -> Status:
     """``index`` is the store index's (status, error) for the run, where it has one."""
     if run.done:
         return Status(DONE)
     if run.finished is not None:
         return Status(DONE, "DONE is written but eval/results.json is missing or unreadable")
-    error = run.error or (index[1] if index and index[0] == FAILED else None)
+    error = getattr(run, "error", None) or (index[1] if index and index[0] == FAILED else None)
     if error:
         return Status(FAILED, " ".join(str(error).split()))
     if index and index[0] in FROM_INDEX:

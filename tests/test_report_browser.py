@@ -103,3 +103,36 @@ def test_injected_markup_is_shown_as_text_and_never_runs(browser, tmp_path):
         assert browser.evaluate("typeof window.pwned") == "undefined"
         assert browser.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
         assert PAYLOAD.strip() in browser.evaluate("document.body.textContent")
+
+
+def test_labels_a_person_sees(browser, index):
+    browser.open(index.as_uri())
+    seeds = browser.evaluate(
+        """(() => {
+          const table = document.getElementById("leaderboard-table");
+          const i = Array.from(table.tHead.rows[0].cells).findIndex(th => th.dataset.key === "seeds");
+          return Array.from(table.querySelector("tbody.sortable-body").rows).map(r => [r.cells[i].textContent, r.cells[i].title]);
+        })()"""
+    )
+    assert ["3", "seeds: 0, 1, 2"] in seeds and ["1", "seeds: 0"] in seeds
+    assert all(text.isdigit() and int(text) >= 1 for text, _ in seeds)  # a count, never a seed value
+    costs = browser.evaluate(
+        """(() => {
+          const table = document.getElementById("leaderboard-table");
+          const i = Array.from(table.tHead.rows[0].cells).findIndex(th => th.dataset.key === "example_passes");
+          return [table.tHead.rows[0].cells[i].textContent.trim(),
+                  Array.from(table.querySelector("tbody.sortable-body").rows).map(r => r.cells[i].textContent)];
+        })()"""
+    )
+    assert costs[0].startswith("Example passes") and set(costs[1]) == {"not recorded"}
+    notes = browser.evaluate("Array.from(document.querySelectorAll('p.no-plot')).map(p => p.textContent)")
+    assert any("Only one data budget (50 per task)" in note for note in notes)
+
+    browser.open((index.parent / "runs" / f"{rid(20)}.html").as_uri())
+    visible = "(sel) => { const e = document.querySelector(sel); return !!e && e.checkVisibility(); }"
+    assert browser.evaluate(f"({visible})('#aggregates')")
+    assert not browser.evaluate(f"({visible})('#per-task table')")  # folded until asked for
+    assert not browser.evaluate(f"({visible})('#data-hashes table')")
+    browser.evaluate("document.querySelector('#per-task summary').click()")
+    assert browser.evaluate(f"({visible})('#per-task table')")
+    assert browser.evaluate("document.querySelector('figure.spark polyline').getAttribute('points')").startswith("2.0,2.0")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval_tasks.records import write_records
+from metalora.store import RunStore
 from reports import tables
 from reports.answers import collapse
 from reports.bootstrap import BootstrapConfig
@@ -179,3 +180,26 @@ def test_answer_collapse_is_flagged_in_the_report(tmp_path):
     assert "same answer on 98% of items (seed 0)" in leaderboard_row(html, ">lora<")
     run_page = (index.parent / "runs" / f"{rid(1)}.html").read_text(encoding="utf-8")
     assert "the same answer &#39;A&#39; on 56 of 57 items (98%)" in run_page
+
+
+def test_statuses_read_as_in_ls_and_a_failed_run_says_why(tmp_path):
+    store = tmp_path / "store"
+    write_run(store, rid(1), method="lora", correct={"bbh": bbh(2, 2)})
+    for number in (2, 3, 4):
+        write_run(store, rid(number), method="lora", seed=number, correct={"bbh": bbh(2, 2)}, done=False)
+    index = RunStore(store)
+    config = json.loads((store / rid(2) / "config.json").read_text())["config"]
+    for number in (2, 3):
+        assert index.claim(rid(number), config)  # this live process holds them
+    index.fail(rid(2), "training loss became NaN at step 3; lower --lr")
+    words = {row.run_id: row.status for row in index.rows()}  # what mlbench ls prints
+    assert words == {rid(2): "failed", rid(3): "running"}
+    site = build_report(store, tmp_path / "site")
+    html = site.read_text(encoding="utf-8")
+    runs = html.split('id="runs-table"')[1]
+    for number, text in ((1, ">done<"), (2, ">failed: <span class=\"reason\">training loss became NaN at step 3; lower --lr<"),
+                         (3, ">running<"), (4, ">interrupted<")):
+        row = next(r for r in runs.split("<tr") if rid(number) in r)
+        assert text in row, (number, row)
+    page = (site.parent / "runs" / f"{rid(2)}.html").read_text(encoding="utf-8")
+    assert "Failed: training loss became NaN at step 3; lower --lr" in page

@@ -44,7 +44,7 @@ def test_index_has_leaderboard_reference_rows_and_runs(built):
     assert "62.50 ± 31.05 (n=3)" in html and "37.50 (n=1, CI n/a)" in html
     assert "Reported in papers" in html and "39.53" in html
     assert "not comparable to the paper" in html  # the smoke run
-    assert "running or incomplete" in html and rid(80) in html  # the unfinished run, listed only
+    assert "status-interrupted" in html and rid(80) in html  # the unfinished run, listed only
     assert "t(0.975, n−1)" in html  # the interval's formula is stated
 
 
