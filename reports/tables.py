@@ -20,6 +20,7 @@ from eval_tasks.registry import BENCHMARKS
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE, MULTILINGUAL_BENCHMARKS, Column, task_values
 from reports.cost import COST_COLUMNS, cost_fields, cost_text
+from reports.defaults import non_defaults
 from reports.reference import REFERENCE_ROWS
 from reports.settings import BASE, Setting
 from reports.stats import Interval, mean_ci
@@ -35,6 +36,7 @@ SETTING_FIELDS = (
     "method",
     "shots",
     "variant",
+    "changed",
     "profile",
     "comparable",
     "evaluation",
@@ -53,6 +55,7 @@ def setting_fields(setting: Setting) -> dict:
         "method": setting.method,
         "shots": setting.shots,
         "variant": setting.label,
+        "changed": non_defaults(setting.identity, setting.profile),
         "profile": setting.profile,
         "comparable": setting.comparable,
         "evaluation": evaluation(setting.config),

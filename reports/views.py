@@ -21,6 +21,7 @@ HEADERS = {
     "method": "Method",
     "shots": "Examples / task",
     "variant": "Variant",
+    "changed": "Differs from defaults",
     "profile": "Profile",
     "seeds": "Seeds",
     **{column.key: column.label for column in COST_COLUMNS},

@@ -203,3 +203,17 @@ def test_statuses_read_as_in_ls_and_a_failed_run_says_why(tmp_path):
         assert text in row, (number, row)
     page = (site.parent / "runs" / f"{rid(2)}.html").read_text(encoding="utf-8")
     assert "Failed: training loss became NaN at step 3; lower --lr" in page
+
+
+def test_row_lists_every_setting_that_differs_from_the_protocol_defaults(built):
+    # Every fixture run trains 10 steps (default 100) with the same options: no sibling differs,
+    # yet each trained row says what it changed.
+    frame = tables.leaderboard(group_settings(load_store(built.parent.parent / "store").finished))
+    changed = "target_modules=[gate_proj], steps=10, epochs=1, lr_schedule=cosine, batch_size=4, max_seq_len=256"
+    trained = frame[frame["method"] != "base"]
+    assert set(trained[trained["profile"] == "full"]["changed"]) == {changed}
+    assert frame[frame["method"] == "base"]["changed"].tolist() == [""]
+    smoke = trained[trained["profile"] == "smoke"].iloc[0]  # against the smoke profile's own defaults
+    assert smoke["changed"] == "target_modules=[gate_proj], steps=10, epochs=1, lr_schedule=cosine, max_seq_len=256, full_cap=1000, eval_limit=None, max_gen_tokens=None"
+    html = built.read_text(encoding="utf-8")
+    assert ">Differs from defaults</button>" in html and f">{changed}<" in html

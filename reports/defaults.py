@@ -1,0 +1,52 @@
+"""What a setting changed from the protocol's defaults, for the leaderboard's "Differs from defaults".
+
+The defaults are the shared training options (``TrainConfig``'s field defaults) and the run-level
+evaluation and budget options (``full_cap``, ``eval_limit``, ``max_gen_tokens``), each overridden by
+the run's profile (quick and smoke set fewer steps, shorter sequences, one item per task). A
+setting lists every such option whose value differs, e.g. ``steps=8``, whatever its siblings do.
+Method options (k, n_s, ...) are defined next to each method's trainer, which the report does not
+import (it would import torch); they are named where they differ among a method's settings (the
+settings' ``label``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from metalora.config import TrainConfig
+from metalora.data.budgets import DEFAULT_FULL_CAP
+from metalora.runconfig import PROFILES
+
+RUN_LEVEL = {"full_cap": DEFAULT_FULL_CAP, "eval_limit": None, "max_gen_tokens": None}
+
+
+def _canonical(value) -> object:
+    return json.loads(json.dumps(value))  # tuples as lists, as config.json stores them
+
+
+def protocol_defaults(profile: str) -> dict[str, object]:
+    """Dotted config key -> the protocol's default under ``profile``."""
+    train = TrainConfig().to_dict()
+    overrides = dict(PROFILES[profile].defaults) if profile in PROFILES else {}
+    defaults = {f"train.{key}": overrides.get(key, value) for key, value in train.items() if key != "seed"}
+    defaults |= {key: overrides.get(key, value) for key, value in RUN_LEVEL.items()}
+    return {key: _canonical(value) for key, value in defaults.items()}
+
+
+def _plain(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(str(item) for item in value) + "]"
+    return str(value)
+
+
+def non_defaults(identity: Mapping[str, str], profile: str) -> str:
+    """``key=value`` for every option of the flattened identity that differs from its default."""
+    defaults = protocol_defaults(profile)
+    changed = []
+    for key, default in defaults.items():
+        if key in identity:  # a run from before an option existed does not list it
+            value = json.loads(identity[key])
+            if value != default:
+                changed.append(f"{key.rsplit('.', 1)[-1]}={_plain(value)}")
+    return ", ".join(changed)
