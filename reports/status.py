@@ -48,7 +48,7 @@ def run_status(run: Run, index: tuple[str, str | None] | None = None) -> Status:
         return Status(DONE)
     if run.finished is not None:
         return Status(DONE, "DONE is written but eval/results.json is missing or unreadable")
-    error = getattr(run, "error", None) or (index[1] if index and index[0] == FAILED else None)
+    error = run.error or (index[1] if index and index[0] == FAILED else None)
     if error:
         return Status(FAILED, " ".join(str(error).split()))
     if index and index[0] in FROM_INDEX:
