@@ -54,7 +54,8 @@ from reports.views import Cell, TableView, frame_view, plain_cell, sort_key
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROMPT_TAIL_CHARS = 1500  # few-shot prompts repeat their exemplars; the question is at the end
-SCRIPT_FILE = "report.js"
+# Each page inlines only the script it needs (a few kB on each of thousands of pages).
+SCRIPTS = {"sort": "sort.js", "samples": "samples.js"}
 STYLE_FILE = "report.css"  # one shared stylesheet: inline in every page it cost ~2.5 kB a page
 
 
@@ -93,19 +94,22 @@ class Site:
         self.root = root
         self.env = environment()
         self.statuses = index_statuses(store.path)
-        self.script = (TEMPLATES / SCRIPT_FILE).read_text(encoding="utf-8")
-        self.common = {
-            "script": self.script,
-            "script_hash": script_policy(self.script),
-            "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        self.scripts = {
+            name: (text, script_policy(text))
+            for name, file in SCRIPTS.items()
+            for text in [(TEMPLATES / file).read_text(encoding="utf-8")]
         }
+        self.common = {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
     def status(self, run: Run) -> Status:
         return run_status(run, self.statuses.get(run.run_id))
 
-    def render(self, template: str, path: Path, root: str, **context) -> None:
+    def render(self, template: str, path: Path, root: str, script: str = "sort", **context) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        html = self.env.get_template(template).render(root=root, **self.common, **context)
+        text, digest = self.scripts[script]
+        html = self.env.get_template(template).render(
+            root=root, script=text, script_hash=digest, **self.common, **context
+        )
         path.write_text(html, encoding="utf-8")
 
     def write(self) -> None:
@@ -301,6 +305,7 @@ class Site:
                 "samples.html.j2",
                 self.root / "runs" / page,
                 "../",
+                script="samples",
                 run=run_row(run, self.status(run)),
                 benchmark=benchmark,
                 records_json=records_json([sample_row(r) for r in records]),
