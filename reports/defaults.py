@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 
-from metalora.config import TrainConfig
 from metalora.data.budgets import DEFAULT_FULL_CAP
-from metalora.runconfig import PROFILES
+from metalora.runs.profiles import PROFILES
+from metalora.training.config import TrainConfig
 
 RUN_LEVEL = {"full_cap": DEFAULT_FULL_CAP, "eval_limit": None, "max_gen_tokens": None}
 
@@ -27,7 +28,7 @@ def _canonical(value) -> object:
 
 def protocol_defaults(profile: str) -> dict[str, object]:
     """Dotted config key -> the protocol's default under ``profile``."""
-    train = TrainConfig().to_dict()
+    train = asdict(TrainConfig())
     overrides = dict(PROFILES[profile].defaults) if profile in PROFILES else {}
     defaults = {f"train.{key}": overrides.get(key, value) for key, value in train.items() if key != "seed"}
     defaults |= {key: overrides.get(key, value) for key, value in RUN_LEVEL.items()}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metalora.errors import MlbenchError
-from metalora.store import RunStore
+from metalora.runs.store import RunStore
 from reports.load import Run
 
 DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"

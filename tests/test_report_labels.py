@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval_tasks.records import write_records
-from metalora.store import RunStore
+from metalora.runs.store import RunStore
 from reports import tables
 from reports.answers import collapse
 from reports.bootstrap import BootstrapConfig
