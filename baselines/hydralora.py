@@ -34,7 +34,9 @@ class HydraLoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.rank, self.num_heads, self.scaling = rank, num_heads, alpha / rank
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        # Adapter parameters stay float32 whatever the base dtype (as peft does for LoRA): in bf16
+        # an Adam step smaller than about 1/256 of a weight rounds to no change at all.
+        factory = {"device": base.weight.device, "dtype": torch.float32}
         self.hydra_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
         self.hydra_B = nn.Parameter(torch.zeros(num_heads, base.out_features, rank, **factory))
         self.hydra_router = nn.Parameter(torch.empty(num_heads, base.in_features, **factory))
@@ -45,12 +47,15 @@ class HydraLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
-        gates = torch.softmax((x @ self.hydra_router.t()).float(), dim=-1).to(x.dtype)  # (..., N)
+        # The adapter branch runs in the adapter's float32, the sum cast back to the base dtype:
+        # the same numerics as peft's LoRA, so one head stays exactly LoRA under bf16 too.
+        x = x.to(self.hydra_A.dtype)
+        gates = torch.softmax(x @ self.hydra_router.t(), dim=-1)  # (..., N), float32
         hidden = self.dropout(x) @ self.hydra_A.t()  # (..., r)
         # sum_i g_i B_i h == [g_1 h, ..., g_N h] @ [B_1; ...; B_N]^T: one matmul for all heads.
         mixed = (gates.unsqueeze(-1) * hidden.unsqueeze(-2)).flatten(-2)  # (..., N * r)
         stacked_b = self.hydra_B.permute(0, 2, 1).reshape(self.num_heads * self.rank, -1)  # (N * r, out)
-        return result + (mixed @ stacked_b) * self.scaling
+        return (result + (mixed @ stacked_b) * self.scaling).to(result.dtype)
 
 
 def inject_hydralora(model: nn.Module, shape: dict) -> list[str]:

@@ -86,3 +86,49 @@ def test_training_is_seeded_and_learns(tokenizer):
     losses = [r["loss"] for r in first.training_log]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert torch.equal(logits(model), before)  # the base model comes back as it was
+
+
+def test_parameters_stay_float32_under_a_bf16_base():
+    """Adapter weights in float32 (small Adam steps would round to nothing in bf16); compute
+    may stay in bf16: the layer's output keeps the base dtype."""
+    shape = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": MLP, "num_heads": 2}
+    model = make_tiny_llama(dtype=torch.bfloat16)
+    inject_hydralora(model, shape)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 18 and all(p.dtype == torch.float32 for p in trainable.values())
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    assert model(input_ids=INPUT).logits.dtype == torch.bfloat16
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero B, so every parameter gets a gradient
+        for param in trainable.values():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-5, weight_decay=0.0)
+    model(input_ids=INPUT).logits.float().logsumexp(-1).mean().backward()
+    assert all(p.grad.dtype == torch.float32 for p in trainable.values())
+    optimizer.step()
+    for name, param in trainable.items():
+        moved = (param.detach() - before[name]).abs()
+        # Adam's first step moves every entry by about lr; kept in bf16 (spacing ~5e-4 at 0.1)
+        # most of these steps would have rounded back to the old value
+        assert moved.min() > 5e-6, name
+        unchanged_in_bf16 = param.detach().bfloat16() == before[name].bfloat16()
+        assert unchanged_in_bf16.float().mean() > 0.75, name
+
+
+def test_one_head_equals_peft_lora_under_a_bf16_base():
+    """The same numerics as peft's LoRA under bf16 (adapter branch in float32, one cast back)."""
+    hydra = random_hydra(num_heads=1)
+    lora_state = {}
+    for name, tensor in hydra.state.items():
+        module, _, param = name.rpartition(".")
+        prefix = f"base_model.model.{module.removesuffix('.base')}"
+        if param == "hydra_A":
+            lora_state[f"{prefix}.lora_A.weight"] = tensor
+        elif param == "hydra_B":
+            lora_state[f"{prefix}.lora_B.weight"] = tensor[0]
+    lora = LoraAdapter({k: hydra.config[k] for k in ("rank", "alpha", "dropout", "target_modules")}, lora_state)
+    hydra_logits = logits(hydra.attach(make_tiny_llama(dtype=torch.bfloat16)))
+    lora_logits = logits(lora.attach(make_tiny_llama(dtype=torch.bfloat16)))
+    assert hydra_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(hydra_logits, lora_logits, atol=0, rtol=0)

@@ -1,0 +1,61 @@
+"""How target-token losses combine into one training loss, the same rule for every method.
+
+``task`` (default): the mean over each task's target tokens in the batch, then the mean over the
+tasks present, so a task with long answers (GSM8K's ~126 tokens) weighs as much as one with
+one-token answers. ``token``: the mean over all target tokens of the batch, where long answers
+dominate (what plain supervised fine-tuning usually does).
+
+MeTA-LoRA's batches are one task each, where both rules give the task's token mean; across the
+tasks of a meta-iteration ``task`` averages the task updates equally and ``token`` weights each by
+its target-token count (``task_weights``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+LOSS_WEIGHTINGS = ("task", "token")
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sums of next-token cross-entropy over target tokens, and per-row target counts,
+    computed in at least float32."""
+    shifted_logits = logits[:, :-1, :].to(torch.promote_types(logits.dtype, torch.float32))
+    shifted_labels = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shifted_labels.shape)
+    mask = shifted_labels != IGNORE_INDEX
+    return (losses * mask).sum(-1), mask.sum(-1)
+
+
+def task_weights(counts: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Weights (summing to 1) of tasks with ``counts`` target tokens each; tasks without any
+    target token get none."""
+    present = (counts > 0).to(torch.float32)
+    if weighting == "task":
+        return present / present.sum().clamp(min=1)
+    if weighting == "token":
+        counts = counts.to(torch.float32)
+        return counts / counts.sum().clamp(min=1)
+    raise ValueError(f"loss weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {weighting!r}")
+
+
+def weighted_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor | None = None, weighting: str = "task"
+) -> torch.Tensor:
+    """The batch's loss under ``weighting``; rows of one ``task_ids`` value form one task (all rows
+    one task when ``task_ids`` is None)."""
+    row_sums, row_counts = token_losses(logits, labels)
+    if task_ids is None:
+        task_ids = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
+    _, groups = torch.unique(task_ids, return_inverse=True)
+    count = int(groups.max().item()) + 1
+    sums = torch.zeros(count, dtype=row_sums.dtype, device=row_sums.device).index_add(0, groups, row_sums)
+    tokens = torch.zeros(count, dtype=row_counts.dtype, device=row_counts.device).index_add(0, groups, row_counts)
+    weights = task_weights(tokens, weighting).to(sums.dtype)
+    return (weights * sums / tokens.clamp(min=1)).sum()
