@@ -210,12 +210,13 @@ def sweep(config: Path, dry_run: bool, profile: str | None, **given):
     Example: mlbench sweep configs/table2.yaml --dry-run
     """
     from metalora.runs.store import RunStore
-    from metalora.runs.sweep import load_sweep, prepare_sweep
+    from metalora.runs.sweep import load_sweep, prepare_sweep, write_sweep_record
 
     out = console()
     store = given.pop("store")
     execution = execution_options(given)
-    plan = prepare_sweep(load_sweep(config, {"profile": profile} if profile else None), execution)
+    loaded = load_sweep(config, {"profile": profile} if profile else None)
+    plan = prepare_sweep(loaded, execution)
     run_store = RunStore(store)
     done = [p for p in plan if run_store.is_done(p.run_id)]
     out.print(f"{config}: {len(plan)} runs, {len(done)} already done, {len(plan) - len(done)} to run", highlight=False)
@@ -224,6 +225,7 @@ def sweep(config: Path, dry_run: bool, profile: str | None, **given):
             status = "done" if run_store.is_done(prepared.run_id) else "to run"
             print(f"{prepared.run_id}  {status:7s}  {describe(prepared.config)}")
         return
+    write_sweep_record(run_store.root, loaded)
     outcomes = _execute(plan, run_store, execution, out)
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
     out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalora.errors import MlbenchError
@@ -28,7 +28,8 @@ from metalora.runs.runconfig import ExecutionOptions, allowed_keys, build_run_co
 from metalora.runs.runner import PreparedRun, prepare_run
 from metalora.yamlfile import load_yaml_file
 
-SWEEP_KEYS = ("description", "defaults", "grid", "runs")
+SWEEP_KEYS = ("description", "defaults", "grid", "runs", "compare")
+COMPARE_KEYS = ("a", "b", "shots", "benchmarks")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Sweep:
     path: Path
     description: str
     runs: list[dict]  # flat options per run, in order
+    compare: dict = field(default_factory=dict)  # name -> {a, b, shots, benchmarks}
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def record(self) -> dict:
+        """What the report reads from ``<store>/sweeps/<name>.json``."""
+        return {"name": self.name, "description": self.description, "compare": self.compare}
 
 
 # A grid whose product is larger than this is a mistake (a list pasted into the wrong key), not a
@@ -97,7 +107,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) 
     runs += [{**defaults, **run, **(overrides or {})} for run in extra]
     if not runs:
         raise MlbenchError(f"{path}: no runs; give a grid or a list of runs")
-    return Sweep(path, description, runs)
+    compare = _comparisons(data.get("compare"), runs, path)
+    return Sweep(path, description, runs, compare)
 
 
 def _check_value(path: Path, where: str, value: object) -> None:
@@ -125,6 +136,56 @@ def _kind(value: object) -> str:
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _comparisons(value, runs: list[dict], path: Path) -> dict:
+    """``compare``: name -> {a, b, shots, benchmarks}; each must name what the sweep runs."""
+    comparisons = _mapping(value, f"{path}: compare")
+    methods = {str(run.get("method", "metalora")) for run in runs}
+    shots = {str(run.get("shots", 50)) for run in runs}
+    result = {}
+    for name, spec in comparisons.items():
+        where = f"{path}: compare.{name}"
+        spec = _mapping(spec, where)
+        if sorted(spec) != sorted(COMPARE_KEYS):
+            raise MlbenchError(f"{where} needs exactly the keys {', '.join(COMPARE_KEYS)}, got {', '.join(sorted(spec)) or 'none'}")
+        if str(spec["a"]) == str(spec["b"]):
+            raise MlbenchError(f"{where} compares {spec['a']!r} with itself; a and b must be two different methods")
+        for side in ("a", "b"):
+            if str(spec[side]) not in methods:
+                raise MlbenchError(f"{where}.{side} is {spec[side]!r}, not a method this sweep runs ({', '.join(sorted(methods))})")
+        if str(spec["shots"]) not in shots:
+            raise MlbenchError(f"{where}.shots is {spec['shots']!r}, not a budget this sweep runs ({', '.join(sorted(shots))})")
+        benchmarks = spec["benchmarks"]
+        if isinstance(benchmarks, str):
+            benchmarks = [part.strip() for part in benchmarks.split(",") if part.strip()]
+        run_benchmarks = {b for run in runs for b in _names(run.get("benchmarks"))}
+        if not isinstance(benchmarks, list) or not benchmarks or not set(map(str, benchmarks)) <= run_benchmarks:
+            raise MlbenchError(
+                f"{where}.benchmarks must list benchmarks this sweep evaluates ({', '.join(sorted(run_benchmarks))}), "
+                f"got {spec['benchmarks']!r}"
+            )
+        result[str(name)] = {"a": str(spec["a"]), "b": str(spec["b"]), "shots": spec["shots"], "benchmarks": benchmarks}
+    return result
+
+
+def _names(value) -> list[str]:
+    if value is None:
+        from metalora.runs.runconfig import DEFAULT_BENCHMARKS
+
+        return list(DEFAULT_BENCHMARKS)
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(item) for item in value]
+
+
+def write_sweep_record(store_root: Path, sweep: Sweep) -> Path:
+    """``<store>/sweeps/<name>.json``: the sweep's name, description and declared comparisons."""
+    from metalora.files import write_json
+
+    path = Path(store_root) / "sweeps" / f"{sweep.name}.json"
+    write_json(path, sweep.record())
+    return path
 
 
 def _grid_name(index: int, grids: list) -> str:
