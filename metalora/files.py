@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise storage_error(path, error) from None
     finally:
         Path(temp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block ends without error it
+    replaces ``path`` as a whole (an earlier incomplete one is removed), otherwise it is removed.
+    A reader sees every file of the folder or none of them, even after a full disk."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as error:
+        raise storage_error(path, error) from None
+    try:
+        yield temp
+        os.chmod(temp, 0o755)  # mkdtemp makes 0700; results are meant to be read by others
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(temp, path)
+    except OSError as error:
+        raise storage_error(path, error) from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

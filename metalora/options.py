@@ -9,6 +9,7 @@ both read from these dataclasses, so a new option is one field and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -78,23 +79,52 @@ def options_from_dict(options_class: type, values: typing.Mapping | None, *, wha
             f"unknown option(s) {', '.join(unknown)} for {what}; allowed: {', '.join(sorted(known)) or 'none'}"
         )
     for key, value in values.items():
-        if is_name_list(option_type(options_class, key)):
-            values[key] = name_list(key, value)
+        values[key] = typed_value(key, option_type(options_class, key), value)
     return options_class(**values)
+
+
+def typed_value(key: str, annotation, value):
+    """``value`` as the field's type, or one line naming the field. Numbers come as people write
+    them (a sweep's ``"1e-4"`` is a float); a bool is never a number; unions other than "X or
+    None" (e.g. ``shots``: a number or 'full') are left to the field's own check."""
+    if is_name_list(annotation):
+        return name_list(key, value)
+    members = [m for m in (typing.get_args(annotation) if _is_union(annotation) else (annotation,)) if m is not type(None)]
+    if len(members) != 1 or (value is None and _is_union(annotation)):
+        return value
+    kind = members[0]
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value  # an int stays an int: converting would change existing run ids
+        raise MlbenchError(f"{key} must be a number (e.g. 0.0002 or 2e-4), got {value!r}")
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise MlbenchError(f"{key} must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise MlbenchError(f"{key} must be text, got {value!r}")
+    return value
 
 
 def require_positive(name: str, value: float, *, integer: bool = True) -> None:
     kind = "integer" if integer else "number"
+    if isinstance(value, float) and not math.isfinite(value):
+        # An infinite rate trains NaN weights that would evaluate as a real (always-"A") score.
+        raise MlbenchError(f"{name} must be a finite positive {kind}, got {value!r}")
     if (
         (integer and (not isinstance(value, int) or isinstance(value, bool)))
         or not isinstance(value, (int, float))
+        or isinstance(value, bool)
         or not value > 0
     ):
         raise MlbenchError(f"{name} must be a positive {kind}, got {value!r}")
 
 
 def require_range(name: str, value: float, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or not low <= value <= high:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
         raise MlbenchError(f"{name} must be between {low} and {high}, got {value!r}")
 
 

@@ -198,6 +198,12 @@ class MetaOptions:
             raise MlbenchError(f"variant {self.variant} runs only with inner_loop=sequential")
         if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) or self.inner_steps < 0:
             raise MlbenchError(f"inner_steps must be a non-negative integer, got {self.inner_steps!r}")
+        if not VARIANTS[self.variant].uses_query and self.effective_inner_steps == 0:
+            # Without inner steps the adapted weights equal the shared ones: every update is zero.
+            raise MlbenchError(
+                f"variant {self.variant} with inner_steps 0 trains nothing (it moves toward the task-adapted "
+                "weights, and 0 inner steps adapt nothing); use inner_steps >= 1"
+            )
         require_positive("support_size", self.support_size)
         require_positive("query_size", self.query_size)
         require_positive("inner_lr", self.inner_lr, integer=False)

@@ -170,6 +170,12 @@ def build_run_config(options: Mapping[str, object]) -> RunConfig:
         RunConfig, {k: merged[k] for k in RUN_KEYS if k in merged and k != "profile"}, what="run"
     )
     check_model_name(run.model)
+    if "tasks" in merged and not run.tasks:
+        # An empty list would otherwise fall back to the scenario's tasks without a word.
+        raise MlbenchError(
+            f"tasks is empty; name at least one (e.g. strategyqa,gsm8k) or leave it out for the "
+            f"{run.scenario} scenario's default tasks"
+        )
     require_choice("dtype", run.dtype, DTYPES)
     for key in ("eval_limit", "max_gen_tokens", "full_cap"):
         value = getattr(run, key)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from metalora.data.budgets import TaskBudget, load_budgets
-from metalora.data.registry import get_task
+from metalora.data.registry import TaskSplit, get_task
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 from metalora.methods import adapter_kinds, get_method
@@ -26,6 +26,13 @@ from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
 from metalora.runs.store import RunStore
 from metalora.training.adapters import NoAdapter, load_adapter
 from metalora.training.checkpoint import FolderCheckpointer
+from metalora.training.preflight import (
+    check_sequence_length,
+    check_target_modules,
+    config_linear_names,
+    folder_tokenizer,
+    linear_module_names,
+)
 from metalora.training.trainer import check_budgets
 
 
@@ -55,24 +62,56 @@ def data_hashes_for(config: RunConfig, root: DataRoot, hasher: Callable[[Path], 
     return {name: hasher(root.file(name)) for name in dict.fromkeys(files_read)}
 
 
+class DataCache:
+    """What preparing many runs can share (a sweep's dry run prepares every run): file hashes,
+    each task's parsed split and the benchmark files already parsed, so every
+    data file is read once per sweep, not once per run."""
+
+    def __init__(self):
+        self.hasher = FileHashCache()
+        self._splits: dict[tuple[DataRoot, str], TaskSplit] = {}
+        self._checked: set[tuple[DataRoot, tuple[str, ...], tuple[str, ...]]] = set()
+
+    def split(self, root: DataRoot, task: str) -> TaskSplit:
+        if (root, task) not in self._splits:
+            self._splits[(root, task)] = get_task(task).load(root)
+        return self._splits[(root, task)]
+
+    def check_benchmarks(self, root: DataRoot, benchmarks: tuple[str, ...], tasks: tuple[str, ...]) -> None:
+        from eval_tasks.datacheck import check_benchmark_data
+        from eval_tasks.registry import training_task_subtasks
+
+        if (root, benchmarks, tasks) not in self._checked:
+            check_benchmark_data(benchmarks, root, training_task_subtasks(benchmarks, tasks))
+            self._checked.add((root, benchmarks, tasks))
+
+
 def prepare_run(
-    config: RunConfig, execution: ExecutionOptions | None = None, hasher: Callable[[Path], str] | None = None
+    config: RunConfig, execution: ExecutionOptions | None = None, cache: DataCache | None = None
 ) -> PreparedRun:
     """The checks that need data, and the run id; no model is loaded, nothing is written."""
     execution = execution or ExecutionOptions()
-    from eval_tasks.datacheck import check_benchmark_data
-    from eval_tasks.registry import training_task_subtasks
-
+    cache = cache or DataCache()
     config = replace(config, dtype=pick_dtype(config.dtype, pick_device(execution.device)))
     root = resolve_data_root(execution.data_root)
     model = model_identity(config.model)  # also checks the model's files (or the hub) before anything loads
     budgets: tuple[TaskBudget, ...] = ()
     if config.trains:
-        budgets = tuple(load_budgets(root, config.tasks, config.shots, config.train.seed, config.full_cap))
+        budgets = tuple(load_budgets(root, config.tasks, config.shots, config.train.seed, config.full_cap,
+                                     load_split=lambda task: cache.split(root, task)))
         check_budgets(config.options, budgets)
-    hashes = data_hashes_for(config, root, hasher or FileHashCache())
+        if Path(config.model).expanduser().is_dir():
+            # A local folder: its config.json tells the layers and its tokenizer the lengths, so
+            # both are checked here, without reading any weights (else after loading, see execute_run).
+            names = config_linear_names(config.model)
+            if names is not None:
+                check_target_modules(names, config.train.target_modules, config.model)
+            tokenizer = folder_tokenizer(config.model)
+            if tokenizer is not None:
+                check_sequence_length(tokenizer, budgets, config.train.max_seq_len)
+    hashes = data_hashes_for(config, root, cache.hasher)
     # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
-    check_benchmark_data(config.benchmarks, root, training_task_subtasks(config.benchmarks, config.tasks))
+    cache.check_benchmarks(root, tuple(config.benchmarks), tuple(config.tasks))
     return PreparedRun(config, run_id_for(config, hashes, model), root, budgets, hashes, model)
 
 
@@ -105,27 +144,31 @@ def execute_run(
     run_id, config = prepared.run_id, prepared.config
     if store.is_done(run_id):
         return "skipped"
+    device = pick_device(options.device)
+    report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
+    loaded = load_model(config.model, dtype=config.dtype, device=device)
+    if config.trains:
+        # What needs the loaded model is checked before the claim: a refusal leaves no run behind.
+        check_target_modules(linear_module_names(loaded.model), config.train.target_modules, config.model)
+        check_sequence_length(loaded.tokenizer, prepared.budgets, config.train.max_seq_len)
     if not store.claim(run_id, config.to_dict()):
         return "skipped" if store.is_done(run_id) else "busy"
     folder = store.run_dir(run_id)
     try:
-        _execute_claimed(prepared, store, folder, options, report, on_step)
+        _execute_claimed(prepared, store, folder, options, loaded, report, on_step)
     except BaseException as error:
         store.fail(run_id, f"{type(error).__name__}: {error}")
         raise
     return "done"
 
 
-def _execute_claimed(prepared, store, folder: Path, options, report, on_step) -> None:
+def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step) -> None:
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
-    device = pick_device(options.device)
-    report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
-    loaded = load_model(config.model, dtype=config.dtype, device=device)
     if loaded.source.identity != prepared.model_identity:
         raise MlbenchError(f"the weights of {config.model} changed after run {run_id} was planned; run it again")
-    environment = environment_record(device) | {
+    environment = environment_record(loaded.device) | {
         "dtype": loaded.dtype,
         "model_source": loaded.source.to_dict(),
         "eval_batch_size": options.eval_batch_size,

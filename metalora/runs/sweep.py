@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalora.errors import MlbenchError
-from metalora.provenance import FileHashCache
 from metalora.runs.runconfig import ExecutionOptions, allowed_keys, build_run_config
-from metalora.runs.runner import PreparedRun, prepare_run
+from metalora.runs.runner import DataCache, PreparedRun, prepare_run
 from metalora.yamlfile import load_yaml_file
 
 SWEEP_KEYS = ("description", "defaults", "grid", "runs", "compare")
@@ -203,12 +202,12 @@ def _mapping(value, where: str) -> dict:
 def prepare_sweep(sweep: Sweep, execution: ExecutionOptions | None = None) -> list[PreparedRun]:
     """Build and validate every run; duplicates (e.g. the base model once per seed) collapse."""
     execution = execution or ExecutionOptions()
-    hasher = FileHashCache()
+    cache = DataCache()
     prepared: dict[str, PreparedRun] = {}
     for index, options in enumerate(sweep.runs):
         label = ", ".join(f"{k}={options[k]}" for k in ("method", "shots", "seed") if k in options)
         try:
-            run = prepare_run(build_run_config(options), execution, hasher)
+            run = prepare_run(build_run_config(options), execution, cache)
         except MlbenchError as error:
             raise MlbenchError(f"{sweep.path}: run {index + 1} ({label}): {error}") from None
         prepared.setdefault(run.run_id, run)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from metalora.errors import MlbenchError
-from metalora.files import atomic_path, write_atomic
+from metalora.files import atomic_folder, write_atomic
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -48,10 +48,13 @@ class Adapter(ABC):
     def save(self, folder: str | os.PathLike) -> Path:
         """Write atomically: a reader never sees weights without their config or half a file."""
         folder = Path(folder)
-        with atomic_path(folder / ADAPTER_WEIGHTS) as temp:
-            save_file(self.state, str(temp), metadata={"kind": self.kind})
         header = {"kind": self.kind, "format_version": FORMAT_VERSION, "config": self.config}
-        write_atomic(folder / ADAPTER_CONFIG, json.dumps(header, indent=2, sort_keys=True))
+        # Serialised in memory and written by Python, so a full disk is an OSError (one line), and
+        # the folder appears as a whole: never weights without their config.
+        weights = save(self.state, metadata={"kind": self.kind})
+        with atomic_folder(folder) as temp:
+            write_atomic(temp / ADAPTER_WEIGHTS, weights)
+            write_atomic(temp / ADAPTER_CONFIG, json.dumps(header, indent=2, sort_keys=True))
         return folder
 
 

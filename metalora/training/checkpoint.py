@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
-from metalora.files import atomic_path
+from metalora.files import write_atomic
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -96,8 +96,8 @@ class FolderCheckpointer:
             "sampler": state.sampler,
             "log": state.log,
         }
-        with atomic_path(self.path) as temp:
-            save_file(tensors, str(temp), metadata={"mlbench": json.dumps(metadata)})
+        # Serialised in memory and written by Python: a full disk is an OSError (one line, no file).
+        write_atomic(self.path, save(tensors, metadata={"mlbench": json.dumps(metadata)}))
 
     def load(self) -> TrainState | None:
         if not self.path.is_file():

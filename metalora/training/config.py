@@ -13,6 +13,7 @@ from metalora.errors import MlbenchError
 from metalora.options import option, require_choice, require_positive, require_range
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+MIN_SEQ_LEN = 2  # one prompt token to condition on and one target token to learn
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class TrainConfig:
             raise MlbenchError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         require_positive("batch_size", self.batch_size)
         require_positive("max_seq_len", self.max_seq_len)
+        if self.max_seq_len < MIN_SEQ_LEN:
+            raise MlbenchError(
+                f"max_seq_len must be at least {MIN_SEQ_LEN} (a prompt token and a target token), got {self.max_seq_len}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise MlbenchError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self
