@@ -88,6 +88,27 @@ CASES = [
     Bad("unknown variant", RUN + ("--method", "metalora", "--variant", "third_order"), "unknown MeTA-LoRA variant"),
     Bad("unknown device", RUN + ("--device", "tpu0"), "unknown device 'tpu0'; use cpu, cuda or cuda:N"),
     Bad("device index not a number", RUN + ("--device", "cuda:x"), "unknown device 'cuda:x'; use cpu, cuda or cuda:N"),
+    Bad("infinite lr", RUN + ("--lr", "inf"), "lr must be a finite positive number, got inf"),
+    Bad("nan lr", RUN + ("--lr", "nan"), "lr must be a finite positive number, got nan"),
+    Bad("infinite alpha", RUN + ("--alpha", "inf"), "alpha must be a finite positive number, got inf"),
+    Bad("infinite inner lr", RUN + ("--method", "metalora", "--inner-lr", "inf"),
+        "inner_lr must be a finite positive number, got inf"),
+    Bad("nan inner lr", RUN + ("--method", "metalora", "--inner-lr", "nan"), "inner_lr must be a finite positive number"),
+    Bad("infinite epochs", RUN + ("--epochs", "inf"), "epochs must be a finite positive number, got inf"),
+    Bad("infinite weight decay", RUN + ("--weight-decay", "inf"), "weight_decay must be between 0.0 and 1.0, got inf"),
+    Bad("nan dropout", RUN + ("--dropout", "nan"), "dropout must be between 0.0 and 0.99, got nan"),
+    Bad("eval batch size zero", RUN + ("--eval-batch-size", "0"), "--eval-batch-size must be a positive integer or 'auto', got 0"),
+    Bad("empty task list", RUN + ("--tasks", ""), "tasks is empty; name at least one"),
+    Bad("sequence length 1", RUN + ("--max-seq-len", "1"), "max_seq_len must be at least 2"),
+    Bad("sequence length cuts every prompt", RUN + ("--max-seq-len", "3"),
+        "max_seq_len 3 cuts every example of task strategyqa down to its target alone (nothing to learn from); use at least"),
+    Bad("reptile without inner steps", RUN + ("--method", "metalora", "--variant", "reptile", "--inner-steps", "0"),
+        "variant reptile with inner_steps 0 trains nothing"),
+    Bad("phase1_only without inner steps", RUN + ("--method", "metalora", "--variant", "phase1_only", "--inner-steps", "0"),
+        "variant phase1_only with inner_steps 0 trains nothing"),
+    Bad("unknown target module", RUN + ("--target-modules", "nosuch_proj"),
+        "target_modules nosuch_proj match no linear layer of model {model}; its layers are named down_proj, gate_proj"),
+    Bad("store under a file", RUN + ("--store", "{tmp}/afile/store"), "cannot write", files={"afile": ""}),
     Bad("missing data root", RUN + ("--data-root", "{tmp}/nowhere"), "is not a folder"),
     Bad("empty model name", RUN + ("--model", " "), "model name is empty"),
     # ---- sweep files ----
@@ -129,6 +150,14 @@ CASES = [
         files=sweep_file("description: &d [1, *d]\ngrid: {method: [lora]}\n")),
     Bad("nesting too deep", SWEEP, "is nested more than 64 levels deep (line 1)",
         files=sweep_file("description: " + "[" * 3000 + "]" * 3000 + "\n")),
+    Bad("seed true", SWEEP, "run 1 (method=lora, seed=True): seed must be an integer, got True",
+        files=sweep_file(GOOD_SWEEP_HEAD + "grid: {method: [lora], seed: [true]}\n")),
+    Bad("lr as words", SWEEP, "lr must be a number (e.g. 0.0002 or 2e-4), got 'fast'",
+        files=sweep_file(GOOD_SWEEP_HEAD + "grid: {method: [lora], lr: [fast]}\n")),
+    Bad("infinite lr in a sweep", SWEEP, "lr must be a finite positive number, got inf",
+        files=sweep_file(GOOD_SWEEP_HEAD + "grid: {method: [lora], lr: [.inf]}\n")),
+    Bad("steps as a float", SWEEP, "steps must be an integer, got 100.0",
+        files=sweep_file(GOOD_SWEEP_HEAD + "grid: {method: [lora], steps: [1e2]}\n")),
     Bad("a bad run inside a grid", SWEEP, "run 2 (method=lora, shots=5): shots must be an integer from 10 to 100",
         files=sweep_file(GOOD_SWEEP_HEAD + "grid: {method: [lora], shots: [10, 5]}\n")),
     # ---- data files (a mirror of the data root with one file broken) ----
@@ -185,6 +214,25 @@ CASES = [
         data={XWINOGRAD: "en\tsrc\t?\tThe cat sat.\t[\"The\"\t[]\t[]\n"}),
     Bad("XCOPA test file not UTF-8", RUN + ("--benchmarks", "xcopa"), "xcopa/data/et/test.et.jsonl is not UTF-8 text (line 1)",
         data={"xcopa/data/et/test.et.jsonl": b'{"premise": "caf\xe9."}\n'}),
+    # ---- model paths ----
+    Bad("garbage gguf", RUN + ("--model", "{tmp}/m.gguf"), "model file {tmp}/m.gguf is not a GGUF file",
+        files={"m.gguf": "not a model"}),
+    Bad("missing gguf", RUN + ("--model", "{tmp}/none.gguf"), "model file {tmp}/none.gguf does not exist"),
+    Bad("model folder without config", RUN + ("--model", "{tmp}/m"), "model folder {tmp}/m has no config.json",
+        files={"m/README": "no model here"}),
+    Bad("model that is nothing", RUN + ("--model", "no-such-model"), "model 'no-such-model' not found"),
+    Bad("base model from a garbage gguf", RUN + ("--method", "base", "--model", "{tmp}/m.gguf"),
+        "model file {tmp}/m.gguf is not a GGUF file", files={"m.gguf": "GGUX"}),
+    # ---- reports ----
+    Bad("report of a store that does not exist", ("report", "--store", "{tmp}/typo", "--out", "{tmp}/site"),
+        "run store {tmp}/typo does not exist or is not a folder"),
+    Bad("report over its own store", ("report", "--store", "{tmp}/st", "--out", "{tmp}"),
+        "the run store {tmp}/st is inside --out {tmp}, which the report replaces", files={"st/keep.txt": "mine"}),
+    Bad("report into a user's folder", ("report", "--store", "{tmp}/st", "--out", "{tmp}/mine"),
+        "--out {tmp}/mine is a non-empty folder that is not an mlbench report",
+        files={"st/keep.txt": "", "mine/notes.txt": "keep me"}),
+    Bad("report into a file", ("report", "--store", "{tmp}/st", "--out", "{tmp}/afile"),
+        "--out {tmp}/afile is not a folder", files={"st/keep.txt": "", "afile": "x"}),
 ]
 
 
@@ -229,6 +277,7 @@ def run_bad(case: Bad, tmp_path: Path, model: Path, shared_data: Path):
         if isinstance(content, str):
             content = content.replace("{model}", fill["model"])
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     before = tree(tmp_path)
     result = CliRunner().invoke(app, [arg.format(**fill) for arg in case.args])
