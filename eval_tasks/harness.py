@@ -1,8 +1,14 @@
 """Evaluate an in-memory model (base, base + LoRA, base + HydraLoRA) on named benchmarks.
 
-The model is wrapped in lm-eval's ``HFLM`` as an instance and every benchmark runs as one lm-eval
-group from ``eval_tasks/`` (``TaskManager(include_path=...)``, lm-eval's built-in tasks not even
-indexed). The data root travels as TaskManager metadata (see ``eval_tasks/dataroot.py``).
+Every benchmark runs as lm-eval tasks from ``eval_tasks/`` (``TaskManager(include_path=...)``,
+lm-eval's built-in tasks not even indexed). The data root travels as TaskManager metadata (see
+``eval_tasks/dataroot.py``). Two backends, recorded as ``settings.eval_backend``:
+
+- ``fast`` (default): the model wrapped in ``eval_tasks.fastlm.FastLM`` (HFLM's requests and
+  answers, computed faster), tasks and requests from a ``TaskCache`` (built once per worker when
+  the caller passes one), run through ``lm_eval.evaluator.evaluate``.
+- ``hflm``: the stock path, lm-eval's ``HFLM`` through ``simple_evaluate``, tasks built per call.
+  ``bench/eval_speed.py`` runs both on the same items.
 
 Order of work, so that a mistake costs nothing and a failure leaves nothing half-written:
 names and options are checked, the data files are located and hashed, then every benchmark is
@@ -12,9 +18,11 @@ evaluated, and only then are the per-sample files written (each atomically).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
@@ -23,6 +31,7 @@ from eval_tasks.records import sample_record, write_records
 from eval_tasks.references import compute_references
 from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
 from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr, small_tasks
+from eval_tasks.task_cache import TaskCache, TaskKey, seed_like_lm_eval
 from metalora.data.root import DATA_DIR_ENV, DataRoot
 from metalora.errors import MlbenchError
 from metalora.provenance import package_versions, sha256_file, sha256_text
@@ -42,8 +51,13 @@ class EvalOptions:
     max_gen_tokens: int | None = None  # None: each generative benchmark's own default
     merge_lora: bool = True
     response_cache_dir: Path | None = None  # lm-eval response cache, keyed by a model fingerprint
+    backend: str = "fast"  # a key of EVAL_BACKENDS
 
     def __post_init__(self) -> None:
+        if self.backend not in EVAL_BACKENDS:
+            raise MlbenchError(
+                f"unknown eval backend {self.backend!r}; choose from {', '.join(EVAL_BACKENDS)}"
+            )
         if self.batch_size != "auto" and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise MlbenchError(f"batch size must be a positive integer or 'auto', got {self.batch_size!r}")
         if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
@@ -73,32 +87,36 @@ def evaluate(
     merge_lora: bool = True,
     response_cache_dir: Path | None = None,
     subtasks: Mapping[str, Sequence[str]] | None = None,
+    eval_backend: str = "fast",
+    task_cache: TaskCache | None = None,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
     With ``output_dir``, per-sample records go to ``output_dir/samples/<benchmark>.jsonl.gz``.
     ``subtasks`` restricts a benchmark to some of its tasks, subjects or languages (quick runs);
-    its aggregates then cover only those, as their ``n_tasks`` says.
+    its aggregates then cover only those, as their ``n_tasks`` says. ``eval_backend`` is ``fast``
+    or ``hflm`` (module docstring); ``task_cache`` (fast backend) keeps built tasks and
+    tokenizations for the next call.
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
-    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir)
+    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend)
     data_files = hash_data_files(specs, chosen, data_root)
     references = compute_references(specs, chosen, data_root, options.limit)
 
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
     cache_key = model_fingerprint(model, tokenizer) if options.response_cache_dir else None
+    context = _RunContext(options, data_root, data_files, cache_key, task_cache or TaskCache())
+    timing = {}
     with evaluation_state(model, tokenizer, merge_lora=options.merge_lora) as merged:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size)
-        manager = TaskManager(
-            include_path=str(EVAL_TASKS_DIR), include_defaults=False, metadata=task_metadata(data_root)
-        )
-        outputs = {
-            spec.name: _run_benchmark(spec, chosen[spec.name], lm, manager, options, cache_key)
-            for spec in specs
-        }
+        outputs = {}
+        run_benchmark = EVAL_BACKENDS[options.backend](model, tokenizer, context)
+        for spec in specs:
+            started = time.perf_counter()
+            outputs[spec.name] = run_benchmark(spec, chosen[spec.name])
+            seconds = time.perf_counter() - started
+            items = sum(len(samples) for samples in outputs[spec.name]["samples"].values())
+            timing[spec.name] = {"seconds": round(seconds, 3), "items": items,
+                                 "items_per_second": round(items / seconds, 3) if seconds > 0 else None}  # fmt: skip
 
     scores, aggregates, records, flagged = [], [], {}, {}
     for spec in specs:
@@ -135,6 +153,8 @@ def evaluate(
             "max_gen_tokens": {spec.name: options.gen_tokens(spec) for spec in specs if spec.generative},
             "merged_lora": merged,
             "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
+            "eval_backend": options.backend,
+            "timing": timing,  # wall time per benchmark, tasks and requests built or cached included
         },
         sample_files=sample_files,
         flagged=flagged,
@@ -191,6 +211,67 @@ def hash_data_files(
 def _cache_path(options: EvalOptions, cache_key: str) -> Path:
     # lm-eval appends "_rank<N>.db"; the fingerprint in the name keeps adapters apart.
     return Path(options.response_cache_dir) / f"lm-eval-{cache_key}"
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    options: EvalOptions
+    data_root: DataRoot
+    data_files: Mapping[str, str]
+    cache_key: str | None  # response-cache fingerprint, when a response cache is used
+    task_cache: TaskCache
+
+
+RunBenchmark = Callable[[BenchmarkSpec, Sequence[str]], dict]
+
+
+def _stock_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
+    """lm-eval's HFLM through ``simple_evaluate``: tasks built for every call."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=context.options.batch_size)
+    manager = TaskManager(
+        include_path=str(EVAL_TASKS_DIR), include_defaults=False, metadata=task_metadata(context.data_root)
+    )
+    return lambda spec, subtasks: _run_benchmark(
+        spec, subtasks, lm, manager, context.options, context.cache_key
+    )
+
+
+def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
+    """FastLM through ``lm_eval.evaluator.evaluate`` on tasks from the task cache."""
+    from lm_eval.api.model import CachingLM
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+
+    from eval_tasks.fastlm import FastLM
+
+    options = context.options
+    lm = FastLM(model, tokenizer, options.batch_size, encodings=context.task_cache.encodings(tokenizer))
+    if context.cache_key:  # as simple_evaluate(use_cache=...) does
+        Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
+        lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")
+
+    def run(spec: BenchmarkSpec, subtasks: Sequence[str]) -> dict:
+        gen_tokens = options.gen_tokens(spec)
+        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
+        names = [spec.task_name(subtask) for subtask in subtasks]
+        files = {name: context.data_files[name] for subtask in subtasks for name in spec.data_files(subtask)
+                 if name in context.data_files}  # fmt: skip
+        key = TaskKey.make(spec.name, names, context.data_root, files, options.limit, gen_kwargs)
+        tasks = context.task_cache.tasks(key, context.data_root, gen_kwargs)
+        seed_like_lm_eval()
+        return lm_eval_evaluate(
+            lm=lm, task_dict=tasks, limit=options.limit, log_samples=True, bootstrap_iters=0
+        )
+
+    return run
+
+
+# Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
+EVAL_BACKENDS: Mapping[str, Callable[..., RunBenchmark]] = MappingProxyType(
+    {"fast": _fast_backend, "hflm": _stock_backend}
+)
 
 
 def _run_benchmark(

@@ -1,0 +1,385 @@
+"""A faster lm-eval model for an in-memory causal LM: the same requests, the same answers as HFLM.
+
+``FastLM`` subclasses lm-eval's ``HFLM`` so that everything that decides *what* is scored stays
+lm-eval's own: tokenization (``tok_encode``, the trailing-space move of ``_encode_pair``, the empty-
+context prefix token), left truncation to ``max_length``, stop sequences, EOS handling and the
+post-processing of generations. Only *how* the model is run changes:
+
+- Log-likelihood (``_loglikelihood_tokens``). HFLM runs every (context, continuation) pair as one
+  full sequence and takes a log-softmax over the whole vocabulary at every position of the padded
+  batch (151k entries per position for Qwen). Here each request is split into a *prefix* (the
+  input up to the token before the continuation) and a *query* (that token plus the continuation
+  minus its last token, whose logits score the continuation). Every distinct prefix runs once,
+  with ``logits_to_keep=1`` so the vocabulary projection is skipped, and its key/value cache is
+  shared by all the queries that follow it (the options of a multiple-choice item); distinct
+  queries run once (a one-token option set such as MMLU's " A".." D" is one query). Logits exist
+  only at the continuation positions, and the log-softmax (float32) is taken only there. Prefixes
+  go in length-sorted batches of at most ``batch_size`` rows, queries likewise. Results come back
+  with one host transfer per batch instead of several per request.
+- Greedy generation (``generate_until``). Requests sorted by length, a plain greedy loop over a
+  key/value cache, each row stopping at EOS, at ``max_gen_toks`` or as soon as one of its stop
+  sequences appears (checked like lm-eval: on the decoded last tokens of the generation); rows
+  that are done leave the batch. The text is then decoded and cut exactly as HFLM does. HFLM
+  instead keeps every row in the batch until all rows are done. Anything but plain greedy
+  decoding (sampling, or a model generation config with repetition penalties and the like) is
+  handed to HFLM unchanged.
+
+Numerics: the sums are the same log-probabilities computed with different batch shapes (and a
+cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in float32 on a tiny
+model; ``bench/eval_speed.py`` measures bf16 on a GPU). Greedy choices can differ only where two
+tokens tie to rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+# Generation-config fields that change greedy decoding away from a plain argmax; with any of them
+# set to something other than these values the stock HFLM path runs instead.
+_PLAIN_GREEDY = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "num_beams": (None, 1),
+    "sequence_bias": (None,),
+    "logits_processor": (None,),
+}
+Request = tuple[tuple[str, str], list[int], list[int]]
+
+
+@dataclass
+class _Prefix:
+    tokens: tuple[int, ...]
+    queries: dict[tuple[int, ...], int] = field(default_factory=dict)  # query tokens -> query id
+
+
+class FastLM(HFLM):
+    """lm-eval ``HFLM`` with continuation-only log-likelihood scoring and a greedy decoding loop.
+
+    ``encodings`` is an optional string -> token ids memo that outlives this object (the task
+    cache keeps one per tokenizer), so a sweep tokenizes every prompt once.
+    """
+
+    def __init__(
+        self,
+        pretrained,
+        tokenizer,
+        batch_size: int | str = 8,
+        *,
+        encodings: dict | None = None,
+        **hflm_options,
+    ):
+        super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
+        self._encodings = {} if encodings is None else encodings
+        self._auto_batch: int | None = None
+        self._cache_keyword = _cache_keyword(self.model)
+
+    # ----- tokenization -------------------------------------------------------------------------
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None, **kwargs
+    ):
+        if add_special_tokens is not None or left_truncate_len or kwargs:
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        cached = self._encodings.get(string)
+        if cached is None:
+            # A tuple is immutable, so callers cannot change what the next run reads.
+            cached = self._encodings[string] = tuple(super().tok_encode(string))
+        return list(cached)
+
+    def _rows(self) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if self._auto_batch is None:
+            # HFLM's own probe (a full-vocabulary log-softmax at max length) needs more memory than
+            # anything run here, so its answer is a safe batch size for both phases.
+            self._auto_batch = int(self._detect_batch_size())
+        return self._auto_batch
+
+    # ----- log-likelihood -----------------------------------------------------------------------
+
+    def _loglikelihood_tokens(
+        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
+        if self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        rows = override_bs or self._rows()
+        prefixes: dict[tuple[int, ...], _Prefix] = {}
+        plan = []  # per request: (prefix, query id, continuation)
+        for _, context, continuation in requests:
+            assert len(context) > 0 and 0 < len(continuation) <= self.max_length
+            # Exactly HFLM's model input: left-truncated to max_length + 1, last token dropped.
+            window = (context + continuation)[-(self.max_length + 1) :][:-1]
+            split = len(window) - len(continuation)
+            prefix_tokens, query = tuple(window[:split]), tuple(window[split:])
+            prefix = prefixes.setdefault(prefix_tokens, _Prefix(prefix_tokens))
+            query_id = prefix.queries.setdefault(query, len(prefix.queries))
+            plan.append((prefix, query_id, continuation))
+
+        by_query: dict[tuple[int, int], list[int]] = {}
+        for index, (prefix, query_id, _) in enumerate(plan):
+            by_query.setdefault((id(prefix), query_id), []).append(index)
+
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        ordered = sorted(prefixes.values(), key=lambda p: (-len(p.tokens), p.tokens))
+        for start in range(0, len(ordered), rows):
+            batch = ordered[start : start + rows]
+            cache = self._run_prefixes([p.tokens for p in batch]) if batch[0].tokens else None
+            jobs = [
+                (row, query, by_query[(id(prefix), query_id)])
+                for row, prefix in enumerate(batch)
+                for query, query_id in prefix.queries.items()
+            ]
+            jobs.sort(key=lambda job: -len(job[1]))
+            for job_start in range(0, len(jobs), rows):
+                chunk = jobs[job_start : job_start + rows]
+                lengths = [len(batch[row].tokens) for row, _, _ in chunk]
+                logits = self._run_queries(
+                    cache, [row for row, _, _ in chunk], lengths, [q for _, q, _ in chunk]
+                )
+                scored = _score(logits, [(members, [plan[i][2] for i in members]) for _, _, members in chunk])
+                for (_, _, members), answers in zip(chunk, scored, strict=True):
+                    for index, answer in zip(members, answers, strict=True):
+                        results[index] = answer
+                        if requests[index][0] is not None:
+                            self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+        return results
+
+    def _forward(self, input_ids, **kwargs):
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
+        ):
+            if "past_key_values" in kwargs:
+                kwargs[self._cache_keyword] = kwargs.pop("past_key_values")
+            return self.model(input_ids=input_ids, use_cache=True, **kwargs)
+
+    def _run_prefixes(self, prefixes: Sequence[Sequence[int]]):
+        """One forward over right-padded prefixes; returns their key/value cache.
+
+        Right padding needs no mask here: a real position only attends to earlier real positions.
+        Only the last position's logits are computed (and ignored)."""
+        from transformers import DynamicCache
+
+        width = max(map(len, prefixes))
+        ids = torch.full((len(prefixes), width), self._pad_id, dtype=torch.long)
+        for row, tokens in enumerate(prefixes):
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        cache = DynamicCache()
+        self._forward(ids.to(self.device), past_key_values=cache, logits_to_keep=1)
+        return cache
+
+    def _run_queries(self, cache, rows: list[int], prefix_lengths: list[int], queries: list[tuple[int, ...]]):
+        """Logits [len(queries), longest query, vocab] for queries that each follow one cached prefix.
+
+        Each query row gets a copy of its prefix's cache row; the mask hides that prefix's right
+        padding and positions continue from the prefix's true length."""
+        from transformers import DynamicCache
+
+        width = max(map(len, queries))
+        ids = torch.full((len(queries), width), self._pad_id, dtype=torch.long)
+        for row, tokens in enumerate(queries):
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        lengths = torch.tensor(prefix_lengths, dtype=torch.long)
+        positions = lengths[:, None] + torch.arange(width)[None, :]
+        kwargs = {"position_ids": positions.to(self.device)}
+        if cache is not None:
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            selected = DynamicCache()
+            for layer, (keys, values) in enumerate(_cache_tensors(cache)):
+                selected.update(keys.index_select(0, index), values.index_select(0, index), layer)
+            cached = _cache_tensors(cache)[0][0].shape[2]
+            prefix_mask = torch.arange(cached)[None, :] < lengths[:, None]
+            mask = torch.cat([prefix_mask, torch.ones(len(queries), width, dtype=torch.bool)], dim=1)
+            kwargs |= {"past_key_values": selected, "attention_mask": mask.long().to(self.device)}
+        return self._forward(ids.to(self.device), **kwargs).logits
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eot_token_id)
+
+    # ----- generation ---------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if self.backend != "causal" or self.think_end_token is not None or not self._plain_greedy_model():
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(repr(sorted(request.args[1].items())), []).append(index)
+        results: list[str | None] = [None] * len(requests)
+        eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        for members in groups.values():
+            gen_kwargs = requests[members[0]].args[1]
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_new = kwargs.pop("max_gen_toks")
+            if not _greedy(kwargs):
+                texts = super().generate_until([requests[i] for i in members], disable_tqdm=disable_tqdm)
+                for index, text in zip(members, texts, strict=True):
+                    results[index] = text
+                continue
+            contexts = [requests[i].args[0] for i in members]
+            for index, text in zip(members, self._greedy(contexts, until, max_new), strict=True):
+                results[index] = text
+                self.cache_hook.add_partial("generate_until", (requests[index].args[0], gen_kwargs), text)
+        return results
+
+    def _plain_greedy_model(self) -> bool:
+        config = getattr(self.model, "generation_config", None)
+        return config is None or all(
+            getattr(config, key, None) in allowed for key, allowed in _PLAIN_GREEDY.items()
+        )
+
+    def _eos_ids(self) -> set[int]:
+        config = getattr(self.model, "generation_config", None)
+        ids = getattr(config, "eos_token_id", None)
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return set(ids if isinstance(ids, Iterable) else [ids])
+
+    def _greedy(self, contexts: list[str], until: list[str], max_new: int) -> list[str]:
+        """Greedy continuations of ``contexts``, cut like HFLM's (one batch per ``rows`` prompts)."""
+        max_context = self.max_length - max_new
+        assert max_context > 0, (
+            f"max_gen_toks {max_new} must be below the model's maximum length {self.max_length}"
+        )
+        encoded = [self._generation_tokens(context, max_context) for context in contexts]
+        order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
+        stops = [(stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2) for stop in until]
+        eos = self._eos_ids()
+        texts: list[str | None] = [None] * len(contexts)
+        rows = self._rows()
+        for start in range(0, len(order), rows):
+            batch = order[start : start + rows]
+            generated = self._greedy_batch([encoded[i] for i in batch], stops, eos, max_new)
+            for index, tokens in zip(batch, generated, strict=True):
+                text = self.tok_decode(tokens)
+                texts[index] = postprocess_generated_text(text, until, None)
+        return texts
+
+    def _generation_tokens(self, context: str, max_context: int) -> list[int]:
+        # As HFLM's tok_batch_encode (the same special-token rule as tok_encode), left-truncated.
+        return self.tok_encode(context)[-max_context:]
+
+    def _greedy_batch(
+        self, prompts: list[list[int]], stops: list[tuple[str, int]], eos: set[int], max_new: int
+    ) -> list[list[int]]:
+        from transformers import DynamicCache
+
+        count, width = len(prompts), max(map(len, prompts))
+        ids = torch.full((count, width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((count, width), dtype=torch.long)
+        for row, tokens in enumerate(prompts):  # left padding, as HF generation expects
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        cache = DynamicCache()
+        outputs: list[list[int]] = [[] for _ in prompts]
+        live = list(range(count))  # original row of each row still in the batch
+        logits = self._forward(ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                               logits_to_keep=1).logits[:, -1]  # fmt: skip
+        next_positions = positions[:, -1] + 1
+        for step in range(max_new):
+            chosen = logits.argmax(dim=-1)
+            keep = []
+            for slot, token in enumerate(chosen.tolist()):
+                row = live[slot]
+                outputs[row].append(token)
+                if not (token in eos or step + 1 == max_new or _stopped(self.tokenizer, outputs[row], stops)):
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(index)
+                chosen, mask, next_positions = chosen[index], mask[index], next_positions[index]
+                live = [live[slot] for slot in keep]
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            logits = self._forward(chosen[:, None], attention_mask=mask, position_ids=next_positions[:, None],
+                                   past_key_values=cache).logits[:, -1]  # fmt: skip
+            next_positions = next_positions + 1
+        return outputs
+
+
+def _stopped(tokenizer, tokens: list[int], stops: list[tuple[str, int]]) -> bool:
+    # lm-eval's MultiTokenEOSCriteria: the stop string within the decoded last len(stop ids) + 2
+    # generated tokens (never the prompt).
+    return any(stop in tokenizer.decode(tokens[-lookback:]) for stop, lookback in stops)
+
+
+def _greedy(kwargs: dict) -> bool:
+    kwargs = copy.deepcopy(kwargs)
+    do_sample = kwargs.pop("do_sample", None)
+    temperature = kwargs.pop("temperature", 0.0)
+    return not do_sample and temperature == 0.0 and not kwargs
+
+
+def _cache_keyword(model) -> str:
+    """The forward argument that takes a key/value cache: ``cache`` since transformers 5.2x,
+    ``past_key_values`` before (still accepted, with a deprecation warning)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers ``DynamicCache`` (its layout since 4.56)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _score(
+    logits: torch.Tensor, groups: list[tuple[list[int], list[list[int]]]]
+) -> list[list[tuple[float, bool]]]:
+    """(sum of log-probabilities, greedy?) of each continuation; ``groups[r]`` are the requests
+    that read query row ``r``. The log-softmax runs only at the scored positions, in float32."""
+    rows, positions, targets, owners, sizes = [], [], [], [], []
+    request = 0
+    for row, (_, continuations) in enumerate(groups):
+        for continuation in continuations:
+            rows += [row] * len(continuation)
+            positions += range(len(continuation))
+            targets += continuation
+            owners += [request] * len(continuation)
+            request += 1
+        sizes.append(len(continuations))
+    device = logits.device
+    rows_t = torch.tensor(rows, device=device)
+    positions_t = torch.tensor(positions, device=device)
+    # Each (row, position) is selected once, however many requests read it.
+    unique, inverse = torch.unique(rows_t * logits.shape[1] + positions_t, return_inverse=True)
+    selected = logits.reshape(-1, logits.shape[-1]).index_select(0, unique).float()
+    log_probs = F.log_softmax(selected, dim=-1)
+    greedy_tokens = selected.argmax(dim=-1)
+    targets_t = torch.tensor(targets, device=device)
+    token_log_probs = log_probs[inverse, targets_t]
+    misses = (greedy_tokens[inverse] != targets_t).long()
+    owners_t = torch.tensor(owners, device=device)
+    sums = torch.zeros(request, dtype=torch.float32, device=device).index_add_(0, owners_t, token_log_probs)
+    missed = torch.zeros(request, dtype=torch.long, device=device).index_add_(0, owners_t, misses)
+    answers = [(float(value), miss == 0) for value, miss in zip(sums.tolist(), missed.tolist(), strict=True)]
+    out, start = [], 0
+    for size in sizes:
+        out.append(answers[start : start + size])
+        start += size
+    return out

