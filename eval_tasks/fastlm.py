@@ -7,15 +7,16 @@ post-processing of generations. Only *how* the model is run changes:
 
 - Log-likelihood (``_loglikelihood_tokens``). HFLM runs every (context, continuation) pair as one
   full sequence and takes a log-softmax over the whole vocabulary at every position of the padded
-  batch (151k entries per position for Qwen). Here each request is split into a *prefix* (the
-  input up to the token before the continuation) and a *query* (that token plus the continuation
-  minus its last token, whose logits score the continuation). Every distinct prefix runs once,
-  with ``logits_to_keep=1`` so the vocabulary projection is skipped, and its key/value cache is
-  shared by all the queries that follow it (the options of a multiple-choice item); distinct
-  queries run once (a one-token option set such as MMLU's " A".." D" is one query). Logits exist
-  only at the continuation positions, and the log-softmax (float32) is taken only there. Prefixes
-  go in length-sorted batches of at most ``batch_size`` rows, queries likewise. Results come back
-  with one host transfer per batch instead of several per request.
+  batch (151k entries per position for Qwen), then picks each request apart with several small
+  device operations and host transfers. Here each request is split into a *prefix* (the input up
+  to the token before the continuation) and a *query* (that token plus the continuation minus its
+  last token, whose logits score the continuation). A prefix followed by one distinct query (MMLU's
+  one-token options " A".." D" share one; XWinograd has a prefix per option) runs as one
+  left-padded sequence with logits kept only for the query positions (``logits_to_keep``). A
+  prefix followed by several queries (the options of a BBH item) runs once, without logits, and its
+  key/value cache is shared by all its queries, which then run in their own batch. The log-softmax
+  (float32) is taken only at the scored positions; results come back with one host transfer per
+  batch. Batches hold at most ``batch_size`` rows, sorted by length.
 - Greedy generation (``generate_until``). Requests sorted by length, a plain greedy loop over a
   key/value cache, each row stopping at EOS, at ``max_gen_toks`` or as soon as one of its stop
   sequences appears (checked like lm-eval: on the decoded last tokens of the generation); rows
@@ -101,6 +102,31 @@ class FastLM(HFLM):
             cached = self._encodings[string] = tuple(super().tok_encode(string))
         return list(cached)
 
+    def _prefill(self, strings: Iterable[str]) -> None:
+        """Tokenize the strings ``tok_encode`` will be asked for in batched calls (the Rust
+        tokenizer runs a batch in parallel), with the special-token rule ``tok_encode`` applies."""
+        from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
+
+        missing = [string for string in dict.fromkeys(strings) if string not in self._encodings]
+        bos_text = self.tokenizer.decode(self.prefix_token_id)
+        groups: dict[bool | None, list[str]] = {}
+        for string in missing:
+            settings = _add_special_kwargs(None, self.add_bos_token).get("add_special_tokens")
+            groups.setdefault(False if has_bos_prefix(string, bos_text) else settings, []).append(string)
+        for settings, group in groups.items():
+            kwargs = {} if settings is None else {"add_special_tokens": settings}
+            for string, ids in zip(group, self.tokenizer(group, **kwargs)["input_ids"], strict=True):
+                self._encodings[string] = tuple(ids)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        strings = []
+        for context, continuation in (request.args for request in requests):
+            if context:  # TemplateLM._encode_pair's strings: trailing spaces move to the continuation
+                stripped = context.rstrip()
+                strings += [context + continuation, stripped]
+        self._prefill(strings)
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     def _rows(self) -> int:
         if self.batch_size != "auto":
             return int(self.batch_size)
@@ -135,9 +161,33 @@ class FastLM(HFLM):
             by_query.setdefault((id(prefix), query_id), []).append(index)
 
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        ordered = sorted(prefixes.values(), key=lambda p: (-len(p.tokens), p.tokens))
-        for start in range(0, len(ordered), rows):
-            batch = ordered[start : start + rows]
+
+        def record(members: list[int], answers: list[tuple[float, bool]]) -> None:
+            for index, answer in zip(members, answers, strict=True):
+                results[index] = answer
+                if requests[index][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+
+        # A prefix read by one query (MMLU's one-token options, XWinograd) runs with its query as
+        # one left-padded sequence; a prefix shared by several queries runs once, then its queries.
+        single = [p for p in prefixes.values() if len(p.queries) == 1]
+        shared = [p for p in prefixes.values() if len(p.queries) > 1]
+        single.sort(key=lambda p: (-len(p.tokens) - len(next(iter(p.queries))), p.tokens))
+        for start in range(0, len(single), rows):
+            batch = single[start : start + rows]
+            queries = [next(iter(prefix.queries)) for prefix in batch]
+            logits = self._run_sequences(
+                [prefix.tokens + query for prefix, query in zip(batch, queries)], queries
+            )
+            members = [by_query[(id(prefix), 0)] for prefix in batch]
+            # Left padding: a query's logits are the last len(query) of the kept positions.
+            offsets = [logits.shape[1] - len(query) for query in queries]
+            for group, answers in zip(members, _score(logits, members, plan, offsets), strict=True):
+                record(group, answers)
+
+        shared.sort(key=lambda p: (-len(p.tokens), p.tokens))
+        for start in range(0, len(shared), rows):
+            batch = shared[start : start + rows]
             cache = self._run_prefixes([p.tokens for p in batch]) if batch[0].tokens else None
             jobs = [
                 (row, query, by_query[(id(prefix), query_id)])
@@ -151,13 +201,31 @@ class FastLM(HFLM):
                 logits = self._run_queries(
                     cache, [row for row, _, _ in chunk], lengths, [q for _, q, _ in chunk]
                 )
-                scored = _score(logits, [(members, [plan[i][2] for i in members]) for _, _, members in chunk])
-                for (_, _, members), answers in zip(chunk, scored, strict=True):
-                    for index, answer in zip(members, answers, strict=True):
-                        results[index] = answer
-                        if requests[index][0] is not None:
-                            self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+                members = [group for _, _, group in chunk]
+                for group, answers in zip(
+                    members, _score(logits, members, plan, [0] * len(chunk)), strict=True
+                ):
+                    record(group, answers)
         return results
+
+    def _run_sequences(self, sequences: list[tuple[int, ...]], queries: list[tuple[int, ...]]):
+        """Logits at the last (longest query) positions of left-padded whole sequences."""
+        width = max(map(len, sequences))
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, tokens in enumerate(sequences):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(map(len, queries))
+        device = self.device
+        outputs = self._forward(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=keep,
+        )
+        return outputs.logits
 
     def _forward(self, input_ids, **kwargs):
         with (
@@ -262,6 +330,7 @@ class FastLM(HFLM):
         assert max_context > 0, (
             f"max_gen_toks {max_new} must be below the model's maximum length {self.max_length}"
         )
+        self._prefill(contexts)
         encoded = [self._generation_tokens(context, max_context) for context in contexts]
         order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
         stops = [(stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2) for stop in until]
@@ -296,24 +365,32 @@ class FastLM(HFLM):
         cache = DynamicCache()
         outputs: list[list[int]] = [[] for _ in prompts]
         live = list(range(count))  # original row of each row still in the batch
+        done = [False] * count  # per row still in the batch
         logits = self._forward(ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                                logits_to_keep=1).logits[:, -1]  # fmt: skip
         next_positions = positions[:, -1] + 1
         for step in range(max_new):
             chosen = logits.argmax(dim=-1)
-            keep = []
             for slot, token in enumerate(chosen.tolist()):
-                row = live[slot]
-                outputs[row].append(token)
-                if not (token in eos or step + 1 == max_new or _stopped(self.tokenizer, outputs[row], stops)):
-                    keep.append(slot)
-            if not keep:
+                if done[slot]:
+                    continue
+                outputs[live[slot]].append(token)
+                stopped = (
+                    token in eos
+                    or step + 1 == max_new
+                    or _stopped(self.tokenizer, outputs[live[slot]], stops)
+                )
+                done[slot] = stopped
+            if all(done):
                 break
-            if len(keep) < len(live):  # finished rows leave the batch
+            # Finished rows leave the batch once they are a quarter of it: each removal copies the
+            # whole cache, so removing them one at a time would cost more than it saves.
+            if 4 * sum(done) >= len(live):
+                keep = [slot for slot, finished in enumerate(done) if not finished]
                 index = torch.tensor(keep, dtype=torch.long, device=self.device)
                 cache.batch_select_indices(index)
                 chosen, mask, next_positions = chosen[index], mask[index], next_positions[index]
-                live = [live[slot] for slot in keep]
+                live, done = [live[slot] for slot in keep], [False] * len(keep)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             logits = self._forward(chosen[:, None], attention_mask=mask, position_ids=next_positions[:, None],
                                    past_key_values=cache).logits[:, -1]  # fmt: skip
@@ -349,20 +426,21 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _score(
-    logits: torch.Tensor, groups: list[tuple[list[int], list[list[int]]]]
+    logits: torch.Tensor, members: list[list[int]], plan: list, offsets: list[int]
 ) -> list[list[tuple[float, bool]]]:
-    """(sum of log-probabilities, greedy?) of each continuation; ``groups[r]`` are the requests
-    that read query row ``r``. The log-softmax runs only at the scored positions, in float32."""
-    rows, positions, targets, owners, sizes = [], [], [], [], []
+    """(sum of log-probabilities, greedy?) of each continuation: ``members[r]`` are the requests
+    read from logits row ``r``, whose continuation's first token is scored at position
+    ``offsets[r]``. The log-softmax runs only at the scored positions, in float32."""
+    rows, positions, targets, owners = [], [], [], []
     request = 0
-    for row, (_, continuations) in enumerate(groups):
-        for continuation in continuations:
+    for row, (group, offset) in enumerate(zip(members, offsets, strict=True)):
+        for index in group:
+            continuation = plan[index][2]
             rows += [row] * len(continuation)
-            positions += range(len(continuation))
+            positions += range(offset, offset + len(continuation))
             targets += continuation
             owners += [request] * len(continuation)
             request += 1
-        sizes.append(len(continuations))
     device = logits.device
     rows_t = torch.tensor(rows, device=device)
     positions_t = torch.tensor(positions, device=device)
@@ -379,7 +457,7 @@ def _score(
     missed = torch.zeros(request, dtype=torch.long, device=device).index_add_(0, owners_t, misses)
     answers = [(float(value), miss == 0) for value, miss in zip(sums.tolist(), missed.tolist(), strict=True)]
     out, start = [], 0
-    for size in sizes:
-        out.append(answers[start : start + size])
-        start += size
+    for group in members:
+        out.append(answers[start : start + len(group)])
+        start += len(group)
     return out

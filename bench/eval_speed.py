@@ -1,0 +1,250 @@
+"""Evaluation speed: lm-eval's stock HFLM against mlbench's FastLM, side by side in one process.
+
+Both run the very same requests (built once from the project's lm-eval tasks) at the same batch
+size on the same model. Per benchmark it prints the items (documents) per second of each, their
+ratio, the largest |difference| of a request's log-likelihood, how often is_greedy and each item's
+predicted option agree, and how often greedy generations are identical. With ``--end-to-end`` it
+also times the whole ``eval_tasks.harness.evaluate`` call (task building included) for the stock
+backend, the fast backend with an empty task cache, and again with the cache filled. A JSON of all
+figures goes to ``--out``.
+
+    python bench/eval_speed.py --benchmarks mmlu,bbh_mc,bbh --limit 2 --batch-size 8      # CPU
+    python bench/eval_speed.py --model /tmp/mlbench/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --data-root data --benchmarks mmlu,bbh_mc,bbh --batch-size 64 --device cuda --dtype bfloat16 \\
+        --end-to-end --out $OUT/eval_speed.json                                           # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from eval_tasks.fastlm import FastLM
+from eval_tasks.harness import choose_subtasks, evaluate, hash_data_files, resolve_benchmarks
+from eval_tasks.task_cache import TaskCache, TaskKey
+from metalora.data.root import resolve_data_root
+from metalora.models import load_model
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(device: str, work):
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    started = time.perf_counter()
+    value = work()
+    _sync(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    return value, seconds, peak
+
+
+def _items(requests) -> int:
+    return len({(request.task_name, request.doc_id) for request in requests})
+
+
+def _predictions(requests, answers) -> dict:
+    """Index of the highest-scoring option per item (multiple choice)."""
+    best = defaultdict(lambda: (float("-inf"), -1))
+    for request, (value, _) in zip(requests, answers, strict=True):
+        key = (request.task_name, request.doc_id)
+        if value > best[key][0]:
+            best[key] = (value, request.idx)
+    return {key: index for key, (_, index) in best.items()}
+
+
+def compare_requests(name: str, requests, stock, fast, device: str) -> dict:
+    kind = requests[0].request_type
+    method = "loglikelihood" if kind == "loglikelihood" else "generate_until"
+    kwargs = {"disable_tqdm": True}
+    for lm in (stock, fast):  # warm-up (CUDA kernels, allocator) on a few requests, not timed
+        getattr(lm, method)(requests[:2], **kwargs)
+    stock_answers, stock_s, stock_peak = _timed(device, lambda: getattr(stock, method)(requests, **kwargs))
+    fast_answers, fast_s, fast_peak = _timed(device, lambda: getattr(fast, method)(requests, **kwargs))
+    items = _items(requests)
+    figures = {
+        "kind": method,
+        "items": items,
+        "requests": len(requests),
+        "stock": {"seconds": stock_s, "items_per_s": items / stock_s, "peak_bytes": stock_peak},
+        "fast": {"seconds": fast_s, "items_per_s": items / fast_s, "peak_bytes": fast_peak},
+        "speedup": stock_s / fast_s,
+    }
+    if method == "loglikelihood":
+        deltas = [abs(a[0] - b[0]) for a, b in zip(stock_answers, fast_answers, strict=True)]
+        greedy = sum(a[1] == b[1] for a, b in zip(stock_answers, fast_answers, strict=True))
+        stock_pred, fast_pred = _predictions(requests, stock_answers), _predictions(requests, fast_answers)
+        figures |= {
+            "max_abs_delta_loglik": max(deltas),
+            "mean_abs_delta_loglik": sum(deltas) / len(deltas),
+            "is_greedy_agreement": greedy / len(requests),
+            "prediction_agreement": sum(stock_pred[k] == fast_pred[k] for k in stock_pred) / len(stock_pred),
+        }
+    else:
+        same = sum(a == b for a, b in zip(stock_answers, fast_answers, strict=True))
+        figures["generation_agreement"] = same / len(requests)
+    print(
+        f"{name:>10} {method:>14}: {items:6d} items {len(requests):6d} requests | stock "
+        f"{figures['stock']['items_per_s']:9.2f} items/s | fast {figures['fast']['items_per_s']:9.2f} items/s | "
+        f"x{figures['speedup']:.2f} | "
+        + (
+            f"max |dLL| {figures['max_abs_delta_loglik']:.2e}, is_greedy agree "
+            f"{100 * figures['is_greedy_agreement']:.1f}%, prediction agree {100 * figures['prediction_agreement']:.1f}%"
+            if method == "loglikelihood"
+            else f"generations identical {100 * figures['generation_agreement']:.1f}%"
+        ),
+        flush=True,
+    )
+    return figures
+
+
+def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
+    """Whole ``evaluate`` calls: stock backend, fast with an empty cache, fast with the cache filled."""
+    cache = TaskCache()
+    common = {"data_root": root, "limit": args.limit, "batch_size": args.batch_size}
+    common["max_gen_tokens"] = args.max_gen_tokens
+    figures = {}
+    for label, backend, task_cache in (
+        ("stock", "hflm", None),
+        ("fast_cold", "fast", cache),
+        ("fast_warm", "fast", cache),
+    ):
+        result, seconds, peak = _timed(
+            device,
+            lambda backend=backend, task_cache=task_cache: evaluate(
+                model, tokenizer, benchmarks, eval_backend=backend, task_cache=task_cache, **common
+            ),
+        )
+        items = sum(score.n_evaluated for score in result.tasks)
+        figures[label] = {"seconds": seconds, "items": items, "items_per_s": items / seconds, "peak_bytes": peak,
+                          "per_benchmark": result.settings["timing"]}  # fmt: skip
+        print(
+            f"end to end {label:>9}: {items} items in {seconds:8.2f} s = {items / seconds:9.2f} items/s",
+            flush=True,
+        )
+    figures["speedup_cold"] = figures["stock"]["seconds"] / figures["fast_cold"]["seconds"]
+    figures["speedup_warm"] = figures["stock"]["seconds"] / figures["fast_warm"]["seconds"]
+    print(
+        f"end to end speed-up: x{figures['speedup_cold']:.2f} cold cache, x{figures['speedup_warm']:.2f} warm"
+    )
+    return figures
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {}
+    for package in ("lm_eval", "transformers", "torch", "tokenizers"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="alias, hub id, HF folder or .gguf file")
+    parser.add_argument("--data-root", default=None, help="shared/data layout (default: MLBENCH_DATA_DIR)")
+    parser.add_argument("--benchmarks", default="mmlu,bbh_mc,bbh")
+    parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-gen-tokens", type=int, default=None, help="default: each benchmark's own")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--end-to-end", action="store_true", help="also time whole evaluate() calls")
+    parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # lm-eval's per-task notices
+
+    root = resolve_data_root(args.data_root)
+    benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
+    specs = resolve_benchmarks(benchmarks)
+    chosen = choose_subtasks(specs, {})
+    data_files = hash_data_files(specs, chosen, root)
+
+    started = time.perf_counter()
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    load_s = time.perf_counter() - started
+    model, tokenizer, device = loaded.model.eval(), loaded.tokenizer, loaded.device
+    print(
+        f"model {args.model} on {device} ({loaded.dtype}), loaded in {load_s:.1f} s; batch size {args.batch_size}"
+    )
+
+    from lm_eval.models.huggingface import HFLM
+
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
+    fast = FastLM(model, tokenizer, args.batch_size)
+    cache = TaskCache()
+    results = {}
+    for spec in specs:
+        gen_tokens = (args.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
+        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
+        names = [spec.task_name(subtask) for subtask in chosen[spec.name]]
+        key = TaskKey.make(spec.name, names, root, data_files, args.limit, gen_kwargs)
+        tasks, build_s, _ = _timed("cpu", lambda key=key, gen=gen_kwargs: cache.tasks(key, root, gen))
+        requests = [request for task in tasks["tasks"].values() for request in task.instances]
+        print(
+            f"{spec.name:>10}: built {len(requests)} requests in {build_s:.1f} s ({len(requests) / build_s:.0f}/s)"
+        )
+        results[spec.name] = compare_requests(spec.name, requests, stock, fast, device) | {"build_s": build_s}
+
+    report = {
+        "model": args.model,
+        "model_source": loaded.source.to_dict(),
+        "device": device,
+        "device_name": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "dtype": loaded.dtype,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "max_gen_tokens": args.max_gen_tokens,
+        "load_s": load_s,
+        "benchmarks": results,
+        "code_revision": _revision(),
+        "versions": _versions(),
+    }
+    totals = {
+        label: sum(figures[label]["seconds"] for figures in results.values()) for label in ("stock", "fast")
+    }
+    items = sum(figures["items"] for figures in results.values())
+    report["total"] = {"items": items, "stock_items_per_s": items / totals["stock"],
+                       "fast_items_per_s": items / totals["fast"], "speedup": totals["stock"] / totals["fast"]}  # fmt: skip
+    print(f"{'all':>10}: {items} items | stock {items / totals['stock']:.2f} items/s | fast "
+          f"{items / totals['fast']:.2f} items/s | x{report['total']['speedup']:.2f}")  # fmt: skip
+    if args.end_to_end:
+        report["end_to_end"] = end_to_end(model, tokenizer, benchmarks, root, args, device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"figures written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
