@@ -143,15 +143,18 @@ def _progress_callbacks(out: Console):
 
 
 def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
+    from eval_tasks.task_cache import TaskCache
     from metalora.runs.runner import execute_run
 
+    task_cache = TaskCache()  # built benchmark tasks and requests, shared by this worker's runs
     outcomes = {}
     for index, prepared in enumerate(prepared_runs, start=1):
         out.print(f"[{index}/{len(prepared_runs)}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
         on_step, progress = _progress_callbacks(out)
         try:
             outcomes[prepared.run_id] = execute_run(
-                prepared, store, options, report=lambda line: out.print("  " + line, highlight=False), on_step=on_step
+                prepared, store, options, report=lambda line: out.print("  " + line, highlight=False), on_step=on_step,
+                task_cache=task_cache,
             )
         finally:
             progress.stop()

@@ -75,6 +75,18 @@ def test_sweep_file_errors_name_the_field(tmp_path, tiny_model_dir, data_root):
     assert "run 2 (method=lora, shots=5): shots must be an integer from 10 to 100 or 'full', got 5" in result.stderr
 
 
+def test_an_unknown_eval_backend_is_refused_before_any_work(tmp_path, tiny_model_dir, data_root):
+    store = tmp_path / "store"
+    result = cli("run", "--model", str(tiny_model_dir), "--eval-backend", "vllm", "--store", str(store),
+                 "--data-root", str(data_root.path), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr == "mlbench: error: --eval-backend must be one of fast, hflm, got 'vllm'\n"
+    sweep = write_sweep(tmp_path / "s.yaml", tiny_model_dir, {"method": ["lora"]})
+    result = cli("sweep", str(sweep), "--eval-backend", "vllm", "--store", str(store))
+    assert result.exit_code == 2 and "--eval-backend must be one of fast, hflm" in result.stderr
+    assert not store.exists()
+
+
 def test_unwritable_store_and_full_disk_get_one_line(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

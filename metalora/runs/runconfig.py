@@ -88,8 +88,16 @@ class ExecutionOptions:
     eval_batch_size: int | str = option(8, "Evaluation batch size, or 'auto'.")
     checkpoint_every: int = option(DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps.")
     data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
+    # Equal answers up to float rounding (eval_tasks/fastlm.py); recorded in eval/results.json.
+    eval_backend: str = option("fast", "fast (mlbench's FastLM, tasks built once per worker) | hflm (lm-eval's HFLM).")
 
     def validate(self) -> ExecutionOptions:
+        from eval_tasks.harness import EVAL_BACKENDS
+
+        if self.eval_backend not in EVAL_BACKENDS:
+            raise MlbenchError(
+                f"--eval-backend must be one of {', '.join(EVAL_BACKENDS)}, got {self.eval_backend!r}"
+            )
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise MlbenchError(
                 f"--checkpoint-every must be a positive number of steps, got {self.checkpoint_every}"

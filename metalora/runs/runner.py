@@ -138,8 +138,12 @@ def execute_run(
     *,
     report: Reporter = lambda line: None,
     on_step: Callable[[dict, int], None] | None = None,
+    task_cache=None,
 ) -> str:
-    """Run it; returns "done" (finished now), "skipped" (already done) or "busy" (another worker)."""
+    """Run it; returns "done" (finished now), "skipped" (already done) or "busy" (another worker).
+
+    ``task_cache`` (an ``eval_tasks.task_cache.TaskCache``) lets a worker that runs many runs build
+    each benchmark's tasks and requests once."""
     options = options or ExecutionOptions()
     run_id, config = prepared.run_id, prepared.config
     if store.is_done(run_id):
@@ -155,14 +159,14 @@ def execute_run(
         return "skipped" if store.is_done(run_id) else "busy"
     folder = store.run_dir(run_id)
     try:
-        _execute_claimed(prepared, store, folder, options, loaded, report, on_step)
+        _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache)
     except BaseException as error:
         store.fail(run_id, f"{type(error).__name__}: {error}")
         raise
     return "done"
 
 
-def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step) -> None:
+def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None) -> None:
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
@@ -172,6 +176,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "dtype": loaded.dtype,
         "model_source": loaded.source.to_dict(),
         "eval_batch_size": options.eval_batch_size,
+        "eval_backend": options.eval_backend,
     }
     files.write_env(folder, environment)
 
@@ -220,6 +225,8 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
             run_label=run_id,
             merge_lora=adapter.mergeable,
             subtasks=training_task_subtasks(config.benchmarks, config.tasks),
+            eval_backend=options.eval_backend,
+            task_cache=task_cache,
         )
         files.write_results(folder, result.to_json())
     results = json.loads(results_path.read_text())
