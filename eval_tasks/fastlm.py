@@ -18,12 +18,12 @@ post-processing of generations. Only *how* the model is run changes:
   (float32) is taken only at the scored positions; results come back with one host transfer per
   batch. Batches hold at most ``batch_size`` rows, sorted by length.
 - Greedy generation (``generate_until``). Requests sorted by length, a plain greedy loop over a
-  key/value cache, each row stopping at EOS, at ``max_gen_toks`` or as soon as one of its stop
-  sequences appears (checked like lm-eval: on the decoded last tokens of the generation); rows
-  that are done leave the batch. The text is then decoded and cut exactly as HFLM does. HFLM
-  instead keeps every row in the batch until all rows are done. Anything but plain greedy
-  decoding (sampling, or a model generation config with repetition penalties and the like) is
-  handed to HFLM unchanged.
+  key/value cache (``eval_tasks/greedy.py``): each row stops at EOS, at ``max_gen_toks`` or as soon
+  as one of its stop sequences appears (checked like lm-eval: on the decoded last tokens of the
+  generation); finished rows leave the batch and waiting prompts take their places. HFLM instead
+  runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
+  does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
+  penalties and the like) is handed to HFLM unchanged.
 
 Numerics: the sums are the same log-probabilities computed with different batch shapes (and a
 cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in float32 on a tiny
@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+from eval_tasks.greedy import GreedyDecoder, Stopping
 
 # Generation-config fields that change greedy decoding away from a plain argmax; with any of them
 # set to something other than these values the stock HFLM path runs instead.
@@ -325,83 +327,28 @@ class FastLM(HFLM):
         return set(ids if isinstance(ids, Iterable) else [ids])
 
     def _greedy(self, contexts: list[str], until: list[str], max_new: int) -> list[str]:
-        """Greedy continuations of ``contexts``, cut like HFLM's (one batch per ``rows`` prompts)."""
+        """Greedy continuations of ``contexts``, cut like HFLM's."""
         max_context = self.max_length - max_new
         assert max_context > 0, (
             f"max_gen_toks {max_new} must be below the model's maximum length {self.max_length}"
         )
         self._prefill(contexts)
-        encoded = [self._generation_tokens(context, max_context) for context in contexts]
-        order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
-        stops = [(stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2) for stop in until]
-        eos = self._eos_ids()
-        texts: list[str | None] = [None] * len(contexts)
-        rows = self._rows()
-        for start in range(0, len(order), rows):
-            batch = order[start : start + rows]
-            generated = self._greedy_batch([encoded[i] for i in batch], stops, eos, max_new)
-            for index, tokens in zip(batch, generated, strict=True):
-                text = self.tok_decode(tokens)
-                texts[index] = postprocess_generated_text(text, until, None)
-        return texts
-
-    def _generation_tokens(self, context: str, max_context: int) -> list[int]:
         # As HFLM's tok_batch_encode (the same special-token rule as tok_encode), left-truncated.
-        return self.tok_encode(context)[-max_context:]
-
-    def _greedy_batch(
-        self, prompts: list[list[int]], stops: list[tuple[str, int]], eos: set[int], max_new: int
-    ) -> list[list[int]]:
-        from transformers import DynamicCache
-
-        count, width = len(prompts), max(map(len, prompts))
-        ids = torch.full((count, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((count, width), dtype=torch.long)
-        for row, tokens in enumerate(prompts):  # left padding, as HF generation expects
-            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, width - len(tokens) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        cache = DynamicCache()
-        outputs: list[list[int]] = [[] for _ in prompts]
-        live = list(range(count))  # original row of each row still in the batch
-        done = [False] * count  # per row still in the batch
-        logits = self._forward(ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                               logits_to_keep=1).logits[:, -1]  # fmt: skip
-        next_positions = positions[:, -1] + 1
-        for step in range(max_new):
-            chosen = logits.argmax(dim=-1)
-            for slot, token in enumerate(chosen.tolist()):
-                if done[slot]:
-                    continue
-                outputs[live[slot]].append(token)
-                stopped = (
-                    token in eos
-                    or step + 1 == max_new
-                    or _stopped(self.tokenizer, outputs[live[slot]], stops)
-                )
-                done[slot] = stopped
-            if all(done):
-                break
-            # Finished rows leave the batch once they are a quarter of it: each removal copies the
-            # whole cache, so removing them one at a time would cost more than it saves.
-            if 4 * sum(done) >= len(live):
-                keep = [slot for slot, finished in enumerate(done) if not finished]
-                index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                cache.batch_select_indices(index)
-                chosen, mask, next_positions = chosen[index], mask[index], next_positions[index]
-                live, done = [live[slot] for slot in keep], [False] * len(keep)
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            logits = self._forward(chosen[:, None], attention_mask=mask, position_ids=next_positions[:, None],
-                                   past_key_values=cache).logits[:, -1]  # fmt: skip
-            next_positions = next_positions + 1
-        return outputs
-
-
-def _stopped(tokenizer, tokens: list[int], stops: list[tuple[str, int]]) -> bool:
-    # lm-eval's MultiTokenEOSCriteria: the stop string within the decoded last len(stop ids) + 2
-    # generated tokens (never the prompt).
-    return any(stop in tokenizer.decode(tokens[-lookback:]) for stop, lookback in stops)
+        encoded = [self.tok_encode(context)[-max_context:] for context in contexts]
+        order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
+        stopping = Stopping(
+            eos=frozenset(self._eos_ids()),
+            stops=tuple(
+                (stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2) for stop in until
+            ),
+            max_new=max_new,
+        )
+        decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device)
+        generated = decoder.run([encoded[i] for i in order], stopping)
+        texts: list[str | None] = [None] * len(contexts)
+        for index, tokens in zip(order, generated, strict=True):
+            texts[index] = postprocess_generated_text(self.tok_decode(tokens), until, None)
+        return texts
 
 
 def _greedy(kwargs: dict) -> bool:

@@ -210,3 +210,31 @@ def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_ro
 
     with pytest.raises(MlbenchError, match="unknown eval backend 'vllm'; choose from fast, hflm"):
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_backend="vllm")
+
+
+def test_greedy_decoder_matches_one_prompt_at_a_time_generation(model, tokenizer):
+    """Rows leave and join a shared batch (unsorted prompts, so joins pad either side); each row's
+    tokens equal HF generate on that prompt alone, cut where the stopping rule first holds."""
+    import torch
+
+    from eval_tasks.greedy import GreedyDecoder, Stopping
+
+    # The long prompt joins a batch whose cache is shorter than it, so that batch is padded.
+    long = "The quick brown fox jumps over the lazy dog. " * 3
+    texts = ["Hi", "1 2 3", "Q: why?\nA:", "a", long, "Once upon"]
+    prompts = [tokenizer.encode(text) for text in texts]
+    stopping = Stopping(eos=frozenset({tokenizer.eos_token_id}), stops=(("x", 3), ("£", 3)), max_new=9)
+    forward = _lms(model, tokenizer, 3)[1]._forward
+    decoder = GreedyDecoder(forward, tokenizer, 0, rows=3, device="cpu")
+    got = decoder.run(prompts, stopping)
+
+    for prompt, tokens in zip(prompts, got, strict=True):
+        with torch.no_grad():
+            full = model.generate(torch.tensor([prompt]), max_new_tokens=9, do_sample=False)[0, len(prompt) :]
+        expected = []
+        for token in full.tolist():
+            expected.append(token)
+            if token in stopping.eos or any(s in tokenizer.decode(expected[-n:]) for s, n in stopping.stops):
+                break
+        assert tokens == expected
+    assert [len(tokens) < 9 for tokens in got] == [False, True, True, False, False, False]  # " box", "£"

@@ -1,0 +1,170 @@
+"""Greedy decoding of many prompts with a key/value cache, a batch kept full as rows finish.
+
+A row is done at an EOS token, after ``max_new`` tokens, or as soon as one of the stop strings
+appears in the decoded last ``len(stop tokens) + 2`` generated tokens (lm-eval's own check, never
+reaching into the prompt). Done rows leave the batch once they are a quarter of it (each removal
+copies the cache), and waiting prompts take their places: with a static batch every batch runs as
+long as its longest answer, so a few answers that run to the cap would keep a whole batch busy.
+
+Layout: all rows share one cache whose columns are aligned on the right (the newest token of every
+row is in the last column); a row's own tokens are preceded by masked padding. New rows are
+prefilled on their own (left-padded) and joined to the batch by padding whichever cache is shorter
+on the left. Positions are kept per row, so padding never shifts a row's positions: each row sees
+exactly its own prompt and its own tokens, as when HF ``generate`` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Forward = Callable[
+    ..., object
+]  # (input_ids, attention_mask=, position_ids=, past_key_values=, ...) -> output
+
+
+@dataclass(frozen=True)
+class Stopping:
+    eos: frozenset[int]
+    stops: tuple[tuple[str, int], ...]  # (stop string, tokens to look back)
+    max_new: int
+
+
+@dataclass
+class _Batch:
+    cache: object  # transformers DynamicCache, rows x columns
+    mask: torch.Tensor  # [rows, columns], 1 for a row's real tokens
+    positions: torch.Tensor  # [rows] position of each row's next token
+    logits: torch.Tensor  # [rows, vocab] scores of each row's next token
+    prompts: list[int]  # prompt index of each row
+    done: list[bool]
+
+
+class GreedyDecoder:
+    """``run(prompts)`` -> generated token ids per prompt, at most ``rows`` prompts at a time."""
+
+    def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device) -> None:
+        self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
+            forward,
+            tokenizer,
+            pad_id,
+            rows,
+            device,
+        )
+
+    def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
+        outputs: list[list[int]] = [[] for _ in prompts]
+        waiting = 0  # prompts[waiting:] have not started; callers pass them longest first
+        batch: _Batch | None = None
+        while batch is not None or waiting < len(prompts):
+            live = 0 if batch is None else len(batch.prompts)
+            if waiting < len(prompts) and 4 * live <= 3 * self.rows:
+                count = min(self.rows - live, len(prompts) - waiting)
+                batch = self._join(batch, self._prefill(prompts, range(waiting, waiting + count)))
+                waiting += count
+            chosen = batch.logits.argmax(dim=-1)
+            for slot, token in enumerate(chosen.tolist()):
+                if not batch.done[slot]:
+                    tokens = outputs[batch.prompts[slot]]
+                    tokens.append(token)
+                    batch.done[slot] = self._finished(tokens, token, stopping)
+            if 4 * sum(batch.done) >= len(batch.prompts):
+                keep = [slot for slot, done in enumerate(batch.done) if not done]
+                if not keep:
+                    batch = None
+                    continue
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                batch, chosen = self._keep(batch, index), chosen[index]
+            batch = self._step(batch, chosen)
+        return outputs
+
+    def _finished(self, tokens: list[int], token: int, stopping: Stopping) -> bool:
+        if token in stopping.eos or len(tokens) >= stopping.max_new:
+            return True
+        return any(stop in self.tokenizer.decode(tokens[-lookback:]) for stop, lookback in stopping.stops)
+
+    def _prefill(self, prompts: Sequence[Sequence[int]], indices: range) -> _Batch:
+        from transformers import DynamicCache
+
+        width = max(len(prompts[i]) for i in indices)
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, index in enumerate(indices):  # left padding, as HF generation does
+            tokens = prompts[index]
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        cache = DynamicCache()
+        logits = self.forward(
+            ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+        ).logits[:, -1]
+        return _Batch(cache, mask, positions[:, -1] + 1, logits, list(indices), [False] * len(indices))
+
+    def _join(self, batch: _Batch | None, new: _Batch) -> _Batch:
+        if batch is None:
+            return new
+        width = max(batch.mask.shape[1], new.mask.shape[1])
+
+        def left_pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - tensor.shape[dim]
+            if missing == 0:
+                return tensor
+            padding = [0, 0] * (tensor.dim() - 1 - dim % tensor.dim()) + [missing, 0]
+            return F.pad(tensor, padding)
+
+        layers = [
+            (torch.cat([left_pad(k, 2), left_pad(nk, 2)]), torch.cat([left_pad(v, 2), left_pad(nv, 2)]))
+            for (k, v), (nk, nv) in zip(_layers(batch.cache), _layers(new.cache), strict=True)
+        ]
+        return _Batch(
+            _cache_from(layers),
+            torch.cat([left_pad(batch.mask, 1), left_pad(new.mask, 1)]),
+            torch.cat([batch.positions, new.positions]),
+            torch.cat([batch.logits, new.logits]),
+            batch.prompts + new.prompts,
+            batch.done + new.done,
+        )
+
+    def _keep(self, batch: _Batch, index: torch.Tensor) -> _Batch:
+        """The rows at ``index``; columns that are padding for all of them are dropped too."""
+        mask = batch.mask[index]
+        first = int(mask.any(dim=0).long().argmax())
+        layers = [(k[index, :, first:], v[index, :, first:]) for k, v in _layers(batch.cache)]
+        rows = index.tolist()
+        return _Batch(
+            _cache_from(layers),
+            mask[:, first:],
+            batch.positions[index],
+            batch.logits[index],
+            [batch.prompts[row] for row in rows],
+            [False] * len(rows),
+        )
+
+    def _step(self, batch: _Batch, chosen: torch.Tensor) -> _Batch:
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.prompts), 1))], dim=1)
+        batch.logits = self.forward(
+            chosen[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
+            past_key_values=batch.cache,
+        ).logits[:, -1]
+        batch.positions = batch.positions + 1
+        return batch
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers ``DynamicCache`` (its layout since 4.56)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
