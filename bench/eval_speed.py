@@ -32,6 +32,7 @@ from eval_tasks.harness import choose_subtasks, evaluate, hash_data_files, resol
 from eval_tasks.task_cache import TaskCache, TaskKey
 from metalora.data.root import resolve_data_root
 from metalora.models import load_model
+from metalora.provenance import package_versions
 
 
 def _sync(device: str) -> None:
@@ -142,18 +143,6 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
     return figures
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {}
-    for package in ("lm_eval", "transformers", "torch", "tokenizers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def _revision() -> str:
     try:
         return subprocess.run(
@@ -228,7 +217,7 @@ def main() -> None:
         "load_s": load_s,
         "benchmarks": results,
         "code_revision": _revision(),
-        "versions": _versions(),
+        "versions": package_versions(("lm_eval", "transformers", "torch", "tokenizers")),
     }
     totals = {
         label: sum(figures[label]["seconds"] for figures in results.values()) for label in ("stock", "fast")
