@@ -59,3 +59,14 @@ def data_root():
     from metalora.data.root import resolve_data_root
 
     return resolve_data_root(os.environ.get("MLBENCH_DATA_DIR") or SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-init Llama saved as an ordinary HF folder: what a user's --model points at."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = make_tiny_llama()
+    model.config.max_position_embeddings = 2048
+    model.save_pretrained(folder)
+    _byte_tokenizer().save_pretrained(folder)
+    return folder

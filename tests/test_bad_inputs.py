@@ -16,7 +16,6 @@ import pytest
 from typer.testing import CliRunner
 
 from metalora.cli import app
-from tests.conftest import _byte_tokenizer, make_tiny_llama
 
 
 @dataclass(frozen=True)
@@ -235,15 +234,6 @@ CASES = [
         "--out {tmp}/afile is not a folder", files={"st/keep.txt": "", "afile": "x"}),
 ]
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = make_tiny_llama()
-    model.config.max_position_embeddings = 2048
-    model.save_pretrained(folder)
-    _byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def mirror_data_root(source: Path, target: Path, replaced: dict[str, str | bytes]) -> Path:

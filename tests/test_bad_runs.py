@@ -7,22 +7,10 @@ import errno
 import os
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from metalora.cli import app
 from metalora.runs.store import RunStore
-from tests.conftest import _byte_tokenizer, make_tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = make_tiny_llama()
-    model.config.max_position_embeddings = 2048
-    model.save_pretrained(folder)
-    _byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def run_args(model: Path, data: Path, store: Path, *extra: str) -> list[str]:

@@ -21,23 +21,12 @@ from metalora.errors import MlbenchError
 from metalora.files import write_atomic
 from metalora.runs.runconfig import build_run_config
 from metalora.runs.store import RunStore
-from tests.conftest import _byte_tokenizer, make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = {"steps": 6, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
             "inner_steps": 1, "benchmarks": ["xcopa"], "eval_limit": 1, "scenario": "multilingual",
             "tasks": ["xcopa_et", "xcopa_it"], "shots": 10}
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random-init Llama saved as an ordinary HF folder: what a user's --model points at."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model = make_tiny_llama()
-    model.config.max_position_embeddings = 2048
-    model.save_pretrained(folder)
-    _byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def write_sweep(path: Path, model: Path, grid: dict, runs=()) -> Path:
