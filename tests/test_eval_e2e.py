@@ -101,7 +101,7 @@ def test_answer_only_outputs_of_a_real_model_normalise_into_the_answer_set(run):
 
 def test_the_run_records_its_provenance(run, root):
     result, _ = run
-    assert result.settings["max_gen_tokens"] == {"bbh": 64, "bbh_cot": 64, "mgsm": 64}
+    assert result.settings["max_gen_tokens"] == {"bbh": 64, "bbh_cot": 64, "heldout": 64, "mgsm": 64}  # heldout: GSM8K
     assert result.settings["subtasks"]["mgsm"] == ["en", "de", "zh"]
     assert "bbh/cot-prompts/boolean_expressions.txt" in result.data_files
     assert "xwinograd/dataset.tsv" in result.data_files
