@@ -1,4 +1,4 @@
-"""Small builders shared by the core tests."""
+"""Small builders shared by the tests."""
 
 from __future__ import annotations
 
@@ -16,3 +16,16 @@ def toy_tasks(count: int = 3, per_task: int = 20) -> list[TaskBudget]:
         ]
         tasks.append(TaskBudget(name=f"t{task}", examples=examples, held_out=[]))
     return tasks
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    """A tiny random-init Llama sized to a real tokenizer's vocabulary (the evaluation tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()

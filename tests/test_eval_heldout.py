@@ -18,7 +18,7 @@ from metalora.data.budgets import DEFAULT_FULL_CAP, MAX_SHOTS, MIN_SHOTS, draw_b
 from metalora.data.registry import HELD_OUT_COUNTS, TRAINING_TASKS, get_task
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.data.scenarios import SCENARIOS, scenario_tasks
-from tests.test_eval_harness import tiny_llama
+from tests.helpers import tiny_llama
 
 REPO = Path(__file__).parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
