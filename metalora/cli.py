@@ -391,5 +391,24 @@ def report(
     print(f"report written to {index}")
 
 
+@app.command()
+@user_errors
+def publish(
+    out: Path = typer.Option(..., "--out", help="Folder to write, e.g. results/qwen2.5-coder-1.5b."),
+    store: Path | None = StoreOption,
+    model: str | None = typer.Option(None, "--model", help="Publish only the runs of this model (as recorded)."),
+):
+    """Copy finished runs, without weights or prompts, into a committable store with its Markdown tables.
+    Example: mlbench publish --store runs --model qwen2.5-coder-1.5b --out results/qwen2.5-coder-1.5b"""
+    from reports.output import existing_store
+    from reports.publish import publish_results
+
+    done = publish_results(existing_store(store), out, model=model)
+    print(
+        f"published {done.runs} run(s) with {done.sample_files} per-item record file(s) and "
+        f"{len(done.tables)} table(s) to {done.out}; render it with: mlbench report --store {done.out}"
+    )
+
+
 if __name__ == "__main__":
     app()

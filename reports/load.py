@@ -17,6 +17,9 @@ from metalora.errors import MlbenchError
 from metalora.runs.store import RunRecord, read_run
 from reports.primary import SWEEPS_FOLDER
 
+# Folders of a store that are not runs: sweep declarations, and the Markdown tables of a published
+# store (reports/publish.py).
+NOT_RUNS = frozenset({SWEEPS_FOLDER, "tables"})
 RUN_ID = re.compile(r"^[0-9a-f]{16}$")  # also what makes a folder name safe to use in a file name
 
 
@@ -48,7 +51,7 @@ def load_store(path: Path) -> Store:
         )
     runs, skipped = [], []
     for folder in sorted(path.iterdir()):
-        if not folder.is_dir() or folder.name.startswith(".") or folder.name == SWEEPS_FOLDER:
+        if not folder.is_dir() or folder.name.startswith(".") or folder.name in NOT_RUNS:
             continue  # the SQLite index, temp folders of atomic writes, sweep declarations
         if not RUN_ID.match(folder.name):
             skipped.append(Skipped(folder.name, "not a run folder (name is not a 16-hex-digit run id)"))
