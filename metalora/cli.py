@@ -28,6 +28,24 @@ data_app = typer.Typer(help="Inspect the benchmark data root.", no_args_is_help=
 app.add_typer(data_app, name="data")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"mlbench {version('mlbench')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("mlbench (not installed: no version recorded)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Benchmark multi-task LoRA methods (MeTA-LoRA, LoRA, HydraLoRA) in low-data regimes."""
+
+
 def user_errors(command):
     """Turn an ``MlbenchError`` into one line and exit code 2; anything else is a bug and keeps its traceback."""
 
@@ -40,6 +58,11 @@ def user_errors(command):
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``: counts in messages read as English."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 def console() -> Console:
@@ -184,6 +207,22 @@ def _default_profile(device: str | None, profile: str | None, out: Console) -> s
     return "full"
 
 
+def refuse_foreign_options(given: dict) -> None:
+    """A single run with another method's option would silently ignore it: refuse, naming both."""
+    from metalora.methods import method_name
+    from metalora.runs.runconfig import foreign_method_options
+
+    foreign = foreign_method_options(given)
+    if foreign:
+        method = method_name(given.get("method") or "metalora")
+        named = ", ".join(f"--{key.replace('_', '-')} ({' and '.join(owners)})" for key, owners in foreign.items())
+        raise MlbenchError(
+            f"{plural(len(foreign), 'option')} of another method given to --method {method}, which would ignore "
+            f"{'it' if len(foreign) == 1 else 'them'}: {named}; drop {'it' if len(foreign) == 1 else 'them'} "
+            "or choose that method"
+        )
+
+
 def run(**given):
     """Train one adapter, evaluate it, store the run and print a summary.
 
@@ -198,6 +237,7 @@ def run(**given):
     out = console()
     store = given.pop("store")
     execution = execution_options(given)
+    refuse_foreign_options(given)
     given["profile"] = _default_profile(execution.device, given.get("profile"), out)
     prepared = prepare_run(build_run_config(given), execution)
     _execute([prepared], RunStore(store), execution, out)

@@ -30,10 +30,17 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec i
 )})
 
 
-def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
+def method_name(name: str) -> str:
+    """The table's name for what a person typed: case, hyphens and underscores do not matter
+    (``MeTA-LoRA``, ``METALORA`` and ``metalora`` are one method)."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in METHODS:
         raise MlbenchError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name]
+    return key
+
+
+def get_method(name: str) -> MethodSpec:
+    return METHODS[method_name(name)]
 
 
 def make_trainer(method: str, options: Mapping | None = None) -> Trainer:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from metalora.data.budgets import DEFAULT_FULL_CAP, parse_shots
 from metalora.data.scenarios import SCENARIOS, scenario_tasks
 from metalora.errors import MlbenchError
-from metalora.methods import METHODS, get_method
+from metalora.methods import METHODS, get_method, method_name
 from metalora.models import DEFAULT_MODEL, DTYPES, MODEL_ALIASES
 from metalora.options import (
     NoOptions,
@@ -34,6 +34,7 @@ from metalora.options import (
 )
 from metalora.runs.profiles import PROFILES
 from metalora.training.config import TrainConfig
+from metalora.training.trainer import check_budgets
 
 DEFAULT_BENCHMARKS = ("bbh", "mmlu")
 DEFAULT_CHECKPOINT_EVERY = 10
@@ -155,6 +156,27 @@ def check_model_name(name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _PlannedBudget:
+    """A task's budget before its data is read: only an upper bound on its size is known."""
+
+    name: str
+    examples: range
+
+
+def foreign_method_options(options: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """Options given (not None) that belong to other methods than the run's: name -> those methods.
+    ``mlbench run`` refuses them; a sweep grid may carry them across methods (its dry run says so)."""
+    method = method_name(options.get("method") or "metalora")
+    own = set(method_option_keys()[method])
+    foreign = {}
+    for key, value in options.items():
+        owners = tuple(name for name, keys in method_option_keys().items() if key in keys)
+        if value is not None and owners and key not in own:
+            foreign[key] = owners
+    return foreign
+
+
 def build_run_config(options: Mapping[str, object]) -> RunConfig:
     """Flat options -> validated, immutable ``RunConfig`` (profile defaults first, explicit options win)."""
     options = {key: value for key, value in options.items() if value is not None}
@@ -164,6 +186,8 @@ def build_run_config(options: Mapping[str, object]) -> RunConfig:
     profile_name = options.get("profile", "full")
     if profile_name not in PROFILES:
         raise MlbenchError(f"unknown profile {profile_name!r}; choose from {', '.join(PROFILES)}")
+    if "method" in options:
+        options["method"] = method_name(options["method"])
     spec = get_method(options.get("method", "metalora"))
     merged = {**PROFILES[profile_name].defaults, **spec.profile_defaults.get(profile_name, {}), **options}
     if "epochs" in options and "steps" not in options:
@@ -195,10 +219,17 @@ def build_run_config(options: Mapping[str, object]) -> RunConfig:
         raise MlbenchError("benchmarks is empty; name at least one, e.g. bbh,mmlu")
     for name in run.benchmarks:
         get_benchmark(name)
+    tasks = scenario_tasks(run.scenario, run.tasks, run.held_out_languages)
+    shots = parse_shots(run.shots) if spec.trains else None
+    if spec.trains:
+        # No task can hold more than the shots (or the full cap): what cannot fit that is refused
+        # now, before any data or model is read (the exact check on the drawn budgets follows).
+        most = run.full_cap if shots == "full" else shots
+        check_budgets(method_config, [_PlannedBudget(task, range(most)) for task in tasks])
     return replace(
         run,
-        tasks=scenario_tasks(run.scenario, run.tasks, run.held_out_languages),
-        shots=parse_shots(run.shots) if spec.trains else None,
+        tasks=tasks,
+        shots=shots,
         train=train,
         method_options=method_options,
         options=method_config,

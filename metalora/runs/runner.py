@@ -71,6 +71,21 @@ class DataCache:
         self.hasher = FileHashCache()
         self._splits: dict[tuple[DataRoot, str], TaskSplit] = {}
         self._checked: set[tuple[DataRoot, tuple[str, ...], tuple[str, ...]]] = set()
+        self._hub_checked = False
+
+    def check_hub(self) -> None:
+        """With no data root every file comes from the hub: an unusable hub is named now, before
+        any model loads, not after the training when the first benchmark is built."""
+        from metalora.data.hub import hub_unavailable_reason
+
+        if not self._hub_checked:
+            reason = hub_unavailable_reason()
+            if reason:
+                raise MlbenchError(
+                    f"no data root is set and the hub is unreachable ({reason}): pass --data-root DIR or set "
+                    "MLBENCH_DATA_DIR to a local mirror laid out like shared/data (README: Data)"
+                )
+            self._hub_checked = True
 
     def split(self, root: DataRoot, task: str) -> TaskSplit:
         if (root, task) not in self._splits:
@@ -94,6 +109,8 @@ def prepare_run(
     cache = cache or DataCache()
     config = replace(config, dtype=pick_dtype(config.dtype, pick_device(execution.device)))
     root = resolve_data_root(execution.data_root)
+    if root.is_hub:
+        cache.check_hub()
     model = model_identity(config.model)  # also checks the model's files (or the hub) before anything loads
     budgets: tuple[TaskBudget, ...] = ()
     if config.trains:
