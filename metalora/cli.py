@@ -115,7 +115,7 @@ def run_flags() -> list[inspect.Parameter]:
     return flags + execution_flags()
 
 
-def execution_flags() -> list[inspect.Parameter]:
+def execution_flags(exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     from metalora.runs.runconfig import EXECUTION_KEYS, ExecutionOptions
 
     panel = "Execution (not part of the run id)"
@@ -123,14 +123,15 @@ def execution_flags() -> list[inspect.Parameter]:
         "store", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],  # noqa: UP045
         default=typer.Option(None, "--store", help=StoreOption.help, rich_help_panel=panel),
     )
-    return option_flags(ExecutionOptions, EXECUTION_KEYS, panel) + [store]
+    names = [key for key in EXECUTION_KEYS if key not in exclude]
+    return option_flags(ExecutionOptions, names, panel) + [store]
 
 
 def execution_options(given: dict):
     """Take the execution flags out of ``given``: validated ``ExecutionOptions``."""
     from metalora.runs.runconfig import EXECUTION_KEYS, ExecutionOptions
 
-    values = {key: given.pop(key) for key in EXECUTION_KEYS}
+    values = {key: given.pop(key) for key in EXECUTION_KEYS if key in given}
     return ExecutionOptions(**{key: value for key, value in values.items() if value is not None}).validate()
 
 
@@ -181,7 +182,7 @@ def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
             )
         finally:
             progress.stop()
-        if outcomes[prepared.run_id] != "done":
+        if outcomes[prepared.run_id] not in ("done", "evaluated"):
             out.print(f"  {outcomes[prepared.run_id]}: " + (
                 "already finished, not redone" if outcomes[prepared.run_id] == "skipped" else "another worker has it"
             ), highlight=False)
@@ -261,19 +262,34 @@ def sweep(config: Path, dry_run: bool, profile: str | None, **given):
     loaded = load_sweep(config, {"profile": profile} if profile else None)
     plan = prepare_sweep(loaded, execution)
     run_store = RunStore(store)
-    done = [p for p in plan if run_store.is_done(p.run_id)]
-    out.print(f"{config}: {len(plan)} runs, {len(done)} already done, {len(plan) - len(done)} to run", highlight=False)
+    states = {p.run_id: _sweep_state(run_store, p) for p in plan}
+    done = sum(state == "done" for state in states.values())
+    evaluate = sum(state == "eval only" for state in states.values())
+    out.print(f"{config}: {len(plan)} runs, {done} already done, {len(plan) - done - evaluate} to run"
+              + (f", {evaluate} finished but to evaluate on more (no training)" if evaluate else ""), highlight=False)
     if dry_run:
         for prepared in plan:
-            status = "done" if run_store.is_done(prepared.run_id) else "to run"
-            print(f"{prepared.run_id}  {status:7s}  {describe(prepared.config)}")
+            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}")
         return
     write_sweep_record(run_store.root, loaded)
     outcomes = _execute(plan, run_store, execution, out)
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
     out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
+              f"{sum(o == 'evaluated' for o in outcomes.values())} evaluated only, "
               f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker",
               highlight=False)
+
+
+def _sweep_state(run_store, prepared) -> str:
+    """"done", "eval only" (finished, lacks some of the asked evaluation) or "to run"."""
+    from metalora.runs.evaluation import plan_evaluation, stored_results
+    from metalora.runs.runner import evaluation_request
+
+    if not run_store.is_done(prepared.run_id):
+        return "to run"
+    stored = stored_results(run_store.run_dir(prepared.run_id))
+    plan = plan_evaluation(stored, evaluation_request(prepared.config), prepared.data_hashes)
+    return "eval only" if plan.evaluate else "done"
 
 
 _SWEEP_FLAGS = [
@@ -285,6 +301,78 @@ _SWEEP_FLAGS = [
         None, help="Override every run's profile (e.g. smoke on CPU).")),
 ]
 app.command()(user_errors(with_flags(_SWEEP_FLAGS + execution_flags())(sweep)))
+
+
+def evaluate_run(run_id: str, benchmarks: str | None, eval_limit: int | None, max_gen_tokens: int | None,
+                 force: bool, **given):
+    """Evaluate a finished run's saved adapter on more benchmarks or items; never retrains.
+
+    The results join the run (eval/results.json, eval/samples, its record and the index).
+    Benchmarks it already has with these settings are kept unless --force. Options left out keep
+    the run's own; a changed --eval-limit re-evaluates all its benchmarks, so they share items.
+
+    Example: mlbench eval 3fa2 --benchmarks mgsm,xcopa
+    """
+    from metalora.runs.runner import execute_evaluation, prepare_evaluation
+    from metalora.runs.store import RunStore
+
+    out = console()
+    store = given.pop("store")
+    execution = execution_options(given)
+    run_store = RunStore(store)
+    names = tuple(name.strip() for name in benchmarks.split(",") if name.strip()) if benchmarks is not None else ()
+    if benchmarks is not None and not names:
+        raise MlbenchError("--benchmarks is empty; name at least one, e.g. bbh,mmlu")
+    prepared = prepare_evaluation(run_store, run_store.find(run_id), names, eval_limit=eval_limit,
+                                  max_gen_tokens=max_gen_tokens, force=force, execution=execution)
+    if not prepared.plan.evaluate:
+        out.print(f"run {prepared.run_id}: nothing to evaluate: {', '.join(prepared.request.benchmarks)} already "
+                  "evaluated with these settings (--force evaluates them again)", highlight=False)
+        return
+    outcome = execute_evaluation(prepared, run_store, execution,
+                                 report=lambda line: out.print(line, highlight=False))
+    if outcome == "busy":
+        raise MlbenchError(f"another process is evaluating run {prepared.run_id} now; try again when it has finished")
+    show(prepared.run_id, store=store)
+
+
+_EVAL_FLAGS = [
+    inspect.Parameter("run_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                      default=typer.Argument(..., help="A finished run's id or a unique prefix of one.")),
+    inspect.Parameter("benchmarks", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
+        None, help="Comma-separated benchmarks (default: the run's own).")),
+    inspect.Parameter("eval_limit", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+        None, help="Evaluate the first N items of each task; 0: every item (default: the run's own).")),
+    inspect.Parameter("max_gen_tokens", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+        None, help="Cap on generated tokens; 0: each benchmark's default (default: the run's own).")),
+    inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--force", help="Evaluate the named benchmarks again even where results exist.")),
+]
+app.command("eval")(user_errors(with_flags(_EVAL_FLAGS + execution_flags(exclude=("checkpoint_every",)))(evaluate_run)))
+
+
+ExportOutOption = typer.Option(None, "--out", help="Folder to write (default: the run's adapter/peft).")
+
+
+@app.command("export")
+@user_errors
+def export(
+    run_id: str = typer.Argument(..., help="A finished run's id or a unique prefix of one."),
+    out: Path | None = ExportOutOption,
+    store: Path | None = StoreOption,
+):
+    """Write a run's LoRA-family adapter in peft's format (adapter_config.json + adapter_model.safetensors).
+
+    Load it with peft.PeftModel.from_pretrained, or lm-eval: --model_args pretrained=BASE,peft=DIR.
+    Example: mlbench export 3fa2 --out my-adapter
+    """
+    from metalora.runs.runner import export_run
+    from metalora.runs.store import RunStore
+
+    run_store = RunStore(store)
+    target = export_run(run_store, run_store.find(run_id), out)
+    config = json.loads((target / "adapter_config.json").read_text())
+    print(f"{target}: peft adapter for {config['base_model_name_or_path']}")
 
 
 @app.command("ls")

@@ -166,6 +166,16 @@ class ModelSource:
         return {"name": self.name, "kind": self.kind, "path": self.path, "identity": self.identity}
 
 
+def base_model_reference(source: Mapping[str, str]) -> str:
+    """What another tool loads the base model by (peft's ``base_model_name_or_path``, lm-eval's
+    ``pretrained=``): the hub id of a hub model, else the loadable folder (a local model, or the
+    dequantized copy of a GGUF). ``source``: ``ModelSource.to_dict()`` as in env.json."""
+    if source.get("kind") in ("hub", "hf-cache"):
+        alias = MODEL_ALIASES.get(source.get("name", ""))
+        return alias.hub_id if alias and alias.hub_id else source["name"]
+    return source["path"]
+
+
 @dataclass(frozen=True)
 class ModelLocation:
     """What ``locate_model`` found, before anything is loaded, downloaded or converted.

@@ -8,8 +8,10 @@ another method is left out of that run, so one grid can mix methods. Profiles su
 explicit options override. ``build_run_config`` validates every value; ``prepare_run`` (runner)
 adds the checks that need the data. Both happen before any model is loaded.
 
-The run id hashes everything that can change a number: the resolved config and the sha256 of every
-data file the run reads. Device and evaluation batch size are recorded, not hashed.
+The run id hashes everything that defines the trained adapter: the resolved config without its
+evaluation fields (``EVALUATION_FIELDS``), the model's weights and the sha256 of every training data
+file. Evaluating a finished run on more benchmarks or items therefore keeps its id and never
+retrains (``metalora.runs.evaluation``). Device and evaluation batch size are recorded, not hashed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from metalora.training.config import TrainConfig
 from metalora.training.trainer import check_budgets
 
 DEFAULT_BENCHMARKS = ("bbh", "mmlu")
+# What a run evaluates, not what it trains: left out of the run id, so changing them adds
+# evaluations to the same run instead of training a new one.
+EVALUATION_FIELDS = ("benchmarks", "eval_limit", "max_gen_tokens")
 DEFAULT_CHECKPOINT_EVERY = 10
 
 
@@ -73,8 +78,11 @@ class RunConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
 
     def identity(self) -> dict:
-        """What defines the run's numbers; the base model ignores every training field."""
+        """What defines the trained adapter (the run id): no evaluation field; the base model
+        ignores every training field too."""
         data = self.to_dict()
+        for key in EVALUATION_FIELDS:
+            data.pop(key)
         if not self.trains:
             for key in ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario"):
                 data.pop(key)
@@ -125,8 +133,9 @@ def _plain(value):
 
 
 def run_id_for(config: RunConfig, data_hashes: Mapping[str, str], model_identity: str) -> str:
-    """The model enters by its weights' hash (``metalora.models.model_identity``), never its name: an
-    alias and the same .gguf share runs, and new weights under an old name never reuse old results."""
+    """``data_hashes``: the training data files only. The model enters by its weights' hash
+    (``metalora.models.model_identity``), never its name: an alias and the same .gguf share runs,
+    and new weights under an old name never reuse old results."""
     identity = config.identity() | {"model": model_identity}
     payload = json.dumps({"config": identity, "data": dict(sorted(data_hashes.items()))}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

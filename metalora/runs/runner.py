@@ -2,7 +2,8 @@
 
 ``build_run_config`` (runconfig) has validated every value; ``prepare_run`` adds what needs the
 data (the data root, each task's budget, the method's checks on the budgets, the data hashes and
-so the run id), all before any model is loaded. A run whose ``DONE`` exists is never redone; a run
+so the run id), all before any model is loaded. A run whose ``DONE`` exists is never retrained: asked
+for benchmarks or items it lacks, it is only evaluated (``metalora.runs.evaluation``); a run
 interrupted in training resumes from its checkpoint, and one interrupted after training reuses
 its saved adapter.
 """
@@ -19,12 +20,22 @@ from metalora.data.registry import TaskSplit, get_task
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 from metalora.methods import adapter_kinds, get_method
-from metalora.models import load_model, model_identity, pick_device, pick_dtype
+from metalora.models import base_model_reference, load_model, model_identity, pick_device, pick_dtype
 from metalora.provenance import FileHashCache, environment_record
 from metalora.runs import store as files
+from metalora.runs.evaluation import (
+    EvalPlan,
+    EvalRequest,
+    evaluation_data_hashes,
+    evaluation_lock,
+    pending_folder,
+    plan_evaluation,
+    store_evaluation,
+    stored_results,
+)
 from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
 from metalora.runs.store import RunStore
-from metalora.training.adapters import NoAdapter, load_adapter
+from metalora.training.adapters import PEFT_FILES, NoAdapter, load_adapter, no_peft_format
 from metalora.training.checkpoint import FolderCheckpointer
 from metalora.training.preflight import (
     check_sequence_length,
@@ -46,20 +57,19 @@ class PreparedRun:
     model_identity: str  # sha256 of the weights, checked again when the model loads
 
 
-def data_hashes_for(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
-    from eval_tasks.registry import get_benchmark, training_task_subtasks
-
+def training_data_hashes(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
+    """sha256 of every file training reads: these, not the evaluation's, enter the run id."""
     files_read = [name for task in (config.tasks if config.trains else ()) for name in get_task(task).files]
-    chosen = training_task_subtasks(config.benchmarks, config.tasks)
-    files_read += [
-        name
-        for benchmark in config.benchmarks
-        for subtask in chosen.get(benchmark, get_benchmark(benchmark).subtasks)
-        for name in get_benchmark(benchmark).data_files(subtask)
-    ]
     if root.is_hub:
         return {f"hub:{name}": "hub" for name in dict.fromkeys(files_read)}
     return {name: hasher(root.file(name)) for name in dict.fromkeys(files_read)}
+
+
+def data_hashes_for(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
+    """Every file the run reads, training's and the evaluation's (recorded in config.json)."""
+    return training_data_hashes(config, root, hasher) | evaluation_data_hashes(
+        config.benchmarks, config.tasks, root, hasher
+    )
 
 
 class DataCache:
@@ -129,7 +139,80 @@ def prepare_run(
     hashes = data_hashes_for(config, root, cache.hasher)
     # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
     cache.check_benchmarks(root, tuple(config.benchmarks), tuple(config.tasks))
-    return PreparedRun(config, run_id_for(config, hashes, model), root, budgets, hashes, model)
+    run_id = run_id_for(config, training_data_hashes(config, root, cache.hasher), model)
+    return PreparedRun(config, run_id, root, budgets, hashes, model)
+
+
+def evaluation_request(config: RunConfig, force: bool = False) -> EvalRequest:
+    return EvalRequest(tuple(config.benchmarks), tuple(config.tasks), config.eval_limit, config.max_gen_tokens, force)
+
+
+@dataclass(frozen=True)
+class PreparedEvaluation:
+    """A finished run to evaluate further: everything checked, no model loaded, nothing written."""
+
+    run_id: str
+    method: str
+    model: str
+    dtype: str
+    model_identity: str  # the weights it was trained on
+    request: EvalRequest
+    root: DataRoot
+    data_files: dict[str, str]  # current hashes of the requested benchmarks' files
+    plan: EvalPlan
+
+
+def prepare_evaluation(
+    store: RunStore,
+    run_id: str,
+    benchmarks: tuple[str, ...] = (),
+    *,
+    eval_limit: int | None = None,
+    max_gen_tokens: int | None = None,
+    force: bool = False,
+    execution: ExecutionOptions | None = None,
+    cache: DataCache | None = None,
+) -> PreparedEvaluation:
+    """``mlbench eval``: check a finished run, the benchmarks and the model before any work.
+    Options left None keep the run's own (its benchmarks, eval_limit, max_gen_tokens); an
+    ``eval_limit`` of 0 means every item."""
+    from eval_tasks.registry import get_benchmark
+
+    execution = execution or ExecutionOptions()
+    cache = cache or DataCache()
+    record = store.record(run_id)
+    if record.finished is None:
+        raise MlbenchError(
+            f"run {run_id} is not finished ({record.status}); finish it with 'mlbench run' or 'mlbench sweep' "
+            "first, then evaluate it"
+        )
+    config = record.config
+    benchmarks = tuple(dict.fromkeys(benchmarks or config.get("benchmarks") or ()))
+    if not benchmarks:
+        raise MlbenchError("no benchmark to evaluate; name some with --benchmarks, e.g. bbh,mmlu")
+    for name in benchmarks:
+        get_benchmark(name)
+    for key, value in (("eval_limit", eval_limit), ("max_gen_tokens", max_gen_tokens)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise MlbenchError(f"{key} must be a positive integer (0: no limit), got {value!r}")
+    limit = config.get("eval_limit") if eval_limit is None else (eval_limit or None)
+    cap = config.get("max_gen_tokens") if max_gen_tokens is None else (max_gen_tokens or None)
+    request = EvalRequest(benchmarks, tuple(config.get("tasks") or ()), limit, cap, force)
+    method = get_method(str(config.get("method")))
+    if method.trains and not (record.path / files.ADAPTER_DIR / "adapter.json").is_file():
+        raise MlbenchError(f"run {run_id} has no saved adapter in {record.path / files.ADAPTER_DIR}; run it again")
+    root = resolve_data_root(execution.data_root)
+    cache.check_benchmarks(root, benchmarks, request.tasks)
+    data_files = evaluation_data_hashes(benchmarks, request.tasks, root, cache.hasher)
+    identity = model_identity(str(config.get("model")))
+    trained_on = (record.env.get("model_source") or {}).get("identity") or identity
+    if identity != trained_on:
+        raise MlbenchError(
+            f"the weights of {config.get('model')} changed since run {run_id} was trained ({trained_on} -> "
+            f"{identity}); evaluate it with the model it was trained on"
+        )
+    return PreparedEvaluation(run_id, method.name, str(config["model"]), str(config.get("dtype", "auto")), identity,
+                              request, root, data_files, plan_evaluation(record.results, request, data_files))
 
 
 def headline_metrics(results: dict) -> dict[str, float]:
@@ -157,14 +240,21 @@ def execute_run(
     on_step: Callable[[dict, int], None] | None = None,
     task_cache=None,
 ) -> str:
-    """Run it; returns "done" (finished now), "skipped" (already done) or "busy" (another worker).
+    """Run it; returns "done" (finished now), "evaluated" (a finished run only evaluated on what it
+    lacked), "skipped" (already done) or "busy" (another worker).
 
     ``task_cache`` (an ``eval_tasks.task_cache.TaskCache``) lets a worker that runs many runs build
     each benchmark's tasks and requests once."""
     options = options or ExecutionOptions()
     run_id, config = prepared.run_id, prepared.config
     if store.is_done(run_id):
-        return "skipped"
+        request = evaluation_request(config)
+        plan = plan_evaluation(stored_results(store.run_dir(run_id)), request, prepared.data_hashes)
+        if not plan.evaluate:
+            return "skipped"
+        evaluation = PreparedEvaluation(run_id, config.method, config.model, config.dtype, prepared.model_identity,
+                                        request, prepared.root, prepared.data_hashes, plan)
+        return execute_evaluation(evaluation, store, options, report=report, task_cache=task_cache)
     device = pick_device(options.device)
     report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
     loaded = load_model(config.model, dtype=config.dtype, device=device)
@@ -219,33 +309,103 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         files.write_training_log(folder, adapter.training_log)
         adapter.save(adapter_dir)
         checkpointer.clear()
+    if config.trains and adapter.peft_format and not (folder / files.PEFT_DIR).is_dir():
+        adapter.export_peft(folder / files.PEFT_DIR, base_model_reference(loaded.source.to_dict()),
+                            loaded.source.identity)
     else:
         adapter = NoAdapter({}, {})
 
-    results_path = folder / files.RESULTS_FILE
-    if not results_path.is_file():
-        from eval_tasks.harness import evaluate
-        from eval_tasks.registry import training_task_subtasks
-
-        report(f"run {run_id}: evaluating on {', '.join(config.benchmarks)}"
+    request = evaluation_request(config)
+    plan = plan_evaluation(stored_results(folder), request, prepared.data_hashes)
+    if plan.evaluate:
+        report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
                + (f" (first {config.eval_limit} items per task)" if config.eval_limit else ""))
-        model = adapter.attach(loaded.model)
+        _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache)
+    results = json.loads((folder / files.RESULTS_FILE).read_text())
+    store.finish(run_id, headline_metrics(results))
+    report(f"run {run_id}: done")
+
+
+def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequest, plan: EvalPlan, root: DataRoot,
+                   options: ExecutionOptions, task_cache) -> dict:
+    """Evaluate ``plan.evaluate`` and commit the results to the run folder (evaluation.py)."""
+    from eval_tasks.harness import evaluate
+
+    stored = stored_results(folder)
+    with pending_folder(folder) as pending:
         result = evaluate(
-            model,
+            adapter.attach(loaded.model),
             loaded.tokenizer,
-            list(config.benchmarks),
-            data_root=prepared.root,
+            list(plan.evaluate),
+            data_root=root,
             batch_size=options.eval_batch_size,
-            limit=config.eval_limit,
-            max_gen_tokens=config.max_gen_tokens,
-            output_dir=folder / files.EVAL_DIR,
+            limit=request.eval_limit,
+            max_gen_tokens=request.max_gen_tokens,
+            output_dir=pending,
             run_label=run_id,
             merge_lora=adapter.mergeable,
-            subtasks=training_task_subtasks(config.benchmarks, config.tasks),
+            subtasks=request.subtasks(plan.evaluate),
             eval_backend=options.eval_backend,
             task_cache=task_cache,
         )
-        files.write_results(folder, result.to_json())
-    results = json.loads(results_path.read_text())
-    store.finish(run_id, headline_metrics(results))
-    report(f"run {run_id}: done")
+        return store_evaluation(folder, stored, json.loads(result.to_json()), pending, request)
+
+
+def execute_evaluation(
+    prepared: PreparedEvaluation,
+    store: RunStore,
+    options: ExecutionOptions | None = None,
+    *,
+    report: Reporter = lambda line: None,
+    task_cache=None,
+) -> str:
+    """Evaluate a finished run on what its plan lacks, with its saved adapter (never retrained).
+    Returns "evaluated", "skipped" (nothing left to do) or "busy" (another worker evaluates it)."""
+    options = options or ExecutionOptions()
+    run_id, folder = prepared.run_id, store.run_dir(prepared.run_id)
+    with evaluation_lock(folder) as mine:
+        if not mine:
+            return "busy"
+        # Planned again under the lock: another worker may have added these benchmarks meanwhile.
+        plan = plan_evaluation(stored_results(folder), prepared.request, prepared.data_files)
+        if not plan.evaluate:
+            return "skipped"
+        device = pick_device(options.device)
+        report(f"run {run_id}: evaluation only, the saved adapter is not retrained: {plan.describe()}")
+        report(f"run {run_id}: loading model {prepared.model} on {device} ({prepared.dtype})")
+        loaded = load_model(prepared.model, dtype=prepared.dtype, device=device)
+        if loaded.source.identity != prepared.model_identity:
+            raise MlbenchError(f"the weights of {prepared.model} changed since run {run_id} was trained; "
+                               "evaluate it with the model it was trained on")
+        if get_method(prepared.method).trains:
+            adapter = load_adapter(folder / files.ADAPTER_DIR, adapter_kinds())
+        else:
+            adapter = NoAdapter({}, {})
+        limit = prepared.request.eval_limit
+        report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
+               + (f" (first {limit} items per task)" if limit else ""))
+        results = _evaluate_into(folder, run_id, adapter, loaded, prepared.request, plan, prepared.root, options,
+                                 task_cache)
+        store.update_headline(run_id, headline_metrics(results))
+    report(f"run {run_id}: evaluated")
+    return "evaluated"
+
+
+def export_run(store: RunStore, run_id: str, out: Path | None = None) -> Path:
+    """A finished run's adapter in peft's format: ``out``, or the run's own ``adapter/peft``.
+    ``out`` must be new, empty, or a peft adapter folder (it is replaced as a whole)."""
+    record = store.record(run_id)
+    adapter_dir = record.path / files.ADAPTER_DIR
+    if not (adapter_dir / "adapter.json").is_file():
+        what = "is the untrained base model" if record.method == "base" else "has no saved adapter"
+        raise MlbenchError(f"run {run_id} {what}: there is no adapter to export")
+    adapter = load_adapter(adapter_dir, adapter_kinds())
+    if not adapter.peft_format:
+        raise no_peft_format(adapter.kind)
+    source = record.env.get("model_source") or {}
+    if not source:
+        raise MlbenchError(f"run {run_id} has no env.json naming its base model; it cannot be exported")
+    target = Path(out) if out is not None else record.path / files.PEFT_DIR
+    if target.exists() and (not target.is_dir() or {p.name for p in target.iterdir()} - set(PEFT_FILES)):
+        raise MlbenchError(f"{target} exists and holds other files; choose a new or empty folder for --out")
+    return adapter.export_peft(target, base_model_reference(source), source.get("identity", ""))

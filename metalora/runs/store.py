@@ -169,6 +169,14 @@ class RunStore:
                 (time.time(), json.dumps(headline), run_id),
             )
 
+    def update_headline(self, run_id: str, headline: dict) -> None:
+        """A finished run evaluated further: DONE keeps its finishing time, gains the new metrics."""
+        folder = self.run_dir(run_id)
+        done = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+        write_json(folder / DONE_FILE, {**done, "headline": dict(headline), "evaluated": now()})
+        with self._connect() as db:
+            db.execute("UPDATE runs SET headline=? WHERE run_id=?", (json.dumps(headline), run_id))
+
     def fail(self, run_id: str, error: str) -> None:
         with self._connect() as db:
             db.execute("UPDATE runs SET status='failed', error=?, owner=NULL WHERE run_id=?", (error, run_id))
@@ -207,6 +215,7 @@ class RunStore:
 CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
 ADAPTER_DIR = "adapter"
+PEFT_DIR = "adapter/peft"  # LoRA-family adapters in peft's format as well
 CHECKPOINT_DIR = "checkpoint"
 TRAINING_LOG_FILE = "training_log.jsonl"
 EVAL_DIR = "eval"

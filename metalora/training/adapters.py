@@ -3,6 +3,11 @@
 Saved as a folder: ``adapter.safetensors`` (tensors only, never pickles) and ``adapter.json`` (kind
 and shape config). ``load_adapter`` takes the kind -> class mapping (the method table's
 ``adapter_kinds()``), so loading never guesses and this layer needs no knowledge of the methods.
+
+LoRA-family adapters (LoRA, MeTA-LoRA, DoRA) are peft LoRA adapters, so ``export_peft`` also writes
+them in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``, the files
+``PeftModel.save_pretrained`` writes), for ``PeftModel.from_pretrained`` and lm-eval's
+``--model_args pretrained=BASE,peft=FOLDER``. HydraLoRA's router has no peft counterpart.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from metalora.files import atomic_folder, write_atomic
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 FORMAT_VERSION = 1
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft's save_pretrained writes
+
+
+def no_peft_format(kind: str) -> MlbenchError:
+    return MlbenchError(
+        f"a {kind} adapter has no peft format (peft has no counterpart of its layers); "
+        "it is kept in mlbench's own format in the run's adapter/ folder"
+    )
 
 
 class Adapter(ABC):
@@ -30,6 +43,7 @@ class Adapter(ABC):
 
     kind: str = ""
     mergeable: bool = False
+    peft_format: bool = False  # whether export_peft writes a peft adapter
 
     def __init__(self, config: dict, state: dict[str, torch.Tensor]):
         self.config = dict(config)
@@ -44,6 +58,10 @@ class Adapter(ABC):
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """Fold the adapter into the base weights, for faster inference."""
         raise MlbenchError(f"a {self.kind} adapter cannot be merged into the base weights; evaluate it live")
+
+    def export_peft(self, folder: str | os.PathLike, base_model: str, model_identity: str = "") -> Path:
+        """Write the adapter in peft's format (LoRA family only)."""
+        raise no_peft_format(self.kind)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write atomically: a reader never sees weights without their config or half a file."""
@@ -76,6 +94,7 @@ class LoraAdapter(Adapter):
 
     kind = "lora"
     mergeable = True
+    peft_format = True
     peft_options: ClassVar[Mapping[str, object]] = {}  # extra LoraConfig arguments of a subclass
 
     def peft_config(self):
@@ -106,6 +125,24 @@ class LoraAdapter(Adapter):
 
     def merge(self, model):
         return self.attach(model).merge_and_unload()
+
+    def export_peft(self, folder: str | os.PathLike, base_model: str, model_identity: str = "") -> Path:
+        """``adapter_config.json`` (``base_model_name_or_path`` = ``base_model``, a name or folder
+        ``from_pretrained`` loads) and ``adapter_model.safetensors``, whose metadata also names the
+        weights' hash (``model_identity``); the state dict's keys are already peft's saved keys
+        (``get_peft_model_state_dict``). Written as a whole folder."""
+        import tempfile
+
+        config = self.peft_config()
+        config.base_model_name_or_path = base_model
+        config.inference_mode = True
+        metadata = {"format": "pt", "mlbench_kind": self.kind, "mlbench_model_identity": model_identity}
+        weights = save(self.state, metadata=metadata)
+        with atomic_folder(folder) as temp, tempfile.TemporaryDirectory() as scratch:
+            config.save_pretrained(scratch)  # peft's own serialisation of its config
+            write_atomic(temp / PEFT_FILES[0], (Path(scratch) / PEFT_FILES[0]).read_bytes())
+            write_atomic(temp / PEFT_FILES[1], weights)
+        return Path(folder)
 
 
 def load_adapter(folder: str | os.PathLike, kinds: Mapping[str, type[Adapter]]) -> Adapter:
