@@ -99,9 +99,14 @@ class ExecutionOptions:
     data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
     # Equal answers up to float rounding (eval_tasks/fastlm.py); recorded in eval/results.json.
     eval_backend: str = option("fast", "fast (mlbench's FastLM, tasks built once per worker) | hflm (lm-eval's HFLM).")
+    log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
     def validate(self) -> ExecutionOptions:
         from eval_tasks.harness import EVAL_BACKENDS
+        from metalora.runs.tracking import check_tracker
+
+        if self.log_to is not None:
+            check_tracker(self.log_to)
 
         if self.eval_backend not in EVAL_BACKENDS:
             raise MlbenchError(

@@ -35,6 +35,7 @@ from metalora.runs.evaluation import (
 )
 from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
 from metalora.runs.store import RunStore
+from metalora.runs.tracking import Tracker, open_tracker
 from metalora.training.adapters import PEFT_FILES, NoAdapter, load_adapter, no_peft_format
 from metalora.training.checkpoint import FolderCheckpointer
 from metalora.training.preflight import (
@@ -266,14 +267,20 @@ def execute_run(
         return "skipped" if store.is_done(run_id) else "busy"
     folder = store.run_dir(run_id)
     try:
-        _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache)
+        tracker = open_tracker(options.log_to, run_id, folder, config.to_dict())
+        try:
+            _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache, tracker)
+        finally:
+            if tracker is not None:
+                tracker.close()
     except BaseException as error:
         store.fail(run_id, f"{type(error).__name__}: {error}")
         raise
     return "done"
 
 
-def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None) -> None:
+def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None,
+                     tracker: Tracker | None = None) -> None:
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
@@ -303,6 +310,8 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
                 store.heartbeat(run_id)
             if on_step:
                 on_step(record, total)
+            if tracker is not None:
+                tracker.log_step(record)
 
         trainer = get_method(config.method).trainer(config.options)
         adapter = trainer.fit(loaded.model, loaded.tokenizer, prepared.budgets, config.train, step_callback, checkpointer)
@@ -323,7 +332,16 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache)
     results = json.loads((folder / files.RESULTS_FILE).read_text())
     store.finish(run_id, headline_metrics(results))
+    if tracker is not None:
+        tracker.log_metrics(headline_metrics(results), _last_step(folder))
     report(f"run {run_id}: done")
+
+
+def _last_step(folder: Path) -> int:
+    """The run's last training step (0 untrained): where its final metrics are logged."""
+    log = folder / files.TRAINING_LOG_FILE
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()] if log.is_file() else []
+    return int(json.loads(lines[-1])["step"]) if lines else 0
 
 
 def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequest, plan: EvalPlan, root: DataRoot,
@@ -387,6 +405,10 @@ def execute_evaluation(
         results = _evaluate_into(folder, run_id, adapter, loaded, prepared.request, plan, prepared.root, options,
                                  task_cache)
         store.update_headline(run_id, headline_metrics(results))
+        tracker = open_tracker(options.log_to, run_id, folder, store.record(run_id).config)
+        if tracker is not None:
+            tracker.log_metrics(headline_metrics(results), _last_step(folder))
+            tracker.close()
     report(f"run {run_id}: evaluated")
     return "evaluated"
 
