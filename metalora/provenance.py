@@ -61,7 +61,16 @@ def code_revision() -> tuple[str, bool]:
         ).stdout.strip()
         return revision, bool(dirty)
     except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)", False
+        return archived_revision(), False
+
+
+def archived_revision() -> str:
+    """The commit a ``git archive`` export was made from, or says that it is unknown."""
+    from metalora._revision import ARCHIVED_REVISION
+
+    if ARCHIVED_REVISION.startswith("$Format"):
+        return "unknown (not a git checkout)"
+    return f"{ARCHIVED_REVISION} (git archive)"
 
 
 def device_description(device: str) -> str:
