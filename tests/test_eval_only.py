@@ -206,3 +206,51 @@ def test_a_run_keeps_its_adapter_in_peft_format_and_exports_it(finished_run, tmp
     refused = cli("export", run_id, "--out", tmp_path / "busy", "--store", store)
     assert refused.exit_code == 2 and "holds other files" in refused.stderr
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def _capture_evaluated_models(monkeypatch, fail_first: bool = False) -> list:
+    """Record the model each evaluation is handed (optionally failing the first evaluation)."""
+    from eval_tasks import harness
+
+    seen, real = [], harness.evaluate
+
+    def evaluate(model, *args, **kwargs):
+        seen.append(model)
+        if fail_first and len(seen) == 1:
+            raise RuntimeError("evaluation interrupted")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+    return seen
+
+
+def test_the_trained_adapter_is_what_gets_evaluated(tmp_path, tiny_model_dir, data_root, monkeypatch):
+    """HydraLoRA (no peft format) and a LoRA adapter reused after an interrupted evaluation are
+    evaluated with their adapter attached, never as the bare base model."""
+    from peft import PeftModel
+
+    from baselines.hydralora import HydraLoraLinear
+    from metalora.runs.runconfig import ExecutionOptions
+    from metalora.runs.runner import execute_run
+
+    execution = ExecutionOptions(data_root=str(data_root.path), device="cpu")
+    options = {"model": str(tiny_model_dir), "scenario": "multilingual", "tasks": "xcopa_et,xcopa_it",
+               "shots": 10, "steps": 2, "batch_size": 2, "max_seq_len": 64, "rank": 2, "eval_limit": 1,
+               "benchmarks": ("xcopa",), "profile": "full"}
+    store = RunStore(tmp_path / "store")
+
+    seen = _capture_evaluated_models(monkeypatch)
+    hydra = prepare_run(build_run_config({**options, "method": "hydralora"}), execution)
+    assert execute_run(hydra, store, execution) == "done"
+    assert any(isinstance(module, HydraLoraLinear) for module in seen[-1].modules())
+    assert not (store.run_dir(hydra.run_id) / "adapter" / "peft").exists()
+
+    seen = _capture_evaluated_models(monkeypatch, fail_first=True)
+    lora = prepare_run(build_run_config({**options, "method": "lora"}), execution)
+    with pytest.raises(RuntimeError, match="evaluation interrupted"):
+        execute_run(lora, store, execution)
+    assert (store.run_dir(lora.run_id) / "adapter" / "peft" / "adapter_config.json").is_file()
+    monkeypatch.setattr(LoraTrainer, "fit", _never_train)
+    assert execute_run(lora, store, execution) == "done"  # reuses the saved adapter
+    assert isinstance(seen[-1], PeftModel)
+    assert any(torch.count_nonzero(p) for n, p in seen[-1].named_parameters() if "lora_B" in n)

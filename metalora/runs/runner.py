@@ -318,11 +318,11 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         files.write_training_log(folder, adapter.training_log)
         adapter.save(adapter_dir)
         checkpointer.clear()
+    else:
+        adapter = NoAdapter({}, {})
     if config.trains and adapter.peft_format and not (folder / files.PEFT_DIR).is_dir():
         adapter.export_peft(folder / files.PEFT_DIR, base_model_reference(loaded.source.to_dict()),
                             loaded.source.identity)
-    else:
-        adapter = NoAdapter({}, {})
 
     request = evaluation_request(config)
     plan = plan_evaluation(stored_results(folder), request, prepared.data_hashes)
