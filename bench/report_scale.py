@@ -4,8 +4,11 @@ Builds a SYNTHETIC run store (made-up scores, for timing only: never a result) o
 in the layout metalora/store.py writes: config.json, env.json, training_log.jsonl (100 steps),
 cost.json, eval/results.json with BBH (27 tasks) and MMLU (57 subjects), per-sample records of one
 item per task (as the quick profile evaluates), and DONE. Settings vary model, method, data budget,
-learning rate and seed (5 seeds each), so the leaderboard has about N / 5 rows. Then it builds the
-report once and prints the wall time, the number of files and the bytes written.
+learning rate and seed (5 seeds each), so the leaderboard has about N / 5 rows. Then it times
+`mlbench ls` through the real CLI in a fresh interpreter (start-up included; the first call also
+builds the index from the folders, the second reads it), builds the report twice (the second build
+reuses the pages whose inputs did not change) and prints the wall times, the number of files and
+the bytes written.
 
     python bench/report_scale.py                 # 2,000 runs in a temporary folder
     python bench/report_scale.py --runs 500 --keep /tmp/scale   # keep store and site to look at
@@ -17,8 +20,10 @@ import argparse
 import gzip
 import itertools
 import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -116,6 +121,19 @@ def write_run(store: Path, number: int, point: dict, rng: random.Random) -> None
     (folder / "DONE").write_text(json.dumps({"finished": "2026-01-02T00:00:00"}))
 
 
+def time_ls(store: Path) -> float:
+    """Wall seconds of `mlbench ls --store STORE` in a new interpreter, as a person runs it."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "metalora.cli", "ls", "--store", str(store)], check=False, cwd=repo, env=env,
+                            capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0 or len(result.stdout.splitlines()) < 2:
+        raise SystemExit(f"mlbench ls failed: {result.stderr}")
+    return elapsed
+
+
 def size_of(folder: Path) -> tuple[int, int]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
@@ -137,11 +155,14 @@ def main() -> None:
             for number, point in enumerate(plan(args.runs), start=1):
                 write_run(store, number, point, rng)
             print(f"synthetic store: {args.runs} runs written in {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-        index = build_report(store, root / "site")
-        elapsed = time.perf_counter() - started
-        files, size = size_of(index.parent)
-        print(f"report over {args.runs} runs: {elapsed:.1f} s, {files} files, {size / 1e6:.1f} MB")
+        for attempt in ("first (builds the index)", "second"):
+            print(f"mlbench ls over {args.runs} runs, {attempt}: {time_ls(store):.2f} s")
+        for attempt in ("first", "second"):
+            started = time.perf_counter()
+            index = build_report(store, root / "site")
+            elapsed = time.perf_counter() - started
+            files, size = size_of(index.parent)
+            print(f"report over {args.runs} runs, {attempt} build: {elapsed:.1f} s, {files} files, {size / 1e6:.1f} MB")
         for part in sorted(index.parent.iterdir()):
             if part.is_dir():
                 count, bytes_ = size_of(part)

@@ -7,10 +7,13 @@ import inspect
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
+import typer.main
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -18,7 +21,36 @@ from rich.table import Table
 from metalora.errors import MlbenchError
 from metalora.options import option_names
 
+
+class LazyCommands(typer.core.TyperGroup):
+    """``run`` and ``sweep`` take their flags from the method table, which imports torch (seconds);
+    they are built only when invoked, so ``ls``, ``show``, ``report`` and ``--help`` start without it.
+    The command list shows them from their docstrings."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(dict.fromkeys([*LAZY_COMMANDS, *super().list_commands(ctx)]))
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
+            self.add_command(build_lazy(args[0]), args[0])
+        return super().resolve_command(ctx, args)
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:  # only listed: a stand-in with the summary
+            return typer.core.TyperCommand(name, help=inspect.getdoc(LAZY_COMMANDS[name]))
+        return super().get_command(ctx, name)
+
+
+def build_lazy(name: str):
+    """The click command of ``run`` or ``sweep``, with every flag (imports the method table)."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    flags = run_flags() + [WAIT_FLAG] if name == "run" else _SWEEP_FLAGS + execution_flags()
+    single.command(name)(user_errors(with_flags(flags)(LAZY_COMMANDS[name])))
+    return typer.main.get_command(single)
+
+
 app = typer.Typer(
+    cls=LazyCommands,
     help="Benchmark multi-task LoRA methods (MeTA-LoRA, LoRA, HydraLoRA) in low-data regimes.",
     no_args_is_help=True,
     add_completion=False,
@@ -237,15 +269,39 @@ def run(**given):
 
     out = console()
     store = given.pop("store")
+    wait = given.pop("wait")
     execution = execution_options(given)
     refuse_foreign_options(given)
     given["profile"] = _default_profile(execution.device, given.get("profile"), out)
     prepared = prepare_run(build_run_config(given), execution)
-    _execute([prepared], RunStore(store), execution, out)
+    run_store = RunStore(store)
+    _wait_for_other_worker(run_store, prepared.run_id, wait, out)
+    while _execute([prepared], run_store, execution, out)[prepared.run_id] == "busy":  # claimed meanwhile
+        _wait_for_other_worker(run_store, prepared.run_id, wait, out)
     show(prepared.run_id, store=store)
 
 
-app.command()(user_errors(with_flags(run_flags())(run)))
+WAIT_POLL_S = 2.0
+WAIT_FLAG = inspect.Parameter(
+    "wait", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, "--wait", rich_help_panel="Execution (not part of the run id)",
+                         help="When another worker is running this run, wait for it and use its result "
+                              "(default: say so and exit with code 2)."),
+)
+
+
+def _wait_for_other_worker(run_store, run_id: str, wait: bool, out: Console) -> None:
+    """Another live worker holding the run is one line and exit 2, or, with --wait, a wait until it
+    lets go (finished: its result is shown; failed or died: this process runs it)."""
+    holder = run_store.holder(run_id)
+    if holder is None:
+        return
+    line = f"run {run_id} is being run by another worker ({holder.describe()})"
+    if not wait:
+        raise MlbenchError(f"{line}; pass --wait to wait for it and use its result, or see 'mlbench ls'")
+    out.print(f"{line}; waiting for it to finish", highlight=False)
+    while run_store.holder(run_id) is not None:
+        time.sleep(WAIT_POLL_S)
 
 
 def sweep(config: Path, dry_run: bool, profile: str | None, **given):
@@ -300,7 +356,7 @@ _SWEEP_FLAGS = [
     inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
         None, help="Override every run's profile (e.g. smoke on CPU).")),
 ]
-app.command()(user_errors(with_flags(_SWEEP_FLAGS + execution_flags())(sweep)))
+LAZY_COMMANDS = {"run": run, "sweep": sweep}
 
 
 def evaluate_run(run_id: str, benchmarks: str | None, eval_limit: int | None, max_gen_tokens: int | None,
@@ -378,47 +434,128 @@ def export(
 @app.command("ls")
 @user_errors
 def list_runs(store: Path | None = StoreOption):
-    """List runs with status and headline metrics. Example: mlbench ls --store runs"""
-    from metalora.runs.store import RunStore
+    """List runs with status and headline metrics (a failed run: its reason). Example: mlbench ls --store runs"""
+    from metalora.runs.store import FAILED, RunStore
 
-    rows = RunStore(store).rows()
+    rows = RunStore(store, create=False).rows()
     if not rows:
         print("no runs yet")
         return
-    table = Table("run", "status", "method", "model", "shots", "seed", "profile", "headline")
+    lines = [("run", "status", "method", "model", "shots", "seed", "profile", "headline")]
     for row in rows:
-        headline = "  ".join(f"{k}={v:.4f}" for k, v in row.headline.items())
-        table.add_row(row.run_id, row.status, row.method or "", row.model or "", row.shots or "-",
-                      "-" if row.seed is None or row.method == "base" else str(row.seed), row.profile or "", headline)
-    Console(width=200).print(table)
+        headline = "  ".join(f"{k}={_number(v)}" for k, v in row.headline.items())
+        if row.status == FAILED:
+            headline = row.error or ""
+        lines.append((row.run_id, row.status, row.method or "", row.model or "", row.shots or "-",
+                      "-" if row.seed is None or row.method == "base" else str(row.seed), row.profile or "", headline))
+    # Plain columns: a rich table of thousands of rows takes seconds to lay out.
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]) - 1)]
+    sys.stdout.write("".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1] + "\n" for line in lines
+    ))
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 @app.command()
 @user_errors
 def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."), store: Path | None = StoreOption):
-    """Print one run: configuration, environment, metrics. Example: mlbench show 3fa2"""
+    """Print one run: status, configuration, environment, metrics. Example: mlbench show 3fa2"""
     from metalora.runs.store import RunStore
 
-    run_store = RunStore(store)
-    record = run_store.record(run_store.find(run_id))
+    run_store = RunStore(store, create=False)
+    run_id = run_store.find(run_id)
+    record = run_store.record(run_id)
+    status, reason = run_store.status(run_id)
     out = Console(width=200)
-    out.print(f"run {record.run_id}  ({'done' if record.finished is not None else 'not finished'})  {record.path}",
-              highlight=False)
+    out.print(f"run {record.run_id}  ({status}{': ' + reason if reason else ''})  {record.path}", highlight=False)
+    for problem in record.problems:  # damaged files are named, and the rest is still shown
+        out.print(f"damaged file: {problem}", highlight=False)
     out.print(json.dumps(record.config, indent=2), highlight=False)
     if record.env:
         env = record.env
+        source = env.get("model_source") if isinstance(env.get("model_source"), dict) else {}
         out.print(f"code {env.get('code_revision')}{' (dirty)' if env.get('code_dirty') else ''}; device {env.get('device')}; "
-                  f"model {env.get('model_source', {}).get('identity')}", highlight=False)
-    if record.training_log:
-        losses = [r["loss"] for r in record.training_log if r.get("loss") is not None]
+                  f"model {source.get('identity')}", highlight=False)
+    losses = [r["loss"] for r in record.training_log if isinstance(r.get("loss"), (int, float))]
+    if losses:
         out.print(f"training: {len(record.training_log)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
-    if record.results:
+    aggregates = (record.results or {}).get("aggregates")
+    if isinstance(aggregates, list):
         table = Table("benchmark", "aggregate", "metric", "value", "stderr", "items")
-        for agg in record.results["aggregates"]:
-            if agg["name"] in ("macro", "micro"):
-                stderr = "-" if agg["stderr"] is None else f"{agg['stderr']:.4f}"
-                table.add_row(agg["benchmark"], agg["name"], agg["metric"], f"{agg['value']:.4f}", stderr, str(agg["n_items"]))
+        for agg in aggregates:
+            if isinstance(agg, dict) and agg.get("name") in ("macro", "micro"):
+                stderr = "-" if agg.get("stderr") is None else _number(agg.get("stderr"))
+                table.add_row(str(agg.get("benchmark")), str(agg.get("name")), str(agg.get("metric")),
+                              _number(agg.get("value")), stderr, str(agg.get("n_items")))
         out.print(table)
+
+
+@app.command("rm")
+@user_errors
+def remove_run(
+    run_id: str = typer.Argument(..., help="A run id or a unique prefix of one."),
+    yes: bool = typer.Option(False, "--yes", help="Delete it (without --yes: only say what would be deleted)."),
+    store: Path | None = StoreOption,
+):
+    """Delete one run (its folder and index entry). Example: mlbench rm 3fa2 --yes"""
+    from metalora.runs.store import RunStore
+
+    run_store = RunStore(store, create=False)
+    run_id = run_store.find(run_id)
+    status, reason = run_store.status(run_id)
+    what = f"{run_id}  {status}{': ' + reason if reason else ''}  {run_store.run_dir(run_id)}"
+    if not yes:
+        print(f"would delete {what}\npass --yes to delete it")
+        return
+    run_store.remove(run_id)
+    print(f"deleted {what}")
+
+
+@app.command("gc")
+@user_errors
+def collect_garbage(
+    yes: bool = typer.Option(False, "--yes", help="Delete them (without --yes: only list them)."),
+    store: Path | None = StoreOption,
+):
+    """Delete failed and interrupted runs (finished and running ones stay). Example: mlbench gc --yes"""
+    from metalora.runs.store import FAILED, INTERRUPTED, RunStore
+
+    run_store = RunStore(store, create=False)
+    doomed = [row for row in run_store.rows() if row.status in (FAILED, INTERRUPTED)]
+    if not doomed:
+        print("nothing to delete: no failed or interrupted runs")
+        return
+    for row in doomed:
+        print(f"{row.run_id}  {row.status}  {row.method} shots={row.shots} seed={row.seed}"
+              + (f"  {row.error}" if row.error else ""))
+    if not yes:
+        print(f"{len(doomed)} run(s) would be deleted; pass --yes to delete them")
+        return
+    for row in doomed:
+        run_store.remove(row.run_id)
+    print(f"deleted {len(doomed)} run(s)")
+
+
+store_app = typer.Typer(help="The run store's index.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("rebuild")
+@user_errors
+def store_rebuild(store: Path | None = StoreOption):
+    """Rebuild the run index from the run folders (the source of truth). Example: mlbench store rebuild"""
+    from collections import Counter
+
+    from metalora.runs.store import RunStore
+
+    run_store = RunStore(store, create=False)
+    count = run_store.rebuild()
+    statuses = Counter(row.status for row in run_store.rows())
+    print(f"index {run_store.index_path} rebuilt from {count} run folder(s)"
+          + (": " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) if statuses else ""))
 
 
 models_app = typer.Typer(help="Built-in model aliases: list them, fetch one.")

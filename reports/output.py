@@ -23,7 +23,7 @@ from metalora.errors import MlbenchError
 from metalora.runs.store import DEFAULT_STORE, STORE_ENV
 
 MARKER = ".mlbench-report"
-LEGACY_LAYOUT = re.compile(r"^(index\.html|report\.css|runs/[^/]+\.html|plots/[^/]+\.svg|tables/[^/]+\.(csv|md|tex))$")
+LEGACY_LAYOUT = re.compile(r"^(index\.html|report\.css|\.mlbench-pages\.json|runs/[^/]+\.html|plots/[^/]+\.svg|tables/[^/]+\.(csv|md|tex))$")
 SHOWN = 3  # foreign files named in the error
 
 

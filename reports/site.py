@@ -13,6 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +26,16 @@ from markupsafe import Markup
 
 from eval_tasks.registry import BENCHMARKS
 from metalora.runs.profiles import PROFILES
+from metalora.runs.store import (
+    CONFIG_FILE,
+    COST_FILE,
+    DONE_FILE,
+    ENV_FILE,
+    FAILED_FILE,
+    RESULTS_FILE,
+    SAMPLES_DIR,
+    TRAINING_LOG_FILE,
+)
 from reports import plots, tables
 from reports.ablations import find_ablations
 from reports.answers import Collapse, collapse
@@ -32,7 +45,7 @@ from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
 from reports.cost import COST_COLUMNS, NOT_RECORDED, CostColumn, cost_text, cost_value
 from reports.load import Run, Store, load_store
-from reports.output import publish
+from reports.output import MARKER, publish
 from reports.paired import (
     DEFAULT_BOOTSTRAP,
     Comparison,
@@ -56,6 +69,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROMPT_TAIL_CHARS = 1500  # few-shot prompts repeat their exemplars; the question is at the end
 # Each page inlines only the script it needs (a few kB on each of thousands of pages).
 SCRIPTS = {"sort": "sort.js", "samples": "samples.js"}
+RUN_PAGE = re.compile(r"^runs/[0-9a-f]{16}(_[a-z0-9_]+)?\.html$")  # what a run's pages are called
 STYLE_FILE = "report.css"  # one shared stylesheet: inline in every page it cost ~2.5 kB a page
 
 
@@ -66,8 +80,52 @@ def build_report(store: Path, out: Path) -> Path:
     """
     data = load_store(Path(store))
     out = Path(out).absolute()
-    publish(out, data.path, lambda folder: Site(data, folder).write())
+    # publish() has checked that an existing ``out`` is a report this function wrote: its pages of
+    # runs whose inputs did not change are reused (hard links) instead of being rendered again.
+    previous = out if (out / MARKER).is_file() else None
+    publish(out, data.path, lambda folder: Site(data, folder, previous).write())
     return out / "index.html"
+
+
+PAGES_FILE = ".mlbench-pages.json"  # run id -> the key of its pages' inputs, the files, the notes
+_RUN_INPUTS = (CONFIG_FILE, ENV_FILE, RESULTS_FILE, DONE_FILE, FAILED_FILE, COST_FILE, TRAINING_LOG_FILE)
+
+
+def code_key() -> str:
+    """The report's own code and templates: a new version renders every page again."""
+    digest = hashlib.sha256()
+    for path in sorted([*TEMPLATES.iterdir(), *Path(__file__).resolve().parent.glob("*.py")]):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def inputs_key(run: Run, status: Status, code: str) -> str:
+    """What a run's pages are made of, by file size and modification time (nothing is read): a run
+    whose files did not change keeps its pages. The status comes from the index (running or not)."""
+    parts = [code, status.text]
+    paths = [run.path / name for name in _RUN_INPUTS]
+    samples = run.path / SAMPLES_DIR
+    if samples.is_dir():
+        paths += sorted(samples.iterdir())
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            parts.append(f"{path.name}:-")
+            continue
+        parts.append(f"{path.relative_to(run.path)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def read_pages(site: Path | None) -> dict:
+    if site is None:
+        return {}
+    try:
+        pages = json.loads((site / PAGES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return pages if isinstance(pages, dict) else {}
 
 
 def environment() -> Environment:
@@ -89,9 +147,14 @@ def script_policy(script: str) -> str:
 class Site:
     """One build: reads the loaded store, writes pages, figures and tables under ``root``."""
 
-    def __init__(self, store: Store, root: Path):
+    def __init__(self, store: Store, root: Path, previous: Path | None = None):
         self.store = store
         self.root = root
+        self.previous = previous  # the site this build replaces, whose unchanged run pages it reuses
+        self.previous_pages = read_pages(previous)
+        self.pages: dict[str, dict] = {}  # what this build writes to PAGES_FILE
+        self.code = code_key()
+        self.reused = 0
         self.env = environment()
         self.statuses = index_statuses(store.path)
         self.scripts = {
@@ -134,7 +197,7 @@ class Site:
         }
         context |= self.leaderboard(settings, comparisons)
         context |= self.figures_and_tables(settings, comparisons)
-        notes = {run.run_id: self.run_pages(run) for run in self.store.runs}
+        notes = self.all_run_pages()
         unreadable = [(run_id, problem) for run_id, note in notes.items() for problem in note.unreadable]
         collapsed = [
             {"run": run.run_id, "benchmark": benchmark, "text": found.describe(), "setting": setting.name}
@@ -143,6 +206,7 @@ class Site:
             for benchmark, found in notes[run.run_id].collapsed
         ]
         flag_collapsed(context["leaderboard"], settings, notes)
+        (self.root / PAGES_FILE).write_text(json.dumps(self.pages), encoding="utf-8")
         self.render(
             "index.html.j2", self.root / "index.html", "", unreadable=unreadable, collapsed=collapsed, **context
         )
@@ -276,8 +340,56 @@ class Site:
         sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
         return sections
 
-    def run_pages(self, run: Run) -> RunNotes:
-        """Write the run's page and its per-sample pages; returns what the index should say of them."""
+    def all_run_pages(self) -> dict[str, RunNotes]:
+        """Every run's page and per-sample pages: reused from the previous site where their inputs did
+        not change, the others rendered, by several processes when there are many; returns what the
+        index should say of them."""
+        notes, todo = {}, []
+        for run in self.store.runs:
+            key = inputs_key(run, self.status(run), self.code)
+            reused = self.reuse(run.run_id, key)
+            if reused is None:
+                todo.append((run, key))
+                continue
+            notes[run.run_id] = reused
+            self.pages[run.run_id] = pages_entry(key, self.previous_pages[run.run_id]["files"], reused)
+        for (run, key), (run_notes, files) in zip(todo, self.render_all([run for run, _ in todo])):
+            notes[run.run_id] = run_notes
+            self.pages[run.run_id] = pages_entry(key, files, run_notes)
+        return {run.run_id: notes[run.run_id] for run in self.store.runs}
+
+    def render_all(self, runs: list[Run]) -> list[tuple[RunNotes, list[str]]]:
+        workers = min(MAX_WORKERS, usable_cpus(), len(runs) // RUNS_PER_WORKER)
+        if workers < 2 or not hasattr(os, "fork"):
+            return [self.render_run_pages(run) for run in runs]
+        return render_forked(self, runs, workers)
+
+    def reuse(self, run_id: str, key: str) -> RunNotes | None:
+        """Hard-link the run's pages from the previous site when they were made from the same inputs."""
+        entry = self.previous_pages.get(run_id)
+        if self.previous is None or not isinstance(entry, dict) or entry.get("key") != key:
+            return None
+        try:
+            files = [str(name) for name in entry["files"]]
+            if not files or any(not RUN_PAGE.match(name) for name in files):
+                return None  # only names this report writes
+            notes = notes_from(entry)
+            (self.root / "runs").mkdir(exist_ok=True)
+            for name in files:
+                try:
+                    os.link(self.previous / name, self.root / name)
+                except OSError:
+                    shutil.copy2(self.previous / name, self.root / name)  # no hard links here
+        except (OSError, KeyError, TypeError, ValueError):
+            for name in entry["files"] if isinstance(entry.get("files"), list) else ():
+                if isinstance(name, str) and RUN_PAGE.match(name):
+                    (self.root / name).unlink(missing_ok=True)
+            return None
+        self.reused += 1
+        return notes
+
+    def render_run_pages(self, run: Run) -> tuple[RunNotes, list[str]]:
+        """Render the run's pages; returns what the index should say of them and the files written."""
         loss = [(key, line) for key in plots.LOSS_KEYS if (line := sparkline(plots.series(run, key)))]
         sample_pages, unreadable, collapsed = [], [], []
         for benchmark in run.sample_benchmarks():
@@ -331,7 +443,81 @@ class Site:
             sample_pages=sample_pages,
             problems=(*run.problems, *unreadable),
         )
-        return RunNotes(tuple(unreadable), tuple(collapsed))
+        files = [f"runs/{run.run_id}.html"] + [f"runs/{page['file']}" for page in sample_pages]
+        return RunNotes(tuple(unreadable), tuple(collapsed)), files
+
+
+MAX_WORKERS = 8
+RUNS_PER_WORKER = 100  # below this, starting a process costs more than it saves
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pages_entry(key: str, files: list[str], notes: RunNotes) -> dict:
+    return {
+        "key": key,
+        "files": list(files),
+        "unreadable": list(notes.unreadable),
+        "collapsed": [[benchmark, c.answer, c.count, c.total] for benchmark, c in notes.collapsed],
+    }
+
+
+def notes_from(entry: dict) -> RunNotes:
+    return RunNotes(
+        tuple(str(problem) for problem in entry["unreadable"]),
+        tuple((str(b), Collapse(str(a), int(c), int(t))) for b, a, c, t in entry["collapsed"]),
+    )
+
+
+def render_forked(site: Site, runs: list[Run], workers: int) -> list[tuple[RunNotes, list[str]]]:
+    """Render runs' pages in ``workers`` forked processes (each inherits the loaded store, so nothing
+    is pickled); each writes its share of pages and a JSON file of what it wrote. A child's disk error
+    comes back as that OSError, anything else as a RuntimeError naming the child's exception."""
+    import traceback
+
+    shares = [runs[index::workers] for index in range(workers)]
+    results = site.root / ".render"
+    results.mkdir()
+    children = []
+    for number, share in enumerate(shares):
+        pid = os.fork()
+        if pid == 0:  # the child: render, report, leave without running the parent's cleanup
+            code = 0
+            try:
+                done = [pages_entry("", files, notes) for notes, files in map(site.render_run_pages, share)]
+                outcome = {"done": done}
+            except OSError as error:
+                outcome, code = {"oserror": [error.errno, error.strerror or str(error)]}, 1
+            except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises
+                outcome, code = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}, 1
+            try:
+                (results / f"{number}.json").write_text(json.dumps(outcome), encoding="utf-8")
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    try:
+        outcomes = [json.loads((results / f"{number}.json").read_text(encoding="utf-8")) for number in range(workers)]
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"a report worker process died without a result ({error})") from None
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+    for outcome in outcomes:
+        if "oserror" in outcome:
+            raise OSError(*outcome["oserror"])
+        if "error" in outcome:
+            raise RuntimeError(f"a report worker failed: {outcome['error']}\n{outcome['trace']}")
+    by_run = {}
+    for share, outcome in zip(shares, outcomes):
+        for run, entry in zip(share, outcome["done"]):
+            by_run[run.run_id] = (notes_from(entry), entry["files"])
+    return [by_run[run.run_id] for run in runs]
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,10 @@ class Status:
 
 
 def index_statuses(store: Path) -> dict[str, tuple[str, str | None]]:
-    """Run id -> (status, error) as ``mlbench ls`` reads them from the store's index; empty when the
-    store has no index or it cannot be opened (a read-only or damaged one): the folders then decide."""
-    if not (Path(store) / "index.sqlite").is_file():
-        return {}
+    """Run id -> (status, error) as ``mlbench ls`` reads them (claims and marker files, the index
+    rebuilt where damaged); empty when the store cannot be read that way: the folders then decide."""
     try:
-        return {row.run_id: (row.status, row.error) for row in RunStore(store).rows()}
+        return {row.run_id: (row.status, row.error) for row in RunStore(store, create=False).rows()}
     except (MlbenchError, sqlite3.Error, OSError):
         return {}
 

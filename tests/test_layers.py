@@ -76,3 +76,27 @@ def test_reports_import_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"importing {result.stdout.strip()} imports torch"
+
+
+def test_cli_commands_that_read_the_store_start_without_torch(tmp_path):
+    """``ls``, ``show``, ``report`` and ``--help`` never import torch (seconds at start-up); ``run``
+    and ``sweep`` load the method table only when invoked."""
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from metalora.cli import app\n"
+        "runner = CliRunner()\n"
+        f"store, out = {str(tmp_path / 'store')!r}, {str(tmp_path / 'site')!r}\n"
+        "import os; os.makedirs(store)\n"
+        "for args in (['--help'], ['ls', '--store', store], ['show', 'abc', '--store', store], ['ls', '--help'],\n"
+        "             ['report', '--store', store, '--out', out], ['gc', '--store', store], ['store', 'rebuild', '--store', store]):\n"
+        "    result = runner.invoke(app, args)\n"
+        "    assert result.exit_code in (0, 2), (args, result.output)\n"
+        "    assert 'torch' not in sys.modules, args\n"
+        "result = runner.invoke(app, ['run', '--help'])\n"
+        "assert result.exit_code == 0 and '--inner-steps' in result.output and '--wait' in result.output\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\n"  # the check can fail: run's flags did import it

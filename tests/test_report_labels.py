@@ -193,7 +193,7 @@ def test_statuses_read_as_in_ls_and_a_failed_run_says_why(tmp_path):
         assert index.claim(rid(number), config)  # this live process holds them
     index.fail(rid(2), "training loss became NaN at step 3; lower --lr")
     words = {row.run_id: row.status for row in index.rows()}  # what mlbench ls prints
-    assert words == {rid(2): "failed", rid(3): "running"}
+    assert words == {rid(1): "done", rid(2): "failed", rid(3): "running", rid(4): "interrupted"}
     site = build_report(store, tmp_path / "site")
     html = site.read_text(encoding="utf-8")
     runs = html.split('id="runs-table"')[1]

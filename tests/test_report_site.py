@@ -140,3 +140,79 @@ def test_unreadable_run_folder_is_listed_not_fatal(tmp_path):
     (store / rid(999) / "config.json").write_text("{ not json")
     html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
     assert "Folders that could not be read" in html and rid(999) in html
+
+
+def test_a_rebuild_reuses_the_pages_of_unchanged_runs_and_renders_changed_ones(tmp_path, monkeypatch):
+    store = standard_store(tmp_path / "store")
+    index = build_report(store, tmp_path / "site")
+    pages = index.parent / "runs"
+    first = {p.name: (p.stat().st_ino, p.read_bytes()) for p in pages.iterdir()}
+    samples = [name for name in first if name.startswith(f"{rid(1)}_")]
+    assert samples and f"{rid(1)}.html" in first
+    # run 1's results change (one more byte): its pages are rendered again, every other page is reused
+    results = store / rid(1) / "eval" / "results.json"
+    results.write_text(results.read_text() + " ")
+    rendered = []
+    real = site.Site.render_run_pages
+    monkeypatch.setattr(site.Site, "render_run_pages", lambda self, run: rendered.append(run.run_id) or real(self, run))
+    build_report(store, index.parent)
+    assert rendered == [rid(1)]
+    second = {p.name: (p.stat().st_ino, p.read_bytes()) for p in pages.iterdir()}
+    assert second.keys() == first.keys()
+    for name, (inode, content) in second.items():
+        if name.startswith(rid(1)):
+            assert inode != first[name][0]
+        else:
+            assert (inode, content) == first[name]  # the same file, linked into the new site
+    html = index.read_text(encoding="utf-8")
+    assert html.count(f'href="runs/{rid(1)}.html"') >= 1
+    # a new file in a run (here a failure record): rendered again; a damaged pages file: all again
+    (store / rid(10) / "FAILED").write_text('{"error": "disk full"}')
+    rendered.clear()
+    build_report(store, index.parent)
+    assert rendered == [rid(10)]
+    (index.parent / site.PAGES_FILE).write_text("{broken")
+    rendered.clear()
+    build_report(store, index.parent)
+    assert len(rendered) == len({name.split("_")[0].removesuffix(".html") for name in first})
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    stamp = re.compile(rb"Generated [^<]* by")
+    return {str(p.relative_to(folder)): stamp.sub(b"", p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pages_rendered_by_several_processes_equal_those_of_one(tmp_path, monkeypatch):
+    store = standard_store(tmp_path / "store")
+    serial = build_report(store, tmp_path / "serial").parent
+    monkeypatch.setattr(site, "RUNS_PER_WORKER", 1)
+    monkeypatch.setattr(site, "usable_cpus", lambda: 3)
+    forked = []
+    real = site.render_forked
+    monkeypatch.setattr(site, "render_forked", lambda *args: forked.append(args[2]) or real(*args))
+    parallel = build_report(store, tmp_path / "parallel").parent
+    assert forked == [3]
+    expected, got = _tree(serial), _tree(parallel)
+    assert got.keys() == expected.keys() and ".render" not in "".join(got)
+    assert [name for name in expected if got[name] != expected[name]] == []
+
+
+def test_a_disk_error_in_a_render_process_is_one_line_and_keeps_the_previous_site(tmp_path, monkeypatch):
+    import errno
+
+    store = standard_store(tmp_path / "store")
+    index = build_report(store, tmp_path / "site")
+    before = _tree(index.parent)
+    (store / rid(1) / "DONE").touch()  # something to render again
+
+    def full(self, run):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(site, "RUNS_PER_WORKER", 1)
+    monkeypatch.setattr(site, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(site.Site, "render_run_pages", full)
+    monkeypatch.setattr(site.Site, "reuse", lambda self, run_id, key: None)
+    with pytest.raises(MlbenchError, match=r"No space left on device\); choose a writable --out"):
+        build_report(store, index.parent)
+    assert _tree(index.parent) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "store"]

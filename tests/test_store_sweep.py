@@ -93,28 +93,30 @@ def test_unwritable_store_and_full_disk_get_one_line(tmp_path, monkeypatch):
 
 def test_claims_are_exclusive_between_live_workers(tmp_path):
     store = RunStore(tmp_path)
+    import socket
     import sqlite3
+
+    from metalora.runs.store import CLAIM_FILE, process_start
 
     with sqlite3.connect(tmp_path / "index.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     config = build_run_config({"method": "lora", "shots": 10}).to_dict()
-    assert store.claim("r1", config)
-    assert store.claim("r1", config)  # the same worker may continue its own run
+    run_id = "00000000000000a1"
+    assert store.claim(run_id, config)
+    assert store.claim(run_id, config)  # the same worker may continue its own run
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        import socket
-
-        with sqlite3.connect(tmp_path / "index.sqlite") as db:
-            db.execute("UPDATE runs SET owner=? WHERE run_id='r1'", (f"{socket.gethostname()}:{sleeper.pid}",))
-        assert not store.claim("r1", config)  # a live worker holds it
+        claim = {"host": socket.gethostname(), "pid": sleeper.pid, "start": process_start(sleeper.pid), "token": "x"}
+        (tmp_path / run_id / CLAIM_FILE).write_text(json.dumps(claim))
+        assert not store.claim(run_id, config)  # a live worker holds it
         sleeper.kill()
         sleeper.wait()
-        assert store.claim("r1", config)  # its process is gone: the run is taken over
+        assert store.claim(run_id, config)  # its process is gone: the run is taken over
     finally:
         sleeper.kill()
-    store.finish("r1", {"xcopa/acc": 0.5})
-    assert not store.claim("r1", config)
-    assert [(r.run_id, r.status, r.headline) for r in store.rows()] == [("r1", "done", {"xcopa/acc": 0.5})]
+    store.finish(run_id, {"xcopa/acc": 0.5})
+    assert not store.claim(run_id, config)
+    assert [(r.run_id, r.status, r.headline) for r in store.rows()] == [(run_id, "done", {"xcopa/acc": 0.5})]
 
 
 def _sweep_process(sweep: Path, store: Path, data_root: Path) -> subprocess.Popen:

@@ -256,6 +256,8 @@ def execute_run(
         evaluation = PreparedEvaluation(run_id, config.method, config.model, config.dtype, prepared.model_identity,
                                         request, prepared.root, prepared.data_hashes, plan)
         return execute_evaluation(evaluation, store, options, report=report, task_cache=task_cache)
+    if store.holder(run_id) is not None:
+        return "busy"  # another live worker runs it: no model is loaded for nothing
     device = pick_device(options.device)
     report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
     loaded = load_model(config.model, dtype=config.dtype, device=device)
@@ -269,12 +271,16 @@ def execute_run(
     try:
         tracker = open_tracker(options.log_to, run_id, folder, config.to_dict())
         try:
-            _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache, tracker)
+            with store.holding(run_id):
+                _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache, tracker)
         finally:
             if tracker is not None:
                 tracker.close()
+    except (KeyboardInterrupt, SystemExit):
+        store.release(run_id)  # interrupted, not failed: the next run resumes it
+        raise
     except BaseException as error:
-        store.fail(run_id, f"{type(error).__name__}: {error}")
+        store.fail(run_id, str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}")
         raise
     return "done"
 
@@ -306,8 +312,6 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
             report(f"run {run_id}: resuming training after step {resumed.step}")
 
         def step_callback(record: dict) -> None:
-            if record["step"] % 10 == 0:
-                store.heartbeat(run_id)
             if on_step:
                 on_step(record, total)
             if tracker is not None:
