@@ -5,8 +5,8 @@ in the layout metalora/store.py writes: config.json, env.json, training_log.json
 cost.json, eval/results.json with BBH (27 tasks) and MMLU (57 subjects), per-sample records of one
 item per task (as the quick profile evaluates), and DONE. Settings vary model, method, data budget,
 learning rate and seed (5 seeds each), so the leaderboard has about N / 5 rows. Then it times
-`mlbench ls` through the real CLI in a fresh interpreter (start-up included; the first call also
-builds the index from the folders, the second reads it), builds the report twice (the second build
+`mlbench ls` through the real CLI in a fresh interpreter (start-up included), without an index (the
+folders are read) and with one (after `mlbench store rebuild`), builds the report twice (the second build
 reuses the pages whose inputs did not change) and prints the wall times, the number of files and
 the bytes written.
 
@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -118,20 +119,30 @@ def write_run(store: Path, number: int, point: dict, rng: random.Random) -> None
                      "tokens": 64000, "trainable_parameters": 1_600_000, "min_epochs": 1.0},
         "time": {"model_load_s": 2.0, "training_s": 60.0, "eval_s": {"bbh": 5.0, "mmlu": 5.0}, "total_s": 72.0,
                  "cpu_s": 80.0, "device_s": 70.0}}))
-    (folder / "DONE").write_text(json.dumps({"finished": "2026-01-02T00:00:00"}))
+    headline = {f"{a.benchmark}/{a.metric}": a.value for a in aggregates if a.name == "macro"}
+    (folder / "DONE").write_text(json.dumps({"finished": "2026-01-02T00:00:00", "headline": headline}))
 
 
-def time_ls(store: Path) -> float:
-    """Wall seconds of `mlbench ls --store STORE` in a new interpreter, as a person runs it."""
+def time_cli(store: Path, *command: str) -> str:
+    """Wall and CPU seconds of `mlbench COMMAND --store STORE` in a new interpreter, as a person runs
+    it (on a shared machine the CPU time is the steadier figure)."""
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "metalora.cli", "ls", "--store", str(store)], check=False, cwd=repo, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "metalora.cli", *command, "--store", str(store)], check=False,
+                            cwd=repo, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    if result.returncode != 0 or len(result.stdout.splitlines()) < 2:
-        raise SystemExit(f"mlbench ls failed: {result.stderr}")
-    return elapsed
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0 or not result.stdout:
+        raise SystemExit(f"mlbench {' '.join(command)} failed: {result.stderr}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return f"{elapsed:.2f} s wall, {cpu:.2f} s CPU"
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def size_of(folder: Path) -> tuple[int, int]:
@@ -155,14 +166,18 @@ def main() -> None:
             for number, point in enumerate(plan(args.runs), start=1):
                 write_run(store, number, point, rng)
             print(f"synthetic store: {args.runs} runs written in {time.perf_counter() - started:.1f} s")
-        for attempt in ("first (builds the index)", "second"):
-            print(f"mlbench ls over {args.runs} runs, {attempt}: {time_ls(store):.2f} s")
+        print(f"mlbench ls over {args.runs} runs, no index (folders read): {time_cli(store, 'ls')}")
+        print(f"mlbench store rebuild over {args.runs} runs: {time_cli(store, 'store', 'rebuild')}")
         for attempt in ("first", "second"):
+            print(f"mlbench ls over {args.runs} runs with the index, {attempt}: {time_cli(store, 'ls')}")
+        for attempt in ("first", "second"):
+            cpu_before = cpu_seconds()
             started = time.perf_counter()
             index = build_report(store, root / "site")
             elapsed = time.perf_counter() - started
             files, size = size_of(index.parent)
-            print(f"report over {args.runs} runs, {attempt} build: {elapsed:.1f} s, {files} files, {size / 1e6:.1f} MB")
+            print(f"report over {args.runs} runs, {attempt} build: {elapsed:.1f} s wall, "
+                  f"{cpu_seconds() - cpu_before:.1f} s CPU (with its render processes), {files} files, {size / 1e6:.1f} MB")
         for part in sorted(index.parent.iterdir()):
             if part.is_dir():
                 count, bytes_ = size_of(part)

@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -176,6 +178,8 @@ class Site:
         path.write_text(html, encoding="utf-8")
 
     def write(self) -> None:
+        self.run_keys = {run.run_id: inputs_key(run, self.status(run), self.code) for run in self.store.runs}
+        self.data_key = hashlib.sha256(json.dumps([self.code, sorted(self.run_keys.items())]).encode()).hexdigest()
         (self.root / STYLE_FILE).write_bytes((TEMPLATES / STYLE_FILE).read_bytes())
         settings = group_settings(self.store.finished)
         declared = read_primaries(self.store.path)
@@ -294,13 +298,13 @@ class Site:
 
     def figures_and_tables(self, settings: list[Setting], comparisons: list[Comparison]) -> dict:
         figures = self.root / "plots"
-        sections = {"budget_plots": plots.budget_curves(settings, figures)}
+        sections = {"budget_plots": self.plot("budget", lambda: plots.budget_curves(settings, figures))}
         heatmaps, task_files = [], {}
         for benchmark in ("bbh", "bbh_cot", "bbh_mc"):
             frame = tables.task_table(settings, benchmark)
             if frame.empty:
                 continue
-            plot = plots.task_heatmap(frame, benchmark, figures)
+            plot = self.plot(f"heatmap_{benchmark}", partial(plots.task_heatmap, frame, benchmark, figures))
             if plot:
                 heatmaps.append(plot)
             task_files[benchmark] = self.export(frame, f"tasks_{benchmark}")
@@ -312,7 +316,7 @@ class Site:
             ablations.append(
                 {
                     "title": f"{ablation.spec.title}: {ablation.model}, {ablation.shots} per task, {ablation.profile}",
-                    "plot": plots.ablation_plot(ablation, figures),
+                    "plot": self.plot(f"ablation_{ablation.slug}", partial(plots.ablation_plot, ablation, figures)),
                     "table": frame_view(
                         frame,
                         hide=("setting", "comparable", "axis"),
@@ -322,11 +326,11 @@ class Site:
                 }
             )
         sections["ablations"] = ablations
-        sections["loss_plot"] = plots.loss_overview(settings, figures)
+        sections["loss_plot"] = self.plot("loss", lambda: plots.loss_overview(settings, figures))
 
         languages = tables.language_table(settings)
         seen = tables.seen_heldout_table(settings)
-        sections["language_plots"] = plots.language_bars(languages, figures)
+        sections["language_plots"] = self.plot("languages", lambda: plots.language_bars(languages, figures))
         sections["seen_table"] = (
             None if seen.empty else frame_view(seen, hide=("setting", "comparable", "name"))
         )
@@ -346,7 +350,7 @@ class Site:
         index should say of them."""
         notes, todo = {}, []
         for run in self.store.runs:
-            key = inputs_key(run, self.status(run), self.code)
+            key = self.run_keys[run.run_id]
             reused = self.reuse(run.run_id, key)
             if reused is None:
                 todo.append((run, key))
@@ -363,6 +367,36 @@ class Site:
         if workers < 2 or not hasattr(os, "fork"):
             return [self.render_run_pages(run) for run in runs]
         return render_forked(self, runs, workers)
+
+    def plot(self, name: str, make: Callable[[], PlotValue]) -> PlotValue:
+        """A figure (or several) drawn from the store's runs: the previous site's SVG files are reused
+        when no run and no code changed (matplotlib's drawing is most of such a rebuild's time)."""
+        cached = self.previous_pages.get(PLOTS_KEY)
+        entry = cached.get(name) if isinstance(cached, dict) else None
+        if self.previous is not None and isinstance(entry, dict) and entry.get("key") == self.data_key:
+            try:
+                files = [str(file) for file in entry["files"]]
+                if any(not PLOT_FILE.match(file) for file in files):
+                    raise ValueError("not a plot file name")
+                value = decode_plots(entry["value"])
+                (self.root / "plots").mkdir(exist_ok=True)
+                for file in files:
+                    try:
+                        os.link(self.previous / file, self.root / file)
+                    except OSError:
+                        shutil.copy2(self.previous / file, self.root / file)
+                self.pages.setdefault(PLOTS_KEY, {})[name] = entry
+                return value
+            except (OSError, KeyError, TypeError, ValueError):
+                pass  # drawn again below, over any file linked already
+        folder = self.root / "plots"
+        before = set(os.listdir(folder)) if folder.is_dir() else set()
+        value = make()
+        after = set(os.listdir(folder)) if folder.is_dir() else set()
+        self.pages.setdefault(PLOTS_KEY, {})[name] = {
+            "key": self.data_key, "files": [f"plots/{file}" for file in sorted(after - before)], "value": encode_plots(value),
+        }
+        return value
 
     def reuse(self, run_id: str, key: str) -> RunNotes | None:
         """Hard-link the run's pages from the previous site when they were made from the same inputs."""
@@ -445,6 +479,27 @@ class Site:
         )
         files = [f"runs/{run.run_id}.html"] + [f"runs/{page['file']}" for page in sample_pages]
         return RunNotes(tuple(unreadable), tuple(collapsed)), files
+
+
+PLOTS_KEY = "plots"  # in PAGES_FILE beside the run ids: name -> the plot's data key, files, return value
+PLOT_FILE = re.compile(r"^plots/[A-Za-z0-9_.-]+\.svg$")
+PlotValue = plots.Plot | list[plots.Plot] | None
+
+
+def encode_plots(value: PlotValue):
+    if isinstance(value, list):
+        return [encode_plots(item) for item in value]
+    return None if value is None else {"file": value.file, "title": value.title, "description": value.description}
+
+
+def decode_plots(value) -> PlotValue:
+    if isinstance(value, list):
+        return [decode_plots(item) for item in value]
+    if value is None:
+        return None
+    if value["file"] and not PLOT_FILE.match(str(value["file"])):  # "" where there was nothing to draw
+        raise ValueError("not a plot file name")
+    return plots.Plot(str(value["file"]), str(value["title"]), str(value["description"]))
 
 
 MAX_WORKERS = 8

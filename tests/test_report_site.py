@@ -216,3 +216,26 @@ def test_a_disk_error_in_a_render_process_is_one_line_and_keeps_the_previous_sit
         build_report(store, index.parent)
     assert _tree(index.parent) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "store"]
+
+
+def test_a_rebuild_without_changes_reuses_the_figures_and_a_changed_run_redraws_them(tmp_path, monkeypatch):
+    from reports import plots
+
+    store = standard_store(tmp_path / "store")
+    index = build_report(store, tmp_path / "site")
+    figures = {p.name: p.stat().st_ino for p in (index.parent / "plots").iterdir()}
+    assert any(name.startswith("heatmap_") for name in figures) and "training_loss.svg" in figures
+    html = index.read_text(encoding="utf-8")
+    drawn = []
+    for name in ("budget_curves", "task_heatmap", "ablation_plot", "loss_overview", "language_bars"):
+        real = getattr(plots, name)
+        monkeypatch.setattr(plots, name, lambda *args, _real=real, _name=name: drawn.append(_name) or _real(*args))
+    build_report(store, index.parent)
+    assert drawn == []
+    assert {p.name: p.stat().st_ino for p in (index.parent / "plots").iterdir()} == figures
+    again = index.read_text(encoding="utf-8")
+    stamp = re.compile(r"Generated [^<]* by")
+    assert stamp.sub("", again) == stamp.sub("", html)  # the same figures, titles and descriptions
+    (store / rid(10) / "DONE").touch()
+    build_report(store, index.parent)
+    assert {"budget_curves", "task_heatmap", "loss_overview"} <= set(drawn)
