@@ -23,7 +23,7 @@ from metalora.options import option_names
 
 
 class LazyCommands(typer.core.TyperGroup):
-    """``run`` and ``sweep`` take their flags from the method table, which imports torch (seconds);
+    """``run``, ``sweep`` and ``eval`` take their flags from the method table, which imports torch (seconds);
     they are built only when invoked, so ``ls``, ``show``, ``report`` and ``--help`` start without it.
     The command list shows them from their docstrings."""
 
@@ -37,15 +37,15 @@ class LazyCommands(typer.core.TyperGroup):
 
     def get_command(self, ctx, name):
         if name in LAZY_COMMANDS and name not in self.commands:  # only listed: a stand-in with the summary
-            return typer.core.TyperCommand(name, help=inspect.getdoc(LAZY_COMMANDS[name]))
+            return typer.core.TyperCommand(name, help=inspect.getdoc(LAZY_COMMANDS[name][0]))
         return super().get_command(ctx, name)
 
 
 def build_lazy(name: str):
-    """The click command of ``run`` or ``sweep``, with every flag (imports the method table)."""
+    """The click command of ``run``, ``sweep`` or ``eval``, with every flag (imports the method table)."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    flags = run_flags() + [WAIT_FLAG] if name == "run" else _SWEEP_FLAGS + execution_flags()
-    single.command(name)(user_errors(with_flags(flags)(LAZY_COMMANDS[name])))
+    command, flags = LAZY_COMMANDS[name]
+    single.command(name)(user_errors(with_flags(flags())(command)))
     return typer.main.get_command(single)
 
 
@@ -356,7 +356,6 @@ _SWEEP_FLAGS = [
     inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
         None, help="Override every run's profile (e.g. smoke on CPU).")),
 ]
-LAZY_COMMANDS = {"run": run, "sweep": sweep}
 
 
 def evaluate_run(run_id: str, benchmarks: str | None, eval_limit: int | None, max_gen_tokens: int | None,
@@ -404,7 +403,12 @@ _EVAL_FLAGS = [
     inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--force", help="Evaluate the named benchmarks again even where results exist.")),
 ]
-app.command("eval")(user_errors(with_flags(_EVAL_FLAGS + execution_flags(exclude=("checkpoint_every",)))(evaluate_run)))
+# name -> (command, its flags): built when invoked (see LazyCommands); the flags import the method table
+LAZY_COMMANDS = {
+    "run": (run, lambda: run_flags() + [WAIT_FLAG]),
+    "sweep": (sweep, lambda: _SWEEP_FLAGS + execution_flags()),
+    "eval": (evaluate_run, lambda: _EVAL_FLAGS + execution_flags(exclude=("checkpoint_every",))),
+}
 
 
 ExportOutOption = typer.Option(None, "--out", help="Folder to write (default: the run's adapter/peft).")
