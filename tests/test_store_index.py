@@ -370,11 +370,17 @@ def test_a_run_another_worker_is_running_is_one_line_or_waited_for(tmp_path, tin
                                f"{sleeper.pid}, last heartbeat 0 s ago); pass --wait to wait for it")
     assert sorted(p.name for p in folder.iterdir()) == [CLAIM_FILE]  # nothing was loaded or written
 
-    from metalora.runs.store import write_config, write_done
+    from metalora.runs.runner import evaluation_request
+    from metalora.runs.store import write_config, write_done, write_results
+
+    request = evaluation_request(prepared.config)
+    results = {"benchmarks": ["mgsm"], "aggregates": [], "data_files": {},
+               "settings": {"limit": request.eval_limit, "max_gen_tokens": {"mgsm": request.gen_tokens("mgsm")}}}
 
     def other_worker_finishes() -> None:  # what the other worker does while this one waits
         time.sleep(1.5)
         write_config(folder, prepared.run_id, prepared.config.to_dict(), prepared.data_hashes, None)
+        write_results(folder, json.dumps(results))  # everything asked is evaluated: nothing left to do here
         write_done(folder, {"mgsm/exact_match": 0.25})
         (folder / CLAIM_FILE).unlink()
 
