@@ -119,6 +119,10 @@ class HydraLoraAdapter(Adapter):
                 params[name].copy_(tensor)
         return model.train(training)
 
+    def detach(self, attached):
+        remove_hydralora(attached)
+        return attached
+
 
 @dataclass(frozen=True)
 class HydraOptions:

@@ -2,10 +2,11 @@
 
 - Evaluation mode for the duration (dropout off), the previous mode restored afterwards.
 - A peft LoRA model is merged for the duration when asked (one matmul per layer instead of three)
-  and unmerged afterwards. Unmerging subtracts the same update, so weights come back equal up to
-  floating-point rounding; pass ``merge_lora=False`` when bit-identical weights matter after the
-  call. Adapters that cannot be merged (HydraLoRA's input-dependent router, or anything that is not
-  a peft LoRA) run live.
+  and unmerged afterwards. Unmerging subtracts the same update, which leaves the weights off by
+  floating-point rounding, so the merged base weights are copied before the merge and copied back
+  bit for bit afterwards: a worker that keeps its base model across runs (``metalora.runs.worker``)
+  hands the next run exactly the weights it loaded. Adapters that cannot be merged (HydraLoRA's
+  input-dependent router, or anything that is not a peft LoRA) run live.
 - The tokenizer's padding side (lm-eval changes it) is restored.
 
 ``model_fingerprint`` keys lm-eval's response cache: a hash of every parameter and buffer (the base
@@ -19,6 +20,8 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
 
 
 def is_mergeable_lora(model: object) -> bool:
@@ -42,6 +45,7 @@ def evaluation_state(model, tokenizer, *, merge_lora: bool) -> Iterator[bool]:
     was_training = model.training
     padding_side = getattr(tokenizer, "padding_side", None)
     merged = merge_lora and is_mergeable_lora(model)
+    originals = _base_weights(model) if merged else []
     if merged:
         model.merge_adapter()
     model.eval()
@@ -50,15 +54,30 @@ def evaluation_state(model, tokenizer, *, merge_lora: bool) -> Iterator[bool]:
     finally:
         if merged:
             model.unmerge_adapter()
+            with torch.no_grad():
+                for weight, original in originals:
+                    weight.copy_(original)
         model.train(was_training)
         if padding_side is not None:
             tokenizer.padding_side = padding_side
 
 
+def _base_weights(model) -> list:
+    """(live tensor, copy) of every weight and bias a LoRA merge writes into."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    copies = []
+    for layer in model.modules():
+        if isinstance(layer, BaseTunerLayer):
+            base = layer.get_base_layer()
+            for tensor in (getattr(base, "weight", None), getattr(base, "bias", None)):
+                if isinstance(tensor, torch.Tensor):
+                    copies.append((tensor, tensor.detach().clone()))
+    return copies
+
+
 def model_fingerprint(model, tokenizer) -> str:
     """sha256 over the model's class, parameters, buffers and the tokenizer's vocabulary."""
-    import torch
-
     digest = hashlib.sha256(type(model).__qualname__.encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):

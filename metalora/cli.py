@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -199,26 +200,19 @@ def _progress_callbacks(out: Console):
 
 
 def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
-    from eval_tasks.task_cache import TaskCache
-    from metalora.runs.runner import execute_run
+    from metalora.runs.runner import execute_runs
 
-    task_cache = TaskCache()  # built benchmark tasks and requests, shared by this worker's runs
-    outcomes = {}
-    for index, prepared in enumerate(prepared_runs, start=1):
-        out.print(f"[{index}/{len(prepared_runs)}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
+    @contextmanager
+    def around_run(index: int, total: int, prepared):
+        out.print(f"[{index}/{total}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
         on_step, progress = _progress_callbacks(out)
         try:
-            outcomes[prepared.run_id] = execute_run(
-                prepared, store, options, report=lambda line: out.print("  " + line, highlight=False), on_step=on_step,
-                task_cache=task_cache,
-            )
+            yield on_step
         finally:
             progress.stop()
-        if outcomes[prepared.run_id] not in ("done", "evaluated"):
-            out.print(f"  {outcomes[prepared.run_id]}: " + (
-                "already finished, not redone" if outcomes[prepared.run_id] == "skipped" else "another worker has it"
-            ), highlight=False)
-    return outcomes
+
+    return execute_runs(prepared_runs, store, options, report=lambda line: out.print("  " + line, highlight=False),
+                        around_run=around_run)
 
 
 def describe(config) -> str:

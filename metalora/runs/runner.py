@@ -6,12 +6,18 @@ so the run id), all before any model is loaded. A run whose ``DONE`` exists is n
 for benchmarks or items it lacks, it is only evaluated (``metalora.runs.evaluation``); a run
 interrupted in training resumes from its checkpoint, and one interrupted after training reuses
 its saved adapter.
+
+``execute_runs`` is the entry point of a worker (``mlbench run``/``sweep``, and every process a
+multi-GPU or cluster launcher starts): one ``Worker`` for the whole list, so the base model is
+loaded once per model and the benchmarks' tasks are built once, and each run only attaches,
+trains and detaches its adapter (``metalora.runs.worker``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +26,7 @@ from metalora.data.registry import TaskSplit, get_task
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 from metalora.methods import adapter_kinds, get_method
-from metalora.models import base_model_reference, load_model, model_identity, pick_device, pick_dtype
+from metalora.models import base_model_reference, model_identity, pick_device, pick_dtype
 from metalora.provenance import FileHashCache, environment_record
 from metalora.runs import store as files
 from metalora.runs.evaluation import (
@@ -45,7 +51,7 @@ from metalora.training.preflight import (
     folder_tokenizer,
     linear_module_names,
 )
-from metalora.training.trainer import check_budgets
+from metalora.training.trainer import check_budgets, preserve_requires_grad
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,38 @@ def headline_metrics(results: dict) -> dict[str, float]:
 
 
 Reporter = Callable[[str], None]
+StepReporter = Callable[[dict, int], None]
+# Per run: a context around it that yields the run's step callback (the CLI's progress bar).
+AroundRun = Callable[[int, int, PreparedRun], AbstractContextManager]
+OUTCOME_LINES = {"skipped": "skipped: already finished, not redone", "busy": "busy: another worker has it"}
+
+
+def execute_runs(
+    prepared_runs: Sequence[PreparedRun],
+    store: RunStore,
+    options: ExecutionOptions | None = None,
+    *,
+    report: Reporter = lambda line: None,
+    around_run: AroundRun | None = None,
+    worker=None,
+) -> dict[str, str]:
+    """Execute runs one after another in this process; returns run id -> outcome (``execute_run``).
+
+    One ``Worker`` (``metalora.runs.worker``; a new one unless given) serves the whole list, so
+    the base model stays loaded between runs of the same model and tasks are built once.
+    """
+    from metalora.runs.worker import Worker
+
+    worker = worker or Worker()
+    outcomes = {}
+    for index, prepared in enumerate(prepared_runs, start=1):
+        context = around_run(index, len(prepared_runs), prepared) if around_run else nullcontext()
+        with context as on_step:
+            outcome = execute_run(prepared, store, options, report=report, on_step=on_step, worker=worker)
+        outcomes[prepared.run_id] = outcome
+        if outcome in OUTCOME_LINES:
+            report(OUTCOME_LINES[outcome])
+    return outcomes
 
 
 def execute_run(
@@ -238,15 +276,18 @@ def execute_run(
     options: ExecutionOptions | None = None,
     *,
     report: Reporter = lambda line: None,
-    on_step: Callable[[dict, int], None] | None = None,
-    task_cache=None,
+    on_step: StepReporter | None = None,
+    worker=None,
 ) -> str:
     """Run it; returns "done" (finished now), "evaluated" (a finished run only evaluated on what it
     lacked), "skipped" (already done) or "busy" (another worker).
 
-    ``task_cache`` (an ``eval_tasks.task_cache.TaskCache``) lets a worker that runs many runs build
-    each benchmark's tasks and requests once."""
+    ``worker`` (a ``metalora.runs.worker.Worker``) is what a process running many runs shares
+    between them: the loaded base model and the built evaluation tasks."""
+    from metalora.runs.worker import ModelKey, Worker
+
     options = options or ExecutionOptions()
+    worker = worker or Worker(reuse_model=False)
     run_id, config = prepared.run_id, prepared.config
     if store.is_done(run_id):
         request = evaluation_request(config)
@@ -255,38 +296,50 @@ def execute_run(
             return "skipped"
         evaluation = PreparedEvaluation(run_id, config.method, config.model, config.dtype, prepared.model_identity,
                                         request, prepared.root, prepared.data_hashes, plan)
-        return execute_evaluation(evaluation, store, options, report=report, task_cache=task_cache)
+        return execute_evaluation(evaluation, store, options, report=report, worker=worker)
     if store.holder(run_id) is not None:
         return "busy"  # another live worker runs it: no model is loaded for nothing
     device = pick_device(options.device)
-    report(f"run {run_id}: loading model {config.model} on {device} ({config.dtype})")
-    loaded = load_model(config.model, dtype=config.dtype, device=device)
-    if config.trains:
-        # What needs the loaded model is checked before the claim: a refusal leaves no run behind.
-        check_target_modules(linear_module_names(loaded.model), config.train.target_modules, config.model)
-        check_sequence_length(loaded.tokenizer, prepared.budgets, config.train.max_seq_len)
-    if not store.claim(run_id, config.to_dict()):
-        return "skipped" if store.is_done(run_id) else "busy"
-    folder = store.run_dir(run_id)
+    loaded, reused = _lend_model(worker, config.model, ModelKey(prepared.model_identity, config.dtype, device), report,
+                                 run_id)
     try:
-        tracker = open_tracker(options.log_to, run_id, folder, config.to_dict())
+        if config.trains:
+            # What needs the loaded model is checked before the claim: a refusal leaves no run behind.
+            check_target_modules(linear_module_names(loaded.model), config.train.target_modules, config.model)
+            check_sequence_length(loaded.tokenizer, prepared.budgets, config.train.max_seq_len)
+        if not store.claim(run_id, config.to_dict()):
+            return "skipped" if store.is_done(run_id) else "busy"
+        folder = store.run_dir(run_id)
         try:
-            with store.holding(run_id):
-                _execute_claimed(prepared, store, folder, options, loaded, report, on_step, task_cache, tracker)
-        finally:
-            if tracker is not None:
-                tracker.close()
-    except (KeyboardInterrupt, SystemExit):
-        store.release(run_id)  # interrupted, not failed: the next run resumes it
-        raise
-    except BaseException as error:
-        store.fail(run_id, str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}")
+            tracker = open_tracker(options.log_to, run_id, folder, config.to_dict())
+            try:
+                with store.holding(run_id):
+                    _execute_claimed(prepared, store, folder, options, loaded, report, on_step, worker.task_cache,
+                                     tracker, reused)
+            finally:
+                if tracker is not None:
+                    tracker.close()
+        except (KeyboardInterrupt, SystemExit):
+            store.release(run_id)  # interrupted, not failed: the next run resumes it
+            raise
+        except BaseException as error:
+            store.fail(run_id, str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}")
+            raise
+    except BaseException:
+        worker.models.release()  # a run that stopped half-way may have left its adapter attached
         raise
     return "done"
 
 
+def _lend_model(worker, name: str, key, report: Reporter, run_id: str):
+    """The worker's loaded model for ``key`` (loaded now, or kept from an earlier run and verified)."""
+    loaded, reused = worker.models.get(name, key)
+    report(f"run {run_id}: {'reusing the loaded' if reused else 'loaded'} model {name} on {key.device} ({key.dtype})")
+    return loaded, reused
+
+
 def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None,
-                     tracker: Tracker | None = None) -> None:
+                     tracker: Tracker | None = None, reused: bool = False) -> None:
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
@@ -297,6 +350,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "model_source": loaded.source.to_dict(),
         "eval_batch_size": options.eval_batch_size,
         "eval_backend": options.eval_backend,
+        "base_model_reused": reused,  # kept loaded from an earlier run of this worker (verified unchanged)
     }
     files.write_env(folder, environment)
 
@@ -351,26 +405,37 @@ def _last_step(folder: Path) -> int:
 def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequest, plan: EvalPlan, root: DataRoot,
                    options: ExecutionOptions, task_cache) -> dict:
     """Evaluate ``plan.evaluate`` and commit the results to the run folder (evaluation.py)."""
+    stored = stored_results(folder)
+    with pending_folder(folder) as pending, preserve_requires_grad(loaded.model):
+        # Attaching freezes the base; the flags and the modules are given back as loaded.
+        model = adapter.attach(loaded.model)
+        try:
+            result = _evaluate(model, loaded.tokenizer, adapter, request, plan, root, options, pending, run_id,
+                               task_cache)
+        finally:
+            adapter.detach(model)
+        return store_evaluation(folder, stored, json.loads(result.to_json()), pending, request)
+
+
+def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, root: DataRoot,
+              options: ExecutionOptions, pending: Path, run_id: str, task_cache):
     from eval_tasks.harness import evaluate
 
-    stored = stored_results(folder)
-    with pending_folder(folder) as pending:
-        result = evaluate(
-            adapter.attach(loaded.model),
-            loaded.tokenizer,
-            list(plan.evaluate),
-            data_root=root,
-            batch_size=options.eval_batch_size,
-            limit=request.eval_limit,
-            max_gen_tokens=request.max_gen_tokens,
-            output_dir=pending,
-            run_label=run_id,
-            merge_lora=adapter.mergeable,
-            subtasks=request.subtasks(plan.evaluate),
-            eval_backend=options.eval_backend,
-            task_cache=task_cache,
-        )
-        return store_evaluation(folder, stored, json.loads(result.to_json()), pending, request)
+    return evaluate(
+        model,
+        tokenizer,
+        list(plan.evaluate),
+        data_root=root,
+        batch_size=options.eval_batch_size,
+        limit=request.eval_limit,
+        max_gen_tokens=request.max_gen_tokens,
+        output_dir=pending,
+        run_label=run_id,
+        merge_lora=adapter.mergeable,
+        subtasks=request.subtasks(plan.evaluate),
+        eval_backend=options.eval_backend,
+        task_cache=task_cache,
+    )
 
 
 def execute_evaluation(
@@ -379,11 +444,14 @@ def execute_evaluation(
     options: ExecutionOptions | None = None,
     *,
     report: Reporter = lambda line: None,
-    task_cache=None,
+    worker=None,
 ) -> str:
     """Evaluate a finished run on what its plan lacks, with its saved adapter (never retrained).
     Returns "evaluated", "skipped" (nothing left to do) or "busy" (another worker evaluates it)."""
+    from metalora.runs.worker import ModelKey, Worker
+
     options = options or ExecutionOptions()
+    worker = worker or Worker(reuse_model=False)
     run_id, folder = prepared.run_id, store.run_dir(prepared.run_id)
     with evaluation_lock(folder) as mine:
         if not mine:
@@ -394,8 +462,8 @@ def execute_evaluation(
             return "skipped"
         device = pick_device(options.device)
         report(f"run {run_id}: evaluation only, the saved adapter is not retrained: {plan.describe()}")
-        report(f"run {run_id}: loading model {prepared.model} on {device} ({prepared.dtype})")
-        loaded = load_model(prepared.model, dtype=prepared.dtype, device=device)
+        key = ModelKey(prepared.model_identity, prepared.dtype, device)
+        loaded, _ = _lend_model(worker, prepared.model, key, report, run_id)
         if loaded.source.identity != prepared.model_identity:
             raise MlbenchError(f"the weights of {prepared.model} changed since run {run_id} was trained; "
                                "evaluate it with the model it was trained on")
@@ -406,8 +474,12 @@ def execute_evaluation(
         limit = prepared.request.eval_limit
         report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
                + (f" (first {limit} items per task)" if limit else ""))
-        results = _evaluate_into(folder, run_id, adapter, loaded, prepared.request, plan, prepared.root, options,
-                                 task_cache)
+        try:
+            results = _evaluate_into(folder, run_id, adapter, loaded, prepared.request, plan, prepared.root, options,
+                                     worker.task_cache)
+        except BaseException:
+            worker.models.release()
+            raise
         store.update_headline(run_id, headline_metrics(results))
         tracker = open_tracker(options.log_to, run_id, folder, store.record(run_id).config)
         if tracker is not None:

@@ -55,6 +55,12 @@ class Adapter(ABC):
         """Return ``model`` with the adapter live (the base module is modified in place), in the
         train/eval mode ``model`` was in: newly built adapter layers (their dropout) follow it."""
 
+    @abstractmethod
+    def detach(self, attached: torch.nn.Module) -> torch.nn.Module:
+        """Undo ``attach``: take the adapter layers out of what ``attach`` returned and return the
+        base model with its own modules (its weights were never changed), so a worker can attach
+        the next run's adapter to the same loaded model."""
+
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """Fold the adapter into the base weights, for faster inference."""
         raise MlbenchError(f"a {self.kind} adapter cannot be merged into the base weights; evaluate it live")
@@ -84,6 +90,9 @@ class NoAdapter(Adapter):
 
     def attach(self, model):
         return model
+
+    def detach(self, attached):
+        return attached
 
     def merge(self, model):
         return model
@@ -122,6 +131,9 @@ class LoraAdapter(Adapter):
                 f"adapter does not fit this model: {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"
             )
         return peft_model.train(training)
+
+    def detach(self, attached):
+        return attached.unload()  # the adapter layers out, nothing merged into the base
 
     def merge(self, model):
         return self.attach(model).merge_and_unload()
