@@ -3,7 +3,11 @@
 Both run the very same requests (built once from the project's lm-eval tasks) at the same batch
 size on the same model. Per benchmark it prints the items (documents) per second of each, their
 ratio, the largest |difference| of a request's log-likelihood, how often is_greedy and each item's
-predicted option agree, and how often greedy generations are identical. With ``--end-to-end`` it
+predicted option agree, and how often greedy generations are identical. The same agreement figures
+are given for stock HFLM against itself at another batch size (``--noise-batch-size``, default
+half): the noise floor, what a batch-shape change alone does in bfloat16. Generative benchmarks
+also run FastLM with HFLM's static batches (``static_generation``), whose forwards have HFLM's
+shapes exactly. With ``--end-to-end`` it
 also times the whole ``eval_tasks.harness.evaluate`` call (task building included) for the stock
 backend, the fast backend with an empty task cache, and again with the cache filled. A JSON of all
 figures goes to ``--out``.
@@ -71,9 +75,37 @@ def _predictions(requests, answers) -> dict:
     return {key: index for key, (_, index) in best.items()}
 
 
-def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1) -> dict:
+def agreement(method: str, requests, first, second) -> dict:
+    """How far two sets of answers to the same requests are apart."""
+    if method == "loglikelihood":
+        deltas = [abs(a[0] - b[0]) for a, b in zip(first, second, strict=True)]
+        greedy = sum(a[1] == b[1] for a, b in zip(first, second, strict=True))
+        first_pred, second_pred = _predictions(requests, first), _predictions(requests, second)
+        return {
+            "max_abs_delta_loglik": max(deltas),
+            "mean_abs_delta_loglik": sum(deltas) / len(deltas),
+            "is_greedy_agreement": greedy / len(requests),
+            "prediction_agreement": sum(first_pred[k] == second_pred[k] for k in first_pred) / len(first_pred),
+        }
+    same = sum(a == b for a, b in zip(first, second, strict=True))
+    return {"generation_agreement": same / len(requests)}
+
+
+def _describe(figures: dict) -> str:
+    if "generation_agreement" in figures:
+        return f"generations identical {100 * figures['generation_agreement']:.1f}%"
+    return (f"max |dLL| {figures['max_abs_delta_loglik']:.2e}, is_greedy agree "
+            f"{100 * figures['is_greedy_agreement']:.1f}%, prediction agree {100 * figures['prediction_agreement']:.1f}%")
+
+
+def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1,
+                     other_batch=None, exact_fast=None) -> dict:
     """Stock and fast alternately ``repeat`` times (median seconds: a shared machine is noisy);
-    each fast run starts with an empty tokenization memo, as the first run of a worker does."""
+    each fast run starts with an empty tokenization memo, as the first run of a worker does.
+
+    ``other_batch`` (stock HFLM at another batch size) measures the noise floor: how often the
+    stock path disagrees with itself when only the batch shapes change. ``exact_fast`` (a FastLM
+    whose generation keeps HFLM's batches) shows what is left when the shapes are HFLM's."""
     kind = requests[0].request_type
     method = "loglikelihood" if kind == "loglikelihood" else "generate_until"
     kwargs = {"disable_tqdm": True}
@@ -99,31 +131,32 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
         "fast": {"seconds": fast_s, "items_per_s": items / fast_s, "peak_bytes": fast_peak},
         "speedup": stock_s / fast_s,
     }
-    if method == "loglikelihood":
-        deltas = [abs(a[0] - b[0]) for a, b in zip(stock_answers, fast_answers, strict=True)]
-        greedy = sum(a[1] == b[1] for a, b in zip(stock_answers, fast_answers, strict=True))
-        stock_pred, fast_pred = _predictions(requests, stock_answers), _predictions(requests, fast_answers)
-        figures |= {
-            "max_abs_delta_loglik": max(deltas),
-            "mean_abs_delta_loglik": sum(deltas) / len(deltas),
-            "is_greedy_agreement": greedy / len(requests),
-            "prediction_agreement": sum(stock_pred[k] == fast_pred[k] for k in stock_pred) / len(stock_pred),
-        }
-    else:
-        same = sum(a == b for a, b in zip(stock_answers, fast_answers, strict=True))
-        figures["generation_agreement"] = same / len(requests)
+    figures |= agreement(method, requests, stock_answers, fast_answers)
     print(
         f"{name:>10} {method:>14}: {items:6d} items {len(requests):6d} requests | stock "
         f"{figures['stock']['items_per_s']:9.2f} items/s | fast {figures['fast']['items_per_s']:9.2f} items/s | "
-        f"x{figures['speedup']:.2f} | "
-        + (
-            f"max |dLL| {figures['max_abs_delta_loglik']:.2e}, is_greedy agree "
-            f"{100 * figures['is_greedy_agreement']:.1f}%, prediction agree {100 * figures['prediction_agreement']:.1f}%"
-            if method == "loglikelihood"
-            else f"generations identical {100 * figures['generation_agreement']:.1f}%"
-        ),
+        f"x{figures['speedup']:.2f} | fast vs stock: {_describe(figures)}",
         flush=True,
     )
+    if other_batch is not None:
+        answers, seconds, peak = _timed(device, lambda: getattr(other_batch, method)(requests, **kwargs))
+        floor = agreement(method, requests, stock_answers, answers)
+        figures["noise_floor"] = {
+            "batch_size": other_batch.batch_size,
+            "seconds": seconds,
+            "items_per_s": items / seconds,
+            "stock_vs_stock": floor,
+            "fast_vs_stock": agreement(method, requests, fast_answers, answers),
+        }
+        print(f"{'':>10} noise floor, stock batch {stock.batch_size} vs stock batch {other_batch.batch_size}: "
+              f"{_describe(floor)} (fast vs the latter: {_describe(figures['noise_floor']['fast_vs_stock'])})",
+              flush=True)
+    if exact_fast is not None and method == "generate_until":
+        answers, seconds, peak = _timed(device, lambda: exact_fast.generate_until(requests, **kwargs))
+        figures["fast_static"] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak}
+        figures["fast_static"] |= agreement(method, requests, stock_answers, answers)
+        print(f"{'':>10} fast with HFLM's static batches: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f} | "
+              f"vs stock: {_describe(figures['fast_static'])}", flush=True)
     return figures
 
 
@@ -183,6 +216,11 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--repeat", type=int, default=1, help="alternate stock/fast runs; median time")
+    parser.add_argument("--noise-batch-size", type=int, default=None,
+                        help="also run stock HFLM at this batch size (default: half of --batch-size; 0: skip) "
+                             "to measure how often a batch-shape change alone changes answers")
+    parser.add_argument("--no-static", action="store_true",
+                        help="skip FastLM with HFLM's static generation batches")
     parser.add_argument("--end-to-end", action="store_true", help="also time whole evaluate() calls")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
@@ -209,6 +247,10 @@ def main() -> None:
     def make_fast() -> FastLM:
         return FastLM(model, tokenizer, args.batch_size)
 
+    noise_batch = args.batch_size // 2 if args.noise_batch_size is None else args.noise_batch_size
+    other_batch = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=noise_batch) if noise_batch >= 1 else None
+    exact_fast = None if args.no_static else FastLM(model, tokenizer, args.batch_size, static_generation=True)
+
     cache = TaskCache()
     results = {}
     for spec in specs:
@@ -221,7 +263,8 @@ def main() -> None:
         print(
             f"{spec.name:>10}: built {len(requests)} requests in {build_s:.1f} s ({len(requests) / build_s:.0f}/s)"
         )
-        results[spec.name] = compare_requests(spec.name, requests, stock, make_fast, device, args.repeat) | {
+        results[spec.name] = compare_requests(spec.name, requests, stock, make_fast, device, args.repeat,
+                                              other_batch, exact_fast) | {
             "build_s": build_s
         }
 
@@ -236,6 +279,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "limit": args.limit,
         "repeat": args.repeat,
+        "noise_batch_size": noise_batch or None,
         "max_gen_tokens": args.max_gen_tokens,
         "load_s": load_s,
         "benchmarks": results,

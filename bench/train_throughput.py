@@ -1,42 +1,114 @@
-"""Training throughput of the three methods, measured side by side in one process.
+"""Training throughput of every method, side by side in one process, with MeTA-LoRA / LoRA ratios.
 
-Prints one JSON line per method: tokens per second (non-padding tokens through a forward and
-backward pass, counting every inner and query pass of MeTA-LoRA; ``metalora:batched`` reuses the sequential
-run's count, so list it after ``metalora``), seconds per optimizer step,
-and peak GPU memory. Use on the GPU machine for absolute figures; on CPU only the ratios mean
-anything.
+One JSON line per method, then one summary line (``"summary": true``) with the ratios the issue's
+targets are stated in (MeTA-LoRA examples/s >= 0.9x LoRA's, peak memory <= 1.5x):
 
-    python bench/train_throughput.py --model smollm2-135m --steps 20 --shots 50
-    python bench/train_throughput.py --shape 1b --steps 10     # random-init Llama of ~1B parameters
+- ``examples_per_s``: distinct training examples an optimizer step consumes, per second (LoRA and
+  HydraLoRA: the batch; MeTA-LoRA: tasks x (support + query) per meta-iteration).
+- ``example_passes_per_s``: forward+backward passes over examples per second (MeTA-LoRA counts
+  each of its k inner steps on the support set again).
+- ``tokens_per_s``: non-padding tokens through forward passes per second (counted from the
+  attention mask; the batched inner loop runs without one under vmap, so ``metalora:batched``
+  takes the sequential run's count: same seed, same episodes; list it after ``metalora``).
+- ``peak_memory_gib``: the device's peak allocated memory during that method's training.
+
+Steps after the first ``--warmup`` are timed (kernel selection and the allocator warm up first).
+A method that runs out of device memory is reported as ``"error": "out of memory"``; the others
+still run. Every method trains its own fresh adapter on the same base model.
+
+``--shape`` trains a random-init Llama of that shape instead of loaded weights, created directly
+on the device in the run's dtype (no CPU initialisation: a 7B model would take minutes there). Its
+vocabulary may be smaller than the tokenizer's; token ids are then taken modulo the vocabulary,
+which keeps every example's true length. ``--seq-len N`` lengthens every prompt (repeating it) and
+cuts it from the left so that every example is exactly N tokens. ``--gradient-checkpointing``
+recomputes activations in the backward pass (the ``TrainConfig`` option of the same name where it
+exists, else the model's own switch).
+
+    python bench/train_throughput.py                                  # SmolLM2-135M, real 50-shot data
+    python bench/train_throughput.py --shape 7b --seq-len 512 --steps 4 --gradient-checkpointing
+    python bench/train_throughput.py --shape tiny --steps 3 --device cpu   # a smoke run on CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import time
 
 import torch
 
-from metalora.data.budgets import load_budgets
+from metalora.data.budgets import TaskBudget, load_budgets
 from metalora.data.root import resolve_data_root
 from metalora.data.scenarios import scenario_tasks
-from metalora.methods import make_trainer
+from metalora.methods import get_method, make_trainer
 from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
+from metalora.provenance import package_versions
 from metalora.training.config import TrainConfig
 
-SHAPES = {  # Llama shapes for random-init throughput runs (no weights needed)
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
+SHAPES = {  # Llama shapes for random-init throughput runs (no weights needed); vocab None: the tokenizer's
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": None},
+    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+             "num_key_value_heads": 3, "vocab_size": None},
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": None},
+    # Llama-2-7B: 4096 hidden, 11008 MLP, 32 layers, 32 heads (no grouped KV), 32000 vocabulary.
+    "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32, "vocab_size": 32000},
 }
+TARGETS = {"examples_per_s": 0.9, "peak_memory": 1.5}  # metalora / lora: at least, at most
 
 
-def random_model(shape: str, tokenizer, dtype, device):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_model(shape: str, vocab_size: int, dtype: torch.dtype, device: str):
+    """A random-init Llama allocated and initialised on ``device`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, **SHAPES[shape])
+    settings = dict(SHAPES[shape])
+    settings["vocab_size"] = settings["vocab_size"] or vocab_size
+    config = LlamaConfig(max_position_embeddings=4096, **settings)
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+class ModuloTokenizer:
+    """A tokenizer whose ids are taken modulo a smaller vocabulary (random-init shapes only)."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self._tokenizer, self._vocab = tokenizer, vocab_size
+
+    def __call__(self, text, **kwargs):
+        encoded = self._tokenizer(text, **kwargs)
+        return {"input_ids": [token % self._vocab for token in encoded["input_ids"]]}
+
+    @property
+    def eos_token_id(self):
+        eos = self._tokenizer.eos_token_id
+        return None if eos is None else eos % self._vocab
+
+    @property
+    def pad_token_id(self):
+        return self._tokenizer.pad_token_id % self._vocab
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def lengthen(budgets: list[TaskBudget], tokenizer, seq_len: int) -> list[TaskBudget]:
+    """Every example's prompt repeated until prompt + target reach ``seq_len`` tokens (the
+    trainers then cut the prompt from the left to exactly ``seq_len``)."""
+    longer = []
+    for budget in budgets:
+        examples = []
+        for example in budget.examples:
+            have = len(tokenizer(example.prompt + example.target)["input_ids"])
+            repeats = -(-seq_len // max(1, have)) + 1
+            examples.append(dataclasses.replace(example, prompt=example.prompt * repeats))
+        longer.append(dataclasses.replace(budget, examples=examples))
+    return longer
 
 
 class TokenCounter:
@@ -44,7 +116,7 @@ class TokenCounter:
 
     def __init__(self, model):
         self.tokens = 0
-        self.original = model.forward
+        self.model, self.original = model, model.forward
 
         def counting_forward(*args, **kwargs):
             mask = kwargs.get("attention_mask")
@@ -54,70 +126,149 @@ class TokenCounter:
 
         model.forward = counting_forward
 
+    def remove(self) -> None:
+        self.model.forward = self.original
+
+
+def per_step_examples(method: str, options, batch_size: int, tasks: int) -> tuple[int, int]:
+    """(distinct examples, example passes) of one optimizer step."""
+    if method != "metalora":
+        return batch_size, batch_size
+    count = options.tasks_per_iteration or tasks
+    support_passes = options.support_size * options.effective_inner_steps
+    query = options.query_size if options.variant not in ("reptile", "phase1_only") else 0
+    return count * (options.support_size + options.query_size), count * (support_passes + query)
+
+
+def train_config(args) -> TrainConfig:
+    values = {"steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.seq_len or args.max_seq_len,
+              "lr": 1e-4}
+    if "gradient_checkpointing" in {field.name for field in dataclasses.fields(TrainConfig)}:
+        values["gradient_checkpointing"] = args.gradient_checkpointing
+    return TrainConfig(**values)
+
+
+def measure(method: str, model, tokenizer, budgets, args, device: str, counted: dict) -> dict:
+    name, _, inner_loop = method.partition(":")
+    trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
+    config = train_config(args)
+    native_checkpointing = hasattr(config, "gradient_checkpointing")
+    if args.gradient_checkpointing and not native_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    times: list[float] = []
+    last = [0.0]
+
+    def on_step(record, *_):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    counter = TokenCounter(model)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    record = {"method": method}
+    try:
+        last[0] = time.perf_counter()
+        adapter = trainer.fit(model, tokenizer, budgets, config, on_step)
+    except torch.cuda.OutOfMemoryError:
+        return record | {"error": "out of memory"}
+    finally:
+        counter.remove()
+        if args.gradient_checkpointing and not native_checkpointing:
+            model.gradient_checkpointing_disable()
+    timed = times[args.warmup:] if len(times) > args.warmup else times
+    step_s = sum(timed) / len(timed)
+    tokens = (counter.tokens / len(times)) if counter.tokens else counted.get(name, float("nan"))
+    counted.setdefault(name, tokens)
+    examples, passes = per_step_examples(name, trainer.options, args.batch_size, len(budgets))
+    return record | {
+        "steps": len(times), "timed_steps": len(timed), "seconds_per_step": round(step_s, 4),
+        "examples_per_step": examples, "example_passes_per_step": passes, "tokens_per_step": tokens,
+        "examples_per_s": round(examples / step_s, 2), "example_passes_per_s": round(passes / step_s, 2),
+        "tokens_per_s": round(tokens / step_s, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda") else None,
+        "final_loss": round(adapter.training_log[-1]["loss"], 4),
+    }
+
+
+def ratios(results: dict[str, dict]) -> dict:
+    lora = results.get("lora", {})
+    out = {}
+    for method, figures in results.items():
+        if not method.startswith("metalora") or "error" in figures or "error" in lora or not lora:
+            continue
+        entry = {"examples_per_s": figures["examples_per_s"] / lora["examples_per_s"],
+                 "tokens_per_s": figures["tokens_per_s"] / lora["tokens_per_s"]}
+        if figures["peak_memory_gib"] and lora["peak_memory_gib"]:
+            entry["peak_memory"] = figures["peak_memory_gib"] / lora["peak_memory_gib"]
+        # Unknown without a device memory figure (CPU): no verdict rather than a wrong one.
+        entry["meets_targets"] = (entry["examples_per_s"] >= TARGETS["examples_per_s"]
+                                  and entry["peak_memory"] <= TARGETS["peak_memory"]) if "peak_memory" in entry else None
+        out[f"{method}/lora"] = {key: round(value, 3) if isinstance(value, float) else value
+                                 for key, value in entry.items()}
+    return out
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="random-init Llama of this shape instead of --model weights")
-    parser.add_argument(
-        "--methods", default="lora,hydralora,metalora,metalora:batched",
-        help="comma-separated; metalora:batched is MeTA-LoRA with inner_loop=batched",
-    )
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default="smollm2-135m", help="weights to train (and the tokenizer for --shape)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random-init Llama of this shape instead of the weights")
+    parser.add_argument("--methods", default="lora,hydralora,metalora,metalora:batched",
+                        help="comma-separated; metalora:batched is MeTA-LoRA with inner_loop=batched")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--shots", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=512)
+    parser.add_argument("--seq-len", type=int, default=None, help="make every example exactly this many tokens")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    dtype = pick_dtype(None, device)
-    loaded = load_model(args.model, device=device, dtype=dtype)
-    tokenizer = loaded.tokenizer
-    prepare_tokenizer(tokenizer)
-    root = resolve_data_root(args.data_root)
-    budgets = load_budgets(root, scenario_tasks("multitask"), args.shots, seed=0)
-    useful_tokens: dict[str, float] = {}
+    dtype = pick_dtype(args.dtype, device)
+    started = time.perf_counter()
+    if args.shape:
+        from transformers import AutoTokenizer
+
+        from metalora.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
+        prepare_tokenizer(tokenizer)
+        model = random_model(args.shape, len(tokenizer), getattr(torch, dtype), device)
+        if model.config.vocab_size < len(tokenizer):
+            tokenizer = ModuloTokenizer(tokenizer, model.config.vocab_size)
+        described = f"random-init llama {args.shape}"
+    else:
+        loaded = load_model(args.model, device=device, dtype=dtype)
+        model, tokenizer, described = loaded.model, loaded.tokenizer, loaded.source.identity
+    model_s = time.perf_counter() - started
+    budgets = list(load_budgets(resolve_data_root(args.data_root), scenario_tasks("multitask"), args.shots, seed=0))
+    if args.seq_len:
+        budgets = lengthen(budgets, tokenizer, args.seq_len)
+    header = {
+        "model": described, "parameters": sum(p.numel() for p in model.parameters()), "model_ready_s": round(model_s, 1),
+        "device": device, "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "dtype": dtype, "tasks": len(budgets), "shots": args.shots, "batch_size": args.batch_size,
+        "seq_len": args.seq_len, "max_seq_len": args.seq_len or args.max_seq_len,
+        "gradient_checkpointing": args.gradient_checkpointing, "steps": args.steps, "warmup": args.warmup,
+        "versions": package_versions(("torch", "transformers", "peft")),
+    }
+    print(json.dumps({"setup": header}), flush=True)
+    results, counted = {}, {}
     for method in args.methods.split(","):
-        model = random_model(args.shape, tokenizer, getattr(torch, dtype), device) if args.shape else loaded.model
-        counter = TokenCounter(model)
-        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_seq_len=args.max_seq_len, lr=1e-4)
-        name, _, inner_loop = method.partition(":")
-        trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
-        times: list[float] = []
-        last = [time.perf_counter()]
-
-        def on_step(record, times=times, last=last):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            times.append(now - last[0])
-            last[0] = now
-
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        start_tokens = counter.tokens
-        last[0] = time.perf_counter()
-        adapter = trainer.fit(model, tokenizer, budgets, config, on_step)
-        model.forward = counter.original
-        warm = times[2:] if len(times) > 4 else times  # the first steps include allocator and kernel warm-up
-        step_time = sum(warm) / len(warm)
-        tokens_per_step = (counter.tokens - start_tokens) / len(times)
-        # The batched inner loop runs under vmap without an attention mask, so the counter cannot
-        # see its tokens; with the same seed it draws the same episodes as the sequential loop.
-        if method.endswith(":batched"):
-            tokens_per_step = useful_tokens.get(name, float("nan"))
-        useful_tokens[method] = tokens_per_step
-        print(json.dumps({
-            "method": method,
-            "model": args.shape and f"random-init llama {args.shape}" or loaded.source.identity,
-            "device": device, "dtype": dtype, "steps": len(times), "batch_size": args.batch_size,
-            "tokens_per_step": tokens_per_step, "seconds_per_step": round(step_time, 4),
-            "tokens_per_second": round(tokens_per_step / step_time, 1),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
-            "final_loss": round(adapter.training_log[-1]["loss"], 4),
-        }), flush=True)
+        get_method(method.partition(":")[0])  # an unknown name fails here, in one line
+        results[method] = measure(method, model, tokenizer, budgets, args, device, counted)
+        print(json.dumps(results[method]), flush=True)
+        gc.collect()
+    print(json.dumps({"summary": True, "setup": header, "methods": results, "ratios": ratios(results),
+                      "targets": {"metalora/lora examples_per_s at least": TARGETS["examples_per_s"],
+                                  "metalora/lora peak_memory at most": TARGETS["peak_memory"]}}), flush=True)
 
 
 if __name__ == "__main__":

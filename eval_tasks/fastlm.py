@@ -23,7 +23,11 @@ post-processing of generations. Only *how* the model is run changes:
   generation); finished rows leave the batch and waiting prompts take their places. HFLM instead
   runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
   does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
-  penalties and the like) is handed to HFLM unchanged.
+  penalties and the like) is handed to HFLM unchanged. With ``static_generation=True`` the loop
+  keeps HFLM's batches (same order, same chunks, decoded until the chunk's last row is done), so
+  every forward has HFLM's shapes: in bfloat16 that reproduces HFLM's generations, which a
+  different batch composition can change at near-ties (``bench/eval_speed.py`` measures both, and
+  the stock path against itself at another batch size).
 
 Numerics: the sums are the same log-probabilities computed with different batch shapes (and a
 cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in float32 on a tiny
@@ -84,10 +88,12 @@ class FastLM(HFLM):
         batch_size: int | str = 8,
         *,
         encodings: dict | None = None,
+        static_generation: bool = False,
         **hflm_options,
     ):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
         self._encodings = {} if encodings is None else encodings
+        self.static_generation = static_generation
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
 
@@ -334,8 +340,10 @@ class FastLM(HFLM):
         )
         self._prefill(contexts)
         # As HFLM's tok_batch_encode (the same special-token rule as tok_encode), left-truncated.
-        encoded = [self.tok_encode(context)[-max_context:] for context in contexts]
-        order = sorted(range(len(contexts)), key=lambda i: (-len(encoded[i]), contexts[i]))
+        whole = [self.tok_encode(context) for context in contexts]
+        encoded = [tokens[-max_context:] for tokens in whole]
+        # HFLM's order: by the untruncated length, longest first, then by the text.
+        order = sorted(range(len(contexts)), key=lambda i: (-len(whole[i]), contexts[i]))
         stopping = Stopping(
             eos=frozenset(self._eos_ids()),
             stops=tuple(
@@ -343,7 +351,8 @@ class FastLM(HFLM):
             ),
             max_new=max_new,
         )
-        decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device)
+        decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
+                                static=self.static_generation)
         generated = decoder.run([encoded[i] for i in order], stopping)
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):

@@ -6,6 +6,12 @@ reaching into the prompt). Done rows leave the batch once they are a quarter of 
 copies the cache), and waiting prompts take their places: with a static batch every batch runs as
 long as its longest answer, so a few answers that run to the cap would keep a whole batch busy.
 
+``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
+each chunk prefilled at once and decoded until its last row is done, finished rows fed padding (as
+HF ``generate`` does). Every forward then has the very shapes of HFLM's, so in bfloat16, where a
+different batch or padding width changes rounding and so can flip a near-tie of the argmax, it
+reproduces HFLM's generations; it gives up the refilling, not the cheaper loop.
+
 Layout: all rows share one cache whose columns are aligned on the right (the newest token of every
 row is in the last column); a row's own tokens are preceded by masked padding. New rows are
 prefilled on their own (left-padded) and joined to the batch by padding whichever cache is shorter
@@ -41,12 +47,13 @@ class _Batch:
     logits: torch.Tensor  # [rows, vocab] scores of each row's next token
     prompts: list[int]  # prompt index of each row
     done: list[bool]
+    unmasked: bool = False  # no padding anywhere: the model gets no mask at all (as HF generate does)
 
 
 class GreedyDecoder:
     """``run(prompts)`` -> generated token ids per prompt, at most ``rows`` prompts at a time."""
 
-    def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device) -> None:
+    def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -54,8 +61,11 @@ class GreedyDecoder:
             rows,
             device,
         )
+        self.static = static
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
+        if self.static:
+            return self._run_static(prompts, stopping)
         outputs: list[list[int]] = [[] for _ in prompts]
         waiting = 0  # prompts[waiting:] have not started; callers pass them longest first
         batch: _Batch | None = None
@@ -81,12 +91,29 @@ class GreedyDecoder:
             batch = self._step(batch, chosen)
         return outputs
 
+    def _run_static(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
+        outputs: list[list[int]] = [[] for _ in prompts]
+        for start in range(0, len(prompts), self.rows):
+            batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))), drop_full_mask=True)
+            while True:
+                chosen = batch.logits.argmax(dim=-1)
+                for slot, token in enumerate(chosen.tolist()):
+                    if not batch.done[slot]:
+                        tokens = outputs[batch.prompts[slot]]
+                        tokens.append(token)
+                        batch.done[slot] = self._finished(tokens, token, stopping)
+                if all(batch.done):
+                    break
+                done = torch.tensor(batch.done, device=chosen.device)
+                batch = self._step(batch, chosen.masked_fill(done, self.pad_id))
+        return outputs
+
     def _finished(self, tokens: list[int], token: int, stopping: Stopping) -> bool:
         if token in stopping.eos or len(tokens) >= stopping.max_new:
             return True
         return any(stop in self.tokenizer.decode(tokens[-lookback:]) for stop, lookback in stopping.stops)
 
-    def _prefill(self, prompts: Sequence[Sequence[int]], indices: range) -> _Batch:
+    def _prefill(self, prompts: Sequence[Sequence[int]], indices: range, drop_full_mask: bool = False) -> _Batch:
         from transformers import DynamicCache
 
         width = max(len(prompts[i]) for i in indices)
@@ -96,13 +123,16 @@ class GreedyDecoder:
             tokens = prompts[index]
             ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             mask[row, width - len(tokens) :] = 1
+        # HF generate's position ids (padding at 0, masked anyway; each row's tokens from 0).
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        unmasked = drop_full_mask and bool(mask.all())
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         cache = DynamicCache()
         logits = self.forward(
-            ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+            ids, attention_mask=None if unmasked else mask, position_ids=positions, past_key_values=cache,
+            logits_to_keep=1,
         ).logits[:, -1]
-        return _Batch(cache, mask, positions[:, -1] + 1, logits, list(indices), [False] * len(indices))
+        return _Batch(cache, mask, positions[:, -1] + 1, logits, list(indices), [False] * len(indices), unmasked)
 
     def _join(self, batch: _Batch | None, new: _Batch) -> _Batch:
         if batch is None:
@@ -148,7 +178,7 @@ class GreedyDecoder:
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.prompts), 1))], dim=1)
         batch.logits = self.forward(
             chosen[:, None],
-            attention_mask=batch.mask,
+            attention_mask=None if batch.unmasked else batch.mask,
             position_ids=batch.positions[:, None],
             past_key_values=batch.cache,
         ).logits[:, -1]

@@ -142,10 +142,12 @@ def _generation_requests(manager) -> list:
     return requests
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_size):
+def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_size, static):
     requests = _generation_requests(manager)
     stock, fast = _lms(model, tokenizer, batch_size)
+    fast.static_generation = static
     expected, got = stock.generate_until(requests, disable_tqdm=True), fast.generate_until(requests)
     assert got == expected
     stopped = [
@@ -153,6 +155,35 @@ def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_si
     ]
     assert len(stopped) == 4 and all("e" not in text and "\n" not in text for text in stopped)
     assert any(len(tokenizer.encode(text)) < 5 for text in stopped)  # cut by a stop string
+
+
+def test_static_generation_feeds_the_model_exactly_what_hf_generate_feeds_it(model, tokenizer, manager):
+    """Same forwards, same order: input ids, attention masks (none where nothing is padded) and
+    position ids, call by call; so in bfloat16 too the same logits come out, bit for bit."""
+    import torch
+
+    requests = _generation_requests(manager)
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append(tuple(None if kwargs.get(key) is None else kwargs[key].clone().long()
+                           for key in ("input_ids", "attention_mask", "position_ids")))  # fmt: skip
+
+    stock, fast = _lms(model, tokenizer, 4)
+    fast.static_generation = True
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        stock.generate_until(requests, disable_tqdm=True)
+        stock_calls, calls[:] = list(calls), []
+        fast.generate_until(requests)
+    finally:
+        hook.remove()
+    assert len(calls) == len(stock_calls) == 45
+    assert sum(call[1] is None for call in calls) == 21  # single-row chunks run unmasked, as in HF
+    for ours, theirs in zip(calls, stock_calls, strict=True):
+        for mine, stock_tensor in zip(ours, theirs, strict=True):
+            assert (mine is None) == (stock_tensor is None)
+            assert mine is None or torch.equal(mine, stock_tensor)
 
 
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
