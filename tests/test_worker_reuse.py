@@ -19,8 +19,8 @@ from tests.conftest import make_tiny_llama
 RUN = {"steps": 3, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
        "inner_steps": 1, "benchmarks": ["xcopa", "mgsm"], "eval_limit": 1, "max_gen_tokens": 4,
        "scenario": "multilingual", "tasks": ["xcopa_et", "xcopa_it"], "shots": 10, "profile": "full"}
-# Timings differ between any two executions and the sample files' paths between stores; nothing else may.
-VOLATILE = {"timing", "created", "finished", "sample_files"}
+# Timings and timestamps differ between any two executions, the sample files' paths between stores; nothing else may.
+VOLATILE = {"timing", "created", "finished", "evaluated", "sample_files"}
 
 
 def _prepared(model_dir: Path, data_root, methods):
