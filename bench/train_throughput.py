@@ -12,7 +12,9 @@ targets are stated in (MeTA-LoRA examples/s >= 0.9x LoRA's, peak memory <= 1.5x)
   takes the sequential run's count: same seed, same episodes; list it after ``metalora``).
 - ``peak_memory_gib``: the device's peak allocated memory during that method's training.
 
-Steps after the first ``--warmup`` are timed (kernel selection and the allocator warm up first).
+Each method runs ``--steps`` optimizer steps and is then stopped (the trainer is configured for far
+more, so no budget rule refuses a short run; the adapter is discarded). Steps after the first
+``--warmup`` are timed (kernel selection and the allocator warm up first).
 A method that runs out of device memory is reported as ``"error": "out of memory"``; the others
 still run. Every method trains its own fresh adapter on the same base model.
 
@@ -42,6 +44,7 @@ import torch
 from metalora.data.budgets import TaskBudget, load_budgets
 from metalora.data.root import resolve_data_root
 from metalora.data.scenarios import scenario_tasks
+from metalora.errors import MlbenchError
 from metalora.methods import get_method, make_trainer
 from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
 from metalora.provenance import package_versions
@@ -140,10 +143,20 @@ def per_step_examples(method: str, options, batch_size: int, tasks: int) -> tupl
     return count * (options.support_size + options.query_size), count * (support_passes + query)
 
 
+STEPS_CONFIGURED = 100_000  # far more than any bench runs: it stops each method after --steps
+
+
+class _Enough(Exception):
+    """Raised from the step callback once the bench has timed enough steps."""
+
+
 def train_config(args) -> TrainConfig:
-    values = {"steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.seq_len or args.max_seq_len,
-              "lr": 1e-4}
-    if "gradient_checkpointing" in {field.name for field in dataclasses.fields(TrainConfig)}:
+    values = {"steps": STEPS_CONFIGURED, "batch_size": args.batch_size,
+              "max_seq_len": args.seq_len or args.max_seq_len, "lr": 1e-4}
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    if "budget_rule" in names:  # a fixed number of updates, whatever the budgets
+        values["budget_rule"] = "matched_updates"
+    if "gradient_checkpointing" in names:
         values["gradient_checkpointing"] = args.gradient_checkpointing
     return TrainConfig(**values)
 
@@ -157,13 +170,17 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     times: list[float] = []
     last = [0.0]
+    losses: list[float] = []
 
     def on_step(record, *_):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         now = time.perf_counter()
         times.append(now - last[0])
+        losses.append(record["loss"])
         last[0] = now
+        if len(times) >= args.steps:
+            raise _Enough
 
     counter = TokenCounter(model)
     if device.startswith("cuda"):
@@ -172,9 +189,13 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
     record = {"method": method}
     try:
         last[0] = time.perf_counter()
-        adapter = trainer.fit(model, tokenizer, budgets, config, on_step)
+        trainer.fit(model, tokenizer, budgets, config, on_step)
+    except _Enough:
+        pass
     except torch.cuda.OutOfMemoryError:
         return record | {"error": "out of memory"}
+    except (RuntimeError, MlbenchError) as error:  # e.g. a combination a method refuses; the others still run
+        return record | {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     finally:
         counter.remove()
         if args.gradient_checkpointing and not native_checkpointing:
@@ -190,7 +211,7 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
         "examples_per_s": round(examples / step_s, 2), "example_passes_per_s": round(passes / step_s, 2),
         "tokens_per_s": round(tokens / step_s, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda") else None,
-        "final_loss": round(adapter.training_log[-1]["loss"], 4),
+        "last_loss": round(losses[-1], 4),
     }
 
 

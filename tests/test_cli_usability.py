@@ -63,12 +63,13 @@ def test_foreign_method_options_lists_each_option_with_its_methods():
 
 
 def test_support_plus_query_over_shots_fails_before_any_data_or_model_is_read(tmp_path, monkeypatch):
-    from metalora.runs import runner
+    from metalora.runs import runner, worker
 
     def never(*args, **kwargs):
         raise AssertionError("configuration checks must come before any loading")
 
-    for name in ("load_model", "load_budgets", "model_identity", "resolve_data_root"):
+    monkeypatch.setattr(worker, "load_model", never)  # the worker's model pool loads models
+    for name in ("load_budgets", "model_identity", "resolve_data_root"):
         monkeypatch.setattr(runner, name, never)
     result = cli("run", "--method", "metalora", "--shots", "10", "--support-size", "8", "--query-size", "8",
                  "--profile", "full", "--store", str(tmp_path / "s"))
@@ -87,12 +88,12 @@ def test_support_plus_query_over_shots_fails_before_any_data_or_model_is_read(tm
 def test_base_without_a_data_root_and_no_hub_fails_before_loading_and_leaves_no_run(
     tmp_path, tiny_model_dir, monkeypatch
 ):
-    from metalora.runs import runner
+    from metalora.runs import worker
 
     def never(*args, **kwargs):
         raise AssertionError("the data source must be checked before the model loads")
 
-    monkeypatch.setattr(runner, "load_model", never)
+    monkeypatch.setattr(worker, "load_model", never)  # the worker's model pool loads models
     monkeypatch.delenv("MLBENCH_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     store = tmp_path / "s"

@@ -64,7 +64,7 @@ class ModelPool:
     """At most one loaded base model, lent to run after run while the key stays the same."""
 
     reuse: bool = True
-    loader: Callable[..., LoadedModel] = load_model
+    loader: Callable[..., LoadedModel] | None = None  # None: metalora.models.load_model
     loads: int = 0  # models loaded, first loads and reloads
     reloads_after_change: int = 0  # reloads because a run left the base weights changed (a bug)
     _key: ModelKey | None = field(default=None, repr=False)
@@ -78,7 +78,7 @@ class ModelPool:
                 return self._loaded, True
             self.reloads_after_change += 1
         self.release()
-        loaded = self.loader(name, dtype=key.dtype, device=key.device)
+        loaded = (self.loader or load_model)(name, dtype=key.dtype, device=key.device)
         self.loads += 1
         if self.reuse:
             self._key, self._loaded, self._checksum = key, loaded, weights_checksum(loaded.model)
