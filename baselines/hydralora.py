@@ -21,6 +21,7 @@ from torch import nn
 from metalora.errors import MlbenchError
 from metalora.options import option, require_positive
 from metalora.training.adapters import Adapter
+from metalora.training.recompute import activation_checkpointing
 from metalora.training.supervised import train_supervised
 from metalora.training.trainer import MethodSpec, Trainer, preserve_requires_grad, seed_everything
 
@@ -148,7 +149,8 @@ class HydraLoraTrainer(Trainer):
         with preserve_requires_grad(model):
             inject_hydralora(model, shape)
             try:
-                log = train_supervised(model, tokenizer, tasks, config, on_step, checkpointer)
+                with activation_checkpointing(model, config.gradient_checkpointing):
+                    log = train_supervised(model, tokenizer, tasks, config, on_step, checkpointer)
                 adapter = HydraLoraAdapter(shape, hydra_state_dict(model))
             finally:
                 remove_hydralora(model)

@@ -6,6 +6,7 @@ from peft import get_peft_model_state_dict
 
 from metalora.training.adapters import LoraAdapter
 from metalora.training.lora import lora_shape, new_lora_model
+from metalora.training.recompute import activation_checkpointing
 from metalora.training.supervised import train_supervised
 from metalora.training.trainer import MethodSpec, Trainer, preserve_requires_grad
 
@@ -17,7 +18,8 @@ class LoraTrainer(Trainer):
         with preserve_requires_grad(model):
             peft_model = new_lora_model(model, config, self.adapter_class)
             try:
-                log = train_supervised(peft_model, tokenizer, tasks, config, on_step, checkpointer)
+                with activation_checkpointing(peft_model, config.gradient_checkpointing):
+                    log = train_supervised(peft_model, tokenizer, tasks, config, on_step, checkpointer)
                 adapter = self.adapter_class(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()  # give the caller back its base model, untouched

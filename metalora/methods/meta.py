@@ -29,6 +29,7 @@ from metalora.training.adapters import LoraAdapter
 from metalora.training.batching import IGNORE_INDEX, batch_loss, collate, lm_loss
 from metalora.training.loop import run_steps
 from metalora.training.lora import lora_shape, new_lora_model
+from metalora.training.recompute import activation_checkpointing, swapped_parameters
 from metalora.training.supervised import encode_tasks, make_scheduler
 from metalora.training.trainer import MethodSpec, Trainer, model_device, preserve_requires_grad
 
@@ -38,6 +39,18 @@ Params = dict[str, torch.Tensor]
 def params_loss(model: torch.nn.Module, params: Params, batch: dict) -> torch.Tensor:
     """The loss of ``model`` with ``params`` swapped in for its adapter parameters."""
     return batch_loss(lambda **inputs: functional_call(model, params, args=(), kwargs=inputs), batch)
+
+
+def loss_and_grads(
+    model: torch.nn.Module, params: Params, batch: dict, *, create_graph: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The loss with ``params`` in place of the adapter parameters, and its gradient with respect
+    to them. The parameters stay swapped in through the backward pass, so a checkpointed layer
+    recomputes its forward with them (``metalora/training/recompute.py``); otherwise the same
+    arithmetic as ``params_loss`` followed by ``torch.autograd.grad``."""
+    with swapped_parameters(model, params):
+        loss = batch_loss(model, batch)
+        return loss, torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
 
 
 def adapt(
@@ -50,8 +63,7 @@ def adapt(
     """
     losses = []
     for _ in range(steps):
-        loss = params_loss(model, theta, support)
-        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+        loss, grads = loss_and_grads(model, theta, support, create_graph=create_graph)
         losses.append(loss.item())
         theta = {name: value - lr * grad for (name, value), grad in zip(theta.items(), grads)}
         if not create_graph:
@@ -75,8 +87,7 @@ class TaskStep:
 
 def first_order_step(model, shared, support, query, steps, lr) -> TaskStep:
     theta, support_losses = adapt(model, detached_copy(shared), support, steps, lr, create_graph=False)
-    loss = params_loss(model, theta, query)
-    grads = torch.autograd.grad(loss, list(theta.values()))
+    loss, grads = loss_and_grads(model, theta, query)
     return TaskStep(dict(zip(theta, grads)), support_losses, loss.item())
 
 
@@ -211,6 +222,22 @@ class MetaOptions:
             require_positive("tasks_per_iteration", self.tasks_per_iteration)
         return self
 
+    def check_train(self, train) -> None:
+        """What these options cannot combine with the shared training options (``TrainConfig``)."""
+        if not train.gradient_checkpointing:
+            return
+        if self.inner_loop == "batched":
+            raise MlbenchError(
+                "gradient_checkpointing does not work with inner_loop=batched (PyTorch cannot recompute "
+                "activations inside vmap); use inner_loop=sequential or leave checkpointing off"
+            )
+        if self.variant == "second_order":
+            raise MlbenchError(
+                "gradient_checkpointing does not work with variant=second_order (its gradient flows back "
+                "through every inner step, which recomputation would redo with other weights); use "
+                "first_order or leave checkpointing off"
+            )
+
     def check_budgets(self, tasks: Sequence) -> None:
         """Each meta-iteration draws n tasks, each with disjoint support and query sets."""
         if self.tasks_per_iteration is not None and self.tasks_per_iteration > len(tasks):
@@ -289,6 +316,7 @@ class MetaLoraTrainer(Trainer):
 
     def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
         options = self.options
+        options.check_train(config)  # also when called directly, not through a run config
         encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
         sampler = EpisodeSampler([len(items) for items in encoded], options, seed=config.seed)
         per_iteration = (options.tasks_per_iteration or len(tasks)) * (options.support_size + options.query_size)
@@ -296,9 +324,10 @@ class MetaLoraTrainer(Trainer):
         with preserve_requires_grad(model):
             peft_model = new_lora_model(model, config)
             try:
-                log = self._meta_train(
-                    peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer
-                )
+                with activation_checkpointing(peft_model, config.gradient_checkpointing):
+                    log = self._meta_train(
+                        peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer
+                    )
                 adapter = LoraAdapter(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()

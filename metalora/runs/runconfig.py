@@ -45,6 +45,10 @@ EVALUATION_FIELDS = ("benchmarks", "eval_limit", "max_gen_tokens")
 DEFAULT_CHECKPOINT_EVERY = 10
 
 
+# TrainConfig fields that change how training computes, never its result: recorded, not in the run id.
+TRAIN_EXECUTION_FIELDS = ("gradient_checkpointing",)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What a run computes. Fields with help text are flat options; ``train`` holds the shared
@@ -83,6 +87,8 @@ class RunConfig:
         data = self.to_dict()
         for key in EVALUATION_FIELDS:
             data.pop(key)
+        for key in TRAIN_EXECUTION_FIELDS:  # how to compute, not what: the same numbers either way
+            data["train"].pop(key)
         if not self.trains:
             for key in ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario"):
                 data.pop(key)
@@ -211,6 +217,9 @@ def build_run_config(options: Mapping[str, object]) -> RunConfig:
     train.validate()
     method_options = {key: merged[key] for key in option_names(spec.options) if key in merged}
     method_config = spec.make_options(method_options)
+    check_train = getattr(method_config, "check_train", None)
+    if check_train is not None:  # what a method cannot combine with the shared training options
+        check_train(train)
 
     run = options_from_dict(
         RunConfig, {k: merged[k] for k in RUN_KEYS if k in merged and k != "profile"}, what="run"

@@ -34,6 +34,12 @@ class TrainConfig:
     batch_size: int = option(8, "Training batch size (supervised methods).")
     max_seq_len: int = option(512, "Longest training sequence in tokens.")
     seed: int = option(0, "Seed for budgets, initialisation and sampling.")
+    # Recomputes what it drops, so no loss or gradient changes (metalora/training/recompute.py): it
+    # is recorded in config.json but left out of the run id, like the device and the batch size
+    # of evaluation, so a run trained with it and one trained without are the same run.
+    gradient_checkpointing: bool = option(
+        False, "Recompute each layer's activations in the backward pass: less memory, about a third more compute."
+    )
 
     def validate(self) -> TrainConfig:
         require_positive("rank", self.rank)
