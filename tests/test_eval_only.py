@@ -209,13 +209,15 @@ def test_a_run_keeps_its_adapter_in_peft_format_and_exports_it(finished_run, tmp
 
 
 def _capture_evaluated_models(monkeypatch, fail_first: bool = False) -> list:
-    """Record the model each evaluation is handed (optionally failing the first evaluation)."""
+    """Record the model each evaluation is handed, with its module types and LoRA B tensors as they
+    are during the call (the worker detaches the adapter afterwards), optionally failing the first."""
     from eval_tasks import harness
 
     seen, real = [], harness.evaluate
 
     def evaluate(model, *args, **kwargs):
-        seen.append(model)
+        seen.append((model, [type(module) for module in model.modules()],
+                     [p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n]))
         if fail_first and len(seen) == 1:
             raise RuntimeError("evaluation interrupted")
         return real(model, *args, **kwargs)
@@ -242,7 +244,7 @@ def test_the_trained_adapter_is_what_gets_evaluated(tmp_path, tiny_model_dir, da
     seen = _capture_evaluated_models(monkeypatch)
     hydra = prepare_run(build_run_config({**options, "method": "hydralora"}), execution)
     assert execute_run(hydra, store, execution) == "done"
-    assert any(isinstance(module, HydraLoraLinear) for module in seen[-1].modules())
+    assert HydraLoraLinear in seen[-1][1]
     assert not (store.run_dir(hydra.run_id) / "adapter" / "peft").exists()
 
     seen = _capture_evaluated_models(monkeypatch, fail_first=True)
@@ -252,5 +254,5 @@ def test_the_trained_adapter_is_what_gets_evaluated(tmp_path, tiny_model_dir, da
     assert (store.run_dir(lora.run_id) / "adapter" / "peft" / "adapter_config.json").is_file()
     monkeypatch.setattr(LoraTrainer, "fit", _never_train)
     assert execute_run(lora, store, execution) == "done"  # reuses the saved adapter
-    assert isinstance(seen[-1], PeftModel)
-    assert any(torch.count_nonzero(p) for n, p in seen[-1].named_parameters() if "lora_B" in n)
+    assert isinstance(seen[-1][0], PeftModel)
+    assert seen[-1][2] and any(torch.count_nonzero(p) for p in seen[-1][2])
