@@ -489,6 +489,11 @@ def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of 
                 table.add_row(str(agg.get("benchmark")), str(agg.get("name")), str(agg.get("metric")),
                               _number(agg.get("value")), stderr, str(agg.get("n_items")))
         out.print(table)
+    from reports.cost import cost_rows
+
+    out.print("cost:", highlight=False)
+    for label, text in cost_rows(record.cost):
+        out.print(f"  {label}: {text}", highlight=False)
 
 
 @app.command("rm")

@@ -45,7 +45,7 @@ from reports.bootstrap import __doc__ as BOOTSTRAP_DOC
 from reports.chance import item_references
 from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
-from reports.cost import COST_COLUMNS, NOT_RECORDED, CostColumn, cost_text, cost_value
+from reports.cost import cost_rows
 from reports.load import Run, Store, load_store
 from reports.output import MARKER, publish
 from reports.paired import (
@@ -473,7 +473,7 @@ class Site:
             aggregates=aggregate_rows(results),
             protocols=sorted((results.get("protocols") or {}).items()),
             loss=loss,
-            cost=run_cost(run.cost),
+            cost=cost_rows(run.cost),
             sample_pages=sample_pages,
             problems=(*run.problems, *unreadable),
         )
@@ -604,17 +604,6 @@ def identical_said(view: TableView, frame) -> TableView:
         if estimate == 0 and se == 0:
             row[column] = replace(row[column], text=NO_ITEM_DIFFERS)
     return view
-
-
-def run_cost(cost: dict | None) -> list[tuple[str, str]]:
-    """The run page's cost table: the leaderboard's cost columns, the budget rule and wall time."""
-    if cost is None:
-        return [("cost.json", NOT_RECORDED)]
-    rule = (cost.get("training") or {}).get("budget_rule") if isinstance(cost.get("training"), dict) else None
-    rows = [("Budget rule", str(rule) if rule else NOT_RECORDED)]
-    rows += [(c.label, cost_text(c, cost_value(cost, c.path))) for c in COST_COLUMNS]
-    total = CostColumn("total_s", "Wall seconds", "", ("time", "total_s"), seconds=True)
-    return [*rows, (total.label, cost_text(total, cost_value(cost, total.path)))]
 
 
 def run_row(run: Run, status: Status) -> dict:

@@ -40,7 +40,8 @@ def built(tmp_path_factory) -> Path:
     cost = {
         "training": {"budget_rule": "matched_compute", "outer_updates": 100, "example_passes": 16000,
                      "tokens": 1_234_567, "trainable_parameters": 4_718_592, "min_epochs": 1.0},
-        "time": {"total_s": 95.5, "cpu_s": 120.25, "device_s": 80.0},
+        "time": {"total_s": 95.5, "cpu_s": 120.25, "device_s": 80.0, "eval_s": {"bbh": 12.5}},
+        "memory": {"peak_bytes": 3 * 2**20, "device": "cuda:0 (torch.cuda.max_memory_allocated)"},
     }
     for number in (20, 21, 22):  # metalora 50/task, seeds 0-2
         (store / rid(number) / "cost.json").write_text(json.dumps(cost))
@@ -75,12 +76,15 @@ def test_cost_columns_beside_the_scores(built):
     table = html.split('id="leaderboard-table"')[1].split("</table>")[0]
     metalora = [row for row in table.split("<tr")[1:] if ">metalora<" in row and ">1,234,567<" in row]
     assert len(metalora) == 1
-    for text in (">100<", ">16,000<", ">4,718,592<", ">80.0<", ">120.2<"):
+    for text in (">100<", ">16,000<", ">4,718,592<", ">80.0<", ">120.2<", ">95.5<"):
         assert text in metalora[0]
     lora = [row for row in table.split("<tr")[1:] if ">lora<" in row and "not recorded" in row]
-    assert lora and lora[0].count(">not recorded<") == 6
+    assert lora and lora[0].count(">not recorded<") == 7
     run_page = (built.parent / "runs" / f"{rid(20)}.html").read_text(encoding="utf-8")
     assert "matched_compute" in run_page and "95.5" in run_page
+    assert "<th>Training seconds</th><td class=\"num\">not recorded</td>" in run_page  # not in this cost.json
+    assert "<th>Evaluation seconds: bbh</th><td class=\"num\">12.5</td>" in run_page
+    assert "<th>Peak memory</th><td class=\"num\">3.0 MiB (cuda:0 (torch.cuda.max_memory_allocated))</td>" in run_page
     csv = (built.parent / "tables" / "leaderboard.csv").read_text()
     assert "outer_updates" in csv.splitlines()[0]
 

@@ -39,6 +39,7 @@ from metalora.runs.evaluation import (
     store_evaluation,
     stored_results,
 )
+from metalora.runs.meter import RunMeter
 from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
 from metalora.runs.store import RunStore
 from metalora.runs.tracking import Tracker, open_tracker
@@ -300,8 +301,10 @@ def execute_run(
     if store.holder(run_id) is not None:
         return "busy"  # another live worker runs it: no model is loaded for nothing
     device = pick_device(options.device)
-    loaded, reused = _lend_model(worker, config.model, ModelKey(prepared.model_identity, config.dtype, device), report,
-                                 run_id)
+    meter = RunMeter(device)
+    with meter.phase("model_load"):  # next to nothing when the worker kept the model from its last run
+        loaded, reused = _lend_model(worker, config.model, ModelKey(prepared.model_identity, config.dtype, device),
+                                     report, run_id)
     try:
         if config.trains:
             # What needs the loaded model is checked before the claim: a refusal leaves no run behind.
@@ -315,7 +318,7 @@ def execute_run(
             try:
                 with store.holding(run_id):
                     _execute_claimed(prepared, store, folder, options, loaded, report, on_step, worker.task_cache,
-                                     tracker, reused)
+                                     tracker, reused, meter)
             finally:
                 if tracker is not None:
                     tracker.close()
@@ -339,7 +342,8 @@ def _lend_model(worker, name: str, key, report: Reporter, run_id: str):
 
 
 def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None,
-                     tracker: Tracker | None = None, reused: bool = False) -> None:
+                     tracker: Tracker | None = None, reused: bool = False, meter: RunMeter | None = None) -> None:
+    meter = meter or RunMeter(loaded.device)
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
@@ -372,12 +376,16 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
                 tracker.log_step(record)
 
         trainer = get_method(config.method).trainer(config.options)
-        adapter = trainer.fit(loaded.model, loaded.tokenizer, prepared.budgets, config.train, step_callback, checkpointer)
+        with meter.phase("training"):
+            adapter = trainer.fit(loaded.model, loaded.tokenizer, prepared.budgets, config.train, step_callback,
+                                  checkpointer)
+        meter.count_training(adapter.training_log, after_step=resumed.step if resumed is not None else 0)
         files.write_training_log(folder, adapter.training_log)
         adapter.save(adapter_dir)
         checkpointer.clear()
     else:
         adapter = NoAdapter({}, {})
+        meter.phases["training"] = 0.0  # the base model trains nothing
     if config.trains and adapter.peft_format and not (folder / files.PEFT_DIR).is_dir():
         adapter.export_peft(folder / files.PEFT_DIR, base_model_reference(loaded.source.to_dict()),
                             loaded.source.identity)
@@ -387,8 +395,9 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
     if plan.evaluate:
         report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
                + (f" (first {config.eval_limit} items per task)" if config.eval_limit else ""))
-        _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache)
+        _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache, meter)
     results = json.loads((folder / files.RESULTS_FILE).read_text())
+    files.write_cost(folder, meter.sections())
     store.finish(run_id, headline_metrics(results))
     if tracker is not None:
         tracker.log_metrics(headline_metrics(results), _last_step(folder))
@@ -403,8 +412,9 @@ def _last_step(folder: Path) -> int:
 
 
 def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequest, plan: EvalPlan, root: DataRoot,
-                   options: ExecutionOptions, task_cache) -> dict:
-    """Evaluate ``plan.evaluate`` and commit the results to the run folder (evaluation.py)."""
+                   options: ExecutionOptions, task_cache, meter: RunMeter | None = None) -> dict:
+    """Evaluate ``plan.evaluate`` and commit the results to the run folder (evaluation.py);
+    ``meter`` gets each benchmark's wall time and items/s."""
     stored = stored_results(folder)
     with pending_folder(folder) as pending, preserve_requires_grad(loaded.model):
         # Attaching freezes the base; the flags and the modules are given back as loaded.
@@ -414,6 +424,8 @@ def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequ
                                task_cache)
         finally:
             adapter.detach(model)
+        if meter is not None:
+            meter.eval_timing = dict(result.settings.get("timing") or {})
         return store_evaluation(folder, stored, json.loads(result.to_json()), pending, request)
 
 

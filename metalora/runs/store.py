@@ -670,7 +670,16 @@ def write_results(folder: Path, results_json: str) -> None:
 
 
 def write_cost(folder: Path, cost: Mapping) -> None:
-    write_json(folder / COST_FILE, dict(cost))
+    """Add or replace the given sections of cost.json, keeping the others: the trainer's "training"
+    count and the runner's "time", "throughput" and "memory" are written at different moments."""
+    path = folder / COST_FILE
+    kept = {}
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            kept = {}  # a damaged file is replaced by what is known now
+    write_json(path, {**(kept if isinstance(kept, dict) else {}), **dict(cost)})
 
 
 def write_done(folder: Path, headline: Mapping, finished: str | None = None) -> None:
