@@ -199,11 +199,13 @@ def _progress_callbacks(out: Console):
     return on_step, progress
 
 
-def _execute(prepared_runs, store, options, out: Console) -> dict[str, str]:
+def _execute(prepared_runs, store, options, out: Console, after_each=None) -> dict[str, str]:
     from metalora.runs.runner import execute_runs
 
     @contextmanager
     def around_run(index: int, total: int, prepared):
+        if after_each and index > 1:
+            after_each()  # a progress line between runs
         out.print(f"[{index}/{total}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
         on_step, progress = _progress_callbacks(out)
         try:
@@ -298,19 +300,30 @@ def _wait_for_other_worker(run_store, run_id: str, wait: bool, out: Console) -> 
         time.sleep(WAIT_POLL_S)
 
 
-def sweep(config: Path, dry_run: bool, profile: str | None, **given):
+def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, launcher: str, workers: int | None,
+          gpus: int | None, partition: str | None, time_min: int, gpus_per_job: int, array_parallelism: int,
+          runs_per_job: int, **given):
     """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
 
     Example: mlbench sweep configs/table2.yaml --dry-run
+    On 4 GPUs of this host: mlbench sweep configs/table2.yaml --gpus 4
+    On SLURM: mlbench sweep configs/table2.yaml --launcher slurm --partition gpu --time-min 120
     """
+    from metalora.runs.launch import LaunchOptions
     from metalora.runs.store import RunStore
-    from metalora.runs.sweep import load_sweep, prepare_sweep, write_sweep_record
+    from metalora.runs.sweep import load_sweep, prepare_sweep, select_runs, write_sweep_record
 
     out = console()
     store = given.pop("store")
     execution = execution_options(given)
+    launch = LaunchOptions(launcher, workers, gpus, partition, time_min, gpus_per_job, array_parallelism,
+                           runs_per_job).validate()
+    if gpus is not None and execution.device not in (None, "cuda"):
+        raise MlbenchError(f"--gpus gives each worker one GPU of its own; leave out --device {execution.device}")
     loaded = load_sweep(config, {"profile": profile} if profile else None)
     plan = prepare_sweep(loaded, execution)
+    if only is not None:
+        plan = select_runs(plan, only.split(","), config)
     run_store = RunStore(store)
     states = {p.run_id: _sweep_state(run_store, p) for p in plan}
     done = sum(state == "done" for state in states.values())
@@ -322,7 +335,24 @@ def sweep(config: Path, dry_run: bool, profile: str | None, **given):
             print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}")
         return
     write_sweep_record(run_store.root, loaded)
-    outcomes = _execute(plan, run_store, execution, out)
+    if launch.launcher == "host" and launch.worker_count == 1:
+        _sweep_here(plan, run_store, execution, out)
+    else:
+        to_run = [run_id for run_id, state in states.items() if state != "done"]  # eval only included
+        _sweep_launched(config, loaded.name, profile, plan, to_run, run_store, execution, launch, out)
+
+
+def _sweep_here(plan, run_store, execution, out: Console) -> None:
+    """The sweep in this process: one worker."""
+    from metalora.runs.progress import SweepProgress
+
+    progress = SweepProgress(run_store, [p.run_id for p in plan])
+
+    def report_progress() -> None:
+        out.print(progress.read().line(), highlight=False)
+
+    outcomes = _execute(plan, run_store, execution, out, after_each=report_progress)
+    report_progress()
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
     out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
               f"{sum(o == 'evaluated' for o in outcomes.values())} evaluated only, "
@@ -342,6 +372,36 @@ def _sweep_state(run_store, prepared) -> str:
     return "eval only" if plan.evaluate else "done"
 
 
+def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, execution, launch,
+                    out: Console) -> None:
+    """The runs not done, spread over worker processes on this host or over cluster jobs."""
+    from metalora.runs.launch import launch_folder, run_host_workers, submit_jobs, worker_command
+
+    if not to_run:
+        out.print("nothing to run", highlight=False)
+        return
+    command = worker_command(config, run_store.root, profile, execution)
+    folder = launch_folder(run_store, name)
+    report = functools.partial(out.print, highlight=False)
+    if launch.launcher == "host":
+        run_host_workers(command, to_run, run_store, launch, folder, report)
+    else:
+        try:
+            submit_jobs(command, to_run, run_store, launch, folder, report)
+        except KeyboardInterrupt:
+            out.print("stopped following the jobs; they keep running (mlbench sweep ... --dry-run shows what is done)",
+                      highlight=False)
+            raise typer.Exit(code=130) from None
+    finished = sum(run_store.is_done(run_id) for run_id in to_run)
+    out.print(f"finished: {finished} of {len(to_run)} runs done now, "
+              f"{len(plan) - len(to_run)} were already done", highlight=False)
+
+
+def _sweep_flag(name: str, annotation, default, help_text: str, panel: str = "Scale-out", flag: str | None = None):
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(
+        default, flag or "--" + name.replace("_", "-"), help=help_text, rich_help_panel=panel))
+
+
 _SWEEP_FLAGS = [
     inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
                       default=typer.Argument(..., help="Sweep YAML (see configs/).")),
@@ -349,6 +409,17 @@ _SWEEP_FLAGS = [
         False, "--dry-run", help="Print the plan and what is already done; run nothing.")),
     inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
         None, help="Override every run's profile (e.g. smoke on CPU).")),
+    _sweep_flag("only", Optional[str], None, "Only these run ids (comma-separated, as --dry-run lists them); "  # noqa: UP045
+                "what each worker runs.", panel=None),
+    _sweep_flag("launcher", str, "host", "host (worker processes on this machine) | slurm (submitit job array) | "
+                "local (the slurm path through submitit's local executor)."),
+    _sweep_flag("workers", Optional[int], None, "Worker processes on this host (default 1).",),  # noqa: UP045
+    _sweep_flag("gpus", Optional[int], None, "One worker per GPU of this host (GPU i for worker i)."),  # noqa: UP045
+    _sweep_flag("partition", Optional[str], None, "SLURM partition."),  # noqa: UP045
+    _sweep_flag("time_min", int, 240, "A job's time limit in minutes (slurm, local)."),
+    _sweep_flag("gpus_per_job", int, 1, "GPUs per job (slurm, local); a job with several runs one worker per GPU."),
+    _sweep_flag("array_parallelism", int, 16, "Jobs of the array running at once (slurm)."),
+    _sweep_flag("runs_per_job", int, 1, "Runs per job, executed one after another by one worker process (slurm, local)."),
 ]
 
 

@@ -212,3 +212,14 @@ def prepare_sweep(sweep: Sweep, execution: ExecutionOptions | None = None) -> li
             raise MlbenchError(f"{sweep.path}: run {index + 1} ({label}): {error}") from None
         prepared.setdefault(run.run_id, run)
     return list(prepared.values())
+
+
+def select_runs(plan: list[PreparedRun], run_ids, config: Path) -> list[PreparedRun]:
+    """The runs of ``plan`` with these ids, in the order given (a worker's share)."""
+    by_id = {prepared.run_id: prepared for prepared in plan}
+    wanted = [run_id.strip() for run_id in run_ids if run_id.strip()]
+    unknown = [run_id for run_id in wanted if run_id not in by_id]
+    if unknown or not wanted:
+        raise MlbenchError(f"--only: {'run id ' + unknown[0] if unknown else 'no run id given'} is not a run of {config}; "
+                           f"'mlbench sweep {config} --dry-run' lists its run ids")
+    return [by_id[run_id] for run_id in dict.fromkeys(wanted)]

@@ -1,0 +1,145 @@
+"""Sweeps over several worker processes and through submitit, on a tiny local model (CPU): every run
+done exactly once, none trained twice, the same results as one worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from metalora.cli import app
+from metalora.runs.launch import LaunchOptions, assignments, chunks, make_executor
+from metalora.runs.progress import Progress
+from metalora.runs.store import RunStore
+from tests.test_store_sweep import write_sweep
+
+
+def cli(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_each_worker_takes_its_share_then_the_others_from_their_ends():
+    assert assignments(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e", "d", "b"], ["b", "d", "e", "c", "a"]]
+    assert assignments(["a", "b", "c"], 3) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_progress_line_and_eta():
+    progress = Progress(total=10, done=4, running=2, failed=0, finished_now=2, elapsed_s=60.0)
+    assert progress.left == 4 and progress.eta_s == 180.0  # 6 runs not done, one every 30 s
+    assert progress.line() == "progress: 4/10 done, 2 running, 4 left, ETA 3m 00s"
+    waiting = Progress(total=3, done=1, running=1, failed=1, finished_now=0, elapsed_s=5.0)
+    assert waiting.line() == "progress: 1/3 done, 1 running, 0 left, 1 failed, ETA unknown until a run finishes"
+    assert Progress(3, 3, 0, 0, 3, 7300.0).line() == "progress: 3/3 done, 0 running, 0 left, ETA 0s"
+    assert Progress(4, 1, 1, 0, 1, 3000.0).line().endswith("ETA 2h 30m")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus", "2", "--workers", "3"], "--gpus 2 starts one worker per GPU; leave out --workers 3"),
+    (["--gpus", "1"], "--gpus 1: this host has 0 CUDA GPU(s); use --workers N for worker processes without GPUs"),
+    (["--workers", "0"], "--workers must be a positive whole number, got 0"),
+    (["--partition", "gpu"], "--partition: for the cluster launchers only (--launcher slurm or local)"),
+    (["--launcher", "pbs"], "--launcher must be one of host, slurm, local, got 'pbs'"),
+    (["--launcher", "slurm", "--workers", "2"], "--workers and --gpus are for this host"),
+    (["--launcher", "slurm"], "--launcher slurm needs SLURM's sbatch and srun on this machine"),
+])
+def test_bad_launch_options_are_one_line_before_any_work(tmp_path, tiny_model_dir, flags, message):
+    if flags == ["--gpus", "1"] and torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    if flags == ["--launcher", "slurm"] and shutil.which("srun"):
+        pytest.skip("this host has SLURM")
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora"]})
+    result = cli("sweep", str(sweep), "--store", str(tmp_path / "store"), *flags)
+    assert result.exit_code == 2 and result.stderr.startswith("mlbench: error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "store").exists()
+
+
+def test_slurm_job_array_parameters(tmp_path, monkeypatch):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    bin_dir = tmp_path / "bin"  # what a login node has on its PATH; never run here
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    options = LaunchOptions("slurm", partition="gpu", time_min=90, gpus_per_job=2, array_parallelism=3).validate()
+    executor = make_executor(options, tmp_path, "mlbench-table2")
+    assert executor.cluster == "slurm"
+    sbatch = _make_sbatch_string(command="python -m submitit.core._submit x", folder=tmp_path, map_count=5,
+                                 **executor._executor.parameters)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --job-name=mlbench-table2", "#SBATCH --ntasks-per-node=1", "#SBATCH --array=0-4%3"):
+        assert line in sbatch.splitlines()
+
+
+def _done_lines(text: str) -> list[str]:
+    return re.findall(r"run ([0-9a-f]{16}): done\n", text)
+
+
+def test_two_workers_run_every_run_once_with_one_workers_results(tmp_path, tiny_model_dir, data_root):
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora", "metalora"]},
+                        runs=[{"method": "base"}])
+    common = ["--data-root", str(data_root.path), "--device", "cpu"]
+    parallel = tmp_path / "parallel"
+    result = cli("sweep", str(sweep), "--store", str(parallel), "--workers", "2", *common)
+    assert result.exit_code == 0, result.output
+    assert "progress: 3/3 done, 0 running, 0 left, ETA 0s" in result.output
+    assert "finished: 3 of 3 runs done now, 0 were already done" in result.output
+    rows = RunStore(parallel).rows()
+    assert len(rows) == 3 and all(row.status == "done" for row in rows)
+    logs = sorted((parallel / ".launch").glob("grid-*/worker-*.log"))
+    assert len(logs) == 2
+    texts = [log.read_text() for log in logs]
+    done = [run_id for text in texts for run_id in _done_lines(text)]
+    assert sorted(done) == sorted(row.run_id for row in rows)  # each run finished once, by one worker
+    assert all(_done_lines(text) for text in texts)  # both workers ran runs
+    for text in texts:
+        assert "resuming training" not in text and "reusing the trained adapter" not in text
+
+    single = tmp_path / "single"
+    result = cli("sweep", str(sweep), "--store", str(single), *common)
+    assert result.exit_code == 0, result.output
+    assert "progress: 3/3 done" in result.output
+    assert sorted(r.run_id for r in RunStore(single).rows()) == sorted(r.run_id for r in rows)
+    for row in rows:
+        a, b = parallel / row.run_id, single / row.run_id
+        assert json.loads((a / "eval/results.json").read_text())["aggregates"] == \
+            json.loads((b / "eval/results.json").read_text())["aggregates"]
+        if row.method != "base":
+            adapter_a = load_file(a / "adapter/adapter.safetensors")
+            adapter_b = load_file(b / "adapter/adapter.safetensors")
+            assert adapter_a.keys() == adapter_b.keys()
+            assert all(torch.equal(adapter_a[k], adapter_b[k]) for k in adapter_a)
+
+    again = cli("sweep", str(sweep), "--store", str(parallel), "--workers", "2", *common)
+    assert again.exit_code == 0 and "3 already done, 0 to run" in again.output and "nothing to run" in again.output
+
+
+def test_submitit_local_executor_runs_the_runs_in_the_store(tmp_path, tiny_model_dir, data_root):
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora"], "seed": [0, 1]})
+    store = tmp_path / "store"
+    result = cli("sweep", str(sweep), "--store", str(store), "--launcher", "local", "--time-min", "30",
+                 "--data-root", str(data_root.path), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "submitted 2 local job(s) for 2 runs" in result.output
+    assert "progress: 2/2 done" in result.output
+    rows = RunStore(store).rows()
+    assert len(rows) == 2 and all(row.status == "done" for row in rows)
+    job_logs = list(Path(store / ".launch").glob("grid-*/submitit/*_log.err"))  # the worker's stderr
+    assert len(job_logs) == 2
+    done = [run_id for log in job_logs for run_id in _done_lines(log.read_text())]
+    assert sorted(done) == sorted(row.run_id for row in rows)
+    for row in rows:
+        assert (store / row.run_id / "DONE").is_file() and (store / row.run_id / "cost.json").is_file()
+
+    again = cli("sweep", str(sweep), "--store", str(store), "--launcher", "local",
+                "--data-root", str(data_root.path), "--device", "cpu")
+    assert again.exit_code == 0 and "nothing to run" in again.output  # only runs not done are submitted
