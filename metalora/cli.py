@@ -199,7 +199,7 @@ def _progress_callbacks(out: Console):
     return on_step, progress
 
 
-def _execute(prepared_runs, store, options, out: Console, after_each=None) -> dict[str, str]:
+def _execute(prepared_runs, store, options, out: Console, after_each=None, keep_going=False) -> dict[str, str]:
     from metalora.runs.runner import execute_runs
 
     @contextmanager
@@ -214,7 +214,7 @@ def _execute(prepared_runs, store, options, out: Console, after_each=None) -> di
             progress.stop()
 
     return execute_runs(prepared_runs, store, options, report=lambda line: out.print("  " + line, highlight=False),
-                        around_run=around_run)
+                        around_run=around_run, keep_going=keep_going)
 
 
 def describe(config) -> str:
@@ -351,13 +351,19 @@ def _sweep_here(plan, run_store, execution, out: Console) -> None:
     def report_progress() -> None:
         out.print(progress.read().line(), highlight=False)
 
-    outcomes = _execute(plan, run_store, execution, out, after_each=report_progress)
+    outcomes = _execute(plan, run_store, execution, out, after_each=report_progress, keep_going=True)
     report_progress()
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
+    failed = [run_id for run_id, outcome in outcomes.items() if outcome == "failed"]
     out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
               f"{sum(o == 'evaluated' for o in outcomes.values())} evaluated only, "
-              f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker",
+              f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker, "
+              f"{len(failed)} failed",
               highlight=False)
+    if failed:  # the sweep went on past them; its exit status still says that not all is well
+        out.print(f"{len(failed)} run(s) failed: {', '.join(failed)}; 'mlbench show RUN_ID' gives each reason",
+                  highlight=False)
+        raise typer.Exit(1)
 
 
 def _sweep_state(run_store, prepared) -> str:

@@ -573,12 +573,42 @@ def load_model(
     source = resolve_model(name, cache=cache)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
+    avoid_broken_attention_kernels(device)
     model = AutoModelForCausalLM.from_pretrained(
         source.path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
     ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device)
+
+
+def avoid_broken_attention_kernels(device: str) -> None:
+    """Keep scaled-dot-product attention off cuDNN's kernels on CUDA.
+
+    On the H200 (torch 2.11, cuDNN backend chosen by default) MeTA-LoRA, HydraLoRA and LoRA runs
+    of Qwen2.5-Coder-1.5B failed with NaN losses and with "mha_graph.execute(...).is_good()" errors:
+    cuDNN's attention backward returns NaN gradients for padded batches whose length is 64 modulo
+    128 (pytorch/pytorch#196678) and fails outright on some shapes (pytorch/pytorch#122695). The
+    flash and memory-efficient kernels are exact on the same inputs, so they are used instead; the
+    choice is process-wide in torch, and recorded in every run's env.json.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def attention_backends() -> dict[str, bool]:
+    """Which scaled-dot-product attention kernels torch may pick (for env.json)."""
+    import torch
+
+    backends = torch.backends.cuda
+    return {
+        "flash": backends.flash_sdp_enabled(),
+        "mem_efficient": backends.mem_efficient_sdp_enabled(),
+        "cudnn": backends.cudnn_sdp_enabled(),
+        "math": backends.math_sdp_enabled(),
+    }
 
 
 def prepare_tokenizer(tokenizer) -> None:

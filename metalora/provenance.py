@@ -90,4 +90,14 @@ def environment_record(device: str) -> dict:
         "code_revision": revision,
         "code_dirty": dirty,
         "device": device_description(device),
+        "attention_kernels": attention_kernels(device),
     }
+
+
+def attention_kernels(device: str) -> dict[str, bool] | None:
+    """The attention kernels torch may use on a GPU (metalora.models keeps cuDNN's off); None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    from metalora.models import attention_backends
+
+    return attention_backends()

@@ -109,3 +109,24 @@ def test_a_sweep_accepts_numbers_as_people_write_them(tmp_path, tiny_model_dir):
     sweep.write_text(f"defaults: {{model: {tiny_model_dir}}}\ngrid: {{method: [lora], lr: [1e-4, 2E-4, '3e-4', 0.0004]}}\n")
     lrs = [build_run_config(options).train.lr for options in load_sweep(sweep).runs]
     assert lrs == [1e-4, 2e-4, 3e-4, 4e-4] and all(type(lr) is float for lr in lrs)
+
+
+def test_a_sweep_goes_on_past_a_failed_run_and_exits_non_zero(tmp_path, tiny_model_dir, data_root):
+    """One diverging run must not cost the rest of the sweep (seen on the H200: a NaN in one
+    MeTA-LoRA run stopped a worker with 20 runs left); the exit status still says it failed."""
+    store, sweep = tmp_path / "store", tmp_path / "two.yaml"
+    sweep.write_text(
+        "defaults: {model: " + str(tiny_model_dir) + ", method: lora, tasks: [strategyqa], shots: 10,\n"
+        "           benchmarks: [mgsm], eval_limit: 1, rank: 2, batch_size: 2, steps: 4}\n"
+        "grid: {lr: [1e30, 1e-4]}\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        app, ["sweep", str(sweep), "--store", str(store), "--data-root", str(data_root.path), "--device", "cpu",
+              "--profile", "smoke"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "failed: training diverged: the loss became nan" in result.output
+    rows = {row.status: row for row in RunStore(store).rows()}
+    assert sorted(rows) == ["done", "failed"]
+    assert "training diverged" in rows["failed"].error and (store / rows["done"].run_id / "DONE").is_file()

@@ -347,3 +347,20 @@ def test_cli_lists_aliases_and_fetch_refuses_in_one_line(tmp_path, monkeypatch):
     assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "4 of 4 wheel(s) of gemma-3-270m-q4_k_m.gguf missing" in missing.stderr
     assert not (tmp_path / "cache" / "gguf" / "gemma-3-270m-q4_k_m.gguf").exists()
+
+
+def test_cuda_runs_keep_attention_off_cudnn_kernels():
+    """cuDNN's attention backward gives NaN gradients on some padded shapes (pytorch#196678)."""
+    import torch
+
+    from metalora.models import attention_backends, avoid_broken_attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        avoid_broken_attention_kernels("cpu")
+        assert attention_backends()["cudnn"] is True  # the CPU path changes nothing
+        avoid_broken_attention_kernels("cuda:1")
+        assert attention_backends() == {"flash": True, "mem_efficient": True, "cudnn": False, "math": True}
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

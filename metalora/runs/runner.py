@@ -251,8 +251,14 @@ def execute_runs(
     report: Reporter = lambda line: None,
     around_run: AroundRun | None = None,
     worker=None,
+    keep_going: bool = False,
 ) -> dict[str, str]:
     """Execute runs one after another in this process; returns run id -> outcome (``execute_run``).
+
+    With ``keep_going`` (a sweep) a run that fails (diverged training, a kernel error) is recorded
+    as failed in the store with its reason, reported, and the next run starts: every run of a sweep
+    was validated before the first one started, so one run's failure says nothing about the others.
+    Its outcome is "failed". Ctrl-C still stops the whole list.
 
     One ``Worker`` (``metalora.runs.worker``; a new one unless given) serves the whole list, so
     the base model stays loaded between runs of the same model and tasks are built once.
@@ -264,7 +270,13 @@ def execute_runs(
     for index, prepared in enumerate(prepared_runs, start=1):
         context = around_run(index, len(prepared_runs), prepared) if around_run else nullcontext()
         with context as on_step:
-            outcome = execute_run(prepared, store, options, report=report, on_step=on_step, worker=worker)
+            try:
+                outcome = execute_run(prepared, store, options, report=report, on_step=on_step, worker=worker)
+            except Exception as error:  # execute_run has stored the failure and its reason
+                if not keep_going:
+                    raise
+                outcome = "failed"
+                report(f"failed: {error if isinstance(error, MlbenchError) else f'{type(error).__name__}: {error}'}")
         outcomes[prepared.run_id] = outcome
         if outcome in OUTCOME_LINES:
             report(OUTCOME_LINES[outcome])
