@@ -150,11 +150,13 @@ class HydraLoraTrainer(Trainer):
             inject_hydralora(model, shape)
             try:
                 with activation_checkpointing(model, config.gradient_checkpointing):
-                    log = train_supervised(model, tokenizer, tasks, config, on_step, checkpointer)
+                    log, cost = train_supervised(
+                        model, tokenizer, tasks, config, self.plan_budget(config, tasks), on_step, checkpointer
+                    )
                 adapter = HydraLoraAdapter(shape, hydra_state_dict(model))
             finally:
                 remove_hydralora(model)
-        adapter.training_log = log
+        adapter.training_log, adapter.training_cost = log, cost
         return adapter
 
 

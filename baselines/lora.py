@@ -19,11 +19,13 @@ class LoraTrainer(Trainer):
             peft_model = new_lora_model(model, config, self.adapter_class)
             try:
                 with activation_checkpointing(peft_model, config.gradient_checkpointing):
-                    log = train_supervised(peft_model, tokenizer, tasks, config, on_step, checkpointer)
+                    log, cost = train_supervised(
+                        peft_model, tokenizer, tasks, config, self.plan_budget(config, tasks), on_step, checkpointer
+                    )
                 adapter = self.adapter_class(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()  # give the caller back its base model, untouched
-        adapter.training_log = log
+        adapter.training_log, adapter.training_cost = log, cost
         return adapter
 
 

@@ -220,7 +220,8 @@ def _execute(prepared_runs, store, options, out: Console, after_each=None, keep_
 def describe(config) -> str:
     if not config.trains:
         return f"base model {config.model}"
-    return f"{config.method} shots={config.shots} seed={config.train.seed} ({config.profile})"
+    given = "".join(f" {key}={value}" for key, value in config.method_options.items())
+    return f"{config.method} shots={config.shots} seed={config.train.seed}{given} ({config.profile})"
 
 
 def _default_profile(device: str | None, profile: str | None, out: Console) -> str:
@@ -332,7 +333,9 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
               + (f", {evaluate} finished but to evaluate on more (no training)" if evaluate else ""), highlight=False)
     if dry_run:
         for prepared in plan:
-            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}")
+            budget = prepared.budget
+            plan_text = f"  {budget.rule}: {budget.updates:,} updates, {budget.passes:,} example passes" if budget else ""
+            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}{plan_text}")
         return
     write_sweep_record(run_store.root, loaded)
     if launch.launcher == "host" and launch.worker_count == 1:
@@ -557,6 +560,8 @@ def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of 
     losses = [r["loss"] for r in record.training_log if isinstance(r.get("loss"), (int, float))]
     if losses:
         out.print(f"training: {len(record.training_log)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+    if record.method != "base":  # the base model trains nothing
+        out.print(training_cost_line(record.cost), highlight=False)
     aggregates = (record.results or {}).get("aggregates")
     if isinstance(aggregates, list):
         table = Table("benchmark", "aggregate", "metric", "value", "stderr", "items")
@@ -571,6 +576,28 @@ def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of 
     out.print("cost:", highlight=False)
     for label, text in cost_rows(record.cost):
         out.print(f"  {label}: {text}", highlight=False)
+
+
+def training_cost_line(cost: dict | None) -> str:
+    """cost.json's "training" section in one line; runs from before it existed: "not recorded"."""
+    training = (cost or {}).get("training")
+    if not isinstance(training, dict):
+        return "cost: not recorded"
+
+    def count(key: str, noun: str) -> str:
+        value = training.get(key)
+        return f"{value:,} {noun}" if isinstance(value, int) else f"{noun}: not recorded"
+
+    epochs = training.get("min_epochs")
+    return "cost: " + ", ".join([
+        f"budget rule {training.get('budget_rule', 'not recorded')}",
+        count("outer_updates", "outer updates"),
+        count("example_passes", "example passes"),
+        count("tokens", "tokens"),
+        count("trainable_parameters", "trainable parameters"),
+        f"at least {epochs:g} epoch{'' if epochs == 1 else 's'} per task"
+        if isinstance(epochs, (int, float)) else "epochs per task: not recorded",
+    ])
 
 
 @app.command("rm")

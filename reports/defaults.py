@@ -2,8 +2,10 @@
 
 The defaults are the shared training options (``TrainConfig``'s field defaults) and the run-level
 evaluation and budget options (``full_cap``, ``eval_limit``, ``max_gen_tokens``), each overridden by
-the run's profile (quick and smoke set fewer steps, shorter sequences, one item per task). A
-setting lists every such option whose value differs, e.g. ``steps=8``, whatever its siblings do.
+the run's profile (quick and smoke train one pass over every budget, shorter sequences, one item
+per task). A setting lists every such option whose value differs, e.g. ``budget_rule=matched_updates,
+steps=100``, whatever its siblings do. The budget knobs of rules a run does not use are None in
+its config (``resolve_budget_options``) and are not listed.
 Method options (k, n_s, ...) are defined next to each method's trainer, which the report does not
 import (it would import torch); they are named where they differ among a method's settings (the
 settings' ``label``).
@@ -17,6 +19,7 @@ from dataclasses import asdict
 
 from metalora.data.budgets import DEFAULT_FULL_CAP
 from metalora.runs.profiles import PROFILES
+from metalora.training.budget import KNOB_RULES, resolve_budget_options
 from metalora.training.config import TrainConfig
 
 RUN_LEVEL = {"full_cap": DEFAULT_FULL_CAP, "eval_limit": None, "max_gen_tokens": None}
@@ -28,8 +31,10 @@ def _canonical(value) -> object:
 
 def protocol_defaults(profile: str) -> dict[str, object]:
     """Dotted config key -> the protocol's default under ``profile``."""
-    train = asdict(TrainConfig())
     overrides = dict(PROFILES[profile].defaults) if profile in PROFILES else {}
+    # the profile's budget rule and its one knob, the other knobs None, as build_run_config resolves them
+    overrides |= resolve_budget_options({}, overrides)
+    train = asdict(TrainConfig())
     defaults = {f"train.{key}": overrides.get(key, value) for key, value in train.items() if key != "seed"}
     defaults |= {key: overrides.get(key, value) for key, value in RUN_LEVEL.items()}
     return {key: _canonical(value) for key, value in defaults.items()}
@@ -48,6 +53,8 @@ def non_defaults(identity: Mapping[str, str], profile: str) -> str:
     for key, default in defaults.items():
         if key in identity:  # a run from before an option existed does not list it
             value = json.loads(identity[key])
+            if value is None and key.rsplit(".", 1)[-1] in KNOB_RULES:
+                continue  # the knob of a budget rule this run does not use
             if value != default:
                 changed.append(f"{key.rsplit('.', 1)[-1]}={_plain(value)}")
     return ", ".join(changed)

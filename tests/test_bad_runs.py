@@ -14,6 +14,7 @@ from metalora.runs.store import RunStore
 
 
 def run_args(model: Path, data: Path, store: Path, *extra: str) -> list[str]:
+    # one task of 10 examples in batches of 2: 5 steps see every one (fewer are refused)
     return ["run", "--model", str(model), "--data-root", str(data), "--store", str(store), "--device", "cpu",
             "--profile", "smoke", "--method", "lora", "--tasks", "strategyqa", "--shots", "10",
             "--benchmarks", "mgsm", "--eval-limit", "1", "--rank", "2", "--batch-size", "2", *extra]
@@ -25,7 +26,7 @@ def files_under(root: Path) -> set[str]:
 
 def test_a_diverging_loss_stops_training_and_the_run_is_failed_with_its_reason(tmp_path, tiny_model_dir, data_root):
     store = tmp_path / "store"
-    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store, "--steps", "4", "--lr", "1e30"))
+    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store, "--steps", "5", "--lr", "1e30"))
     assert result.exit_code == 2, result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith("mlbench: error: training diverged: the loss became nan at step 2 (learning rate 1e+30)")
@@ -53,7 +54,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(
     store = tmp_path / "store"
     _fail_replace(monkeypatch, lambda dst: dst.parent.name == "checkpoint")
     result = CliRunner().invoke(
-        app, run_args(tiny_model_dir, data_root.path, store, "--steps", "4", "--checkpoint-every", "2")
+        app, run_args(tiny_model_dir, data_root.path, store, "--steps", "5", "--checkpoint-every", "2")
     )
     assert result.exit_code == 2, result.stderr
     (row,) = RunStore(store).rows()
@@ -70,7 +71,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(
 def test_a_full_disk_while_saving_the_adapter_leaves_no_partial_adapter(tmp_path, tiny_model_dir, data_root, monkeypatch):
     store = tmp_path / "store"
     _fail_replace(monkeypatch, lambda dst: dst.name == "adapter")
-    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store, "--steps", "2"))
+    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store, "--steps", "5"))
     assert result.exit_code == 2, result.stderr
     (row,) = RunStore(store).rows()
     assert result.stderr.splitlines()[-1] == (

@@ -74,7 +74,10 @@ def test_save_load_round_trip_and_no_merge(tmp_path):
 
 
 def test_training_is_seeded_and_learns(tokenizer):
-    config = TrainConfig(rank=8, alpha=16, dropout=0.0, steps=30, batch_size=8, lr=1e-2, max_seq_len=64, seed=1)
+    config = TrainConfig(
+        rank=8, alpha=16, dropout=0.0, budget_rule="matched_updates", steps=30, batch_size=8, lr=1e-2,
+        max_seq_len=64, seed=1,
+    )
     model = make_tiny_llama()
     before = logits(model)
     first = HydraLoraTrainer().fit(model, tokenizer, toy_tasks(), config)

@@ -53,12 +53,14 @@ def test_saved_adapter_reloads_bit_for_bit(tmp_path):
 
 
 def test_same_seed_same_adapter_and_base_untouched(tokenizer):
-    config = TrainConfig(rank=4, alpha=8, steps=3, batch_size=4, lr=1e-2, seed=7, max_seq_len=64)
+    config = TrainConfig(
+        rank=4, alpha=8, budget_rule="matched_updates", steps=3, batch_size=4, lr=1e-2, seed=7, max_seq_len=64
+    )
     first_model = make_tiny_llama()
     before = logits(first_model)
-    first = LoraTrainer().fit(first_model, tokenizer, toy_tasks(), config)
-    second = LoraTrainer().fit(make_tiny_llama(), tokenizer, toy_tasks(), config)
-    other = LoraTrainer().fit(make_tiny_llama(), tokenizer, toy_tasks(), TrainConfig(**{**config.__dict__, "seed": 8}))
+    first = LoraTrainer().fit(first_model, tokenizer, toy_tasks(per_task=4), config)
+    second = LoraTrainer().fit(make_tiny_llama(), tokenizer, toy_tasks(per_task=4), config)
+    other = LoraTrainer().fit(make_tiny_llama(), tokenizer, toy_tasks(per_task=4), TrainConfig(**{**config.__dict__, "seed": 8}))
     assert first.state.keys() == second.state.keys()
     assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
     assert any(not torch.equal(first.state[k], other.state[k]) for k in first.state)
@@ -71,7 +73,9 @@ def test_same_seed_same_adapter_and_base_untouched(tokenizer):
 
 
 def test_lora_training_lowers_the_loss(tokenizer):
-    config = TrainConfig(rank=8, alpha=16, dropout=0.0, steps=30, batch_size=8, lr=1e-2, max_seq_len=64)
+    config = TrainConfig(
+        rank=8, alpha=16, dropout=0.0, budget_rule="matched_updates", steps=30, batch_size=8, lr=1e-2, max_seq_len=64
+    )
     adapter = LoraTrainer().fit(make_tiny_llama(), tokenizer, toy_tasks(), config)
     losses = [record["loss"] for record in adapter.training_log]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5

@@ -5,16 +5,18 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
+from metalora.data.budgets import TaskBudget
+from metalora.data.example import Example
 from metalora.methods.meta import (
-    EpisodeSampler,
     MetaLoraTrainer,
     MetaOptions,
     make_outer_optimizer,
     meta_update_direction,
 )
 from metalora.training.adapters import LoraAdapter
-from metalora.training.batching import batch_loss, collate, encode_example
+from metalora.training.batching import batch_loss, collate, encode_example, target_tokens
 from metalora.training.config import TrainConfig
+from metalora.training.sampling import EpisodeSampler
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
@@ -99,16 +101,30 @@ def test_meta_step_equals_hand_computed_first_order_maml(tokenizer):
     assert not all(torch.allclose(at_theta[n], expected_grad[n], atol=1e-4) for n in theta)
 
 
-def test_zero_inner_steps_is_multitask_gradient_on_query_sets(tokenizer):
+def test_phase2_only_is_multitask_gradient_on_support_and_query_sets(tokenizer):
+    """No inner loop: the gradient of the mean over tasks of each task's loss on all the examples
+    of the iteration (support and query together), the same examples every variant uses."""
     model = lora_model()
     batches = episode(tokenizer, tasks=3)
+    union = []
+    for task in toy_tasks(3, per_task=6):
+        union.append(collate([encode_example(tokenizer, e, 64) for e in task.examples], tokenizer.pad_token_id))
     model.zero_grad()
-    (sum(batch_loss(model, query) for _, query in batches) / 3).backward()
+    (sum(batch_loss(model, batch) for batch in union) / 3).backward()
     expected = {name: param.grad.clone() for name, param in shared_params(model).items()}
-    for options in (MetaOptions(inner_steps=0), MetaOptions(inner_steps=5, variant="phase2_only")):
-        direction, _ = meta_update_direction(model, shared_params(model), batches, options)
-        for name in expected:
-            torch.testing.assert_close(direction[name], expected[name], atol=1e-7, rtol=1e-5)
+    for options in (MetaOptions(variant="phase2_only"), MetaOptions(inner_steps=5, variant="phase2_only")):
+        direction, stats = meta_update_direction(model, shared_params(model), batches, options)
+        for name, value in expected.items():
+            torch.testing.assert_close(direction[name], value, atol=1e-7, rtol=1e-5)
+        assert stats["support_loss"] is None and stats["query_loss"] > 0
+
+
+def test_inner_steps_zero_is_refused_where_the_support_sets_would_go_unused():
+    from metalora.errors import MlbenchError
+
+    with pytest.raises(MlbenchError, match="inner_steps=0 would leave variant first_order's support sets unused"):
+        MetaOptions(inner_steps=0).validate()
+    MetaOptions(inner_steps=0, variant="phase2_only").validate()
 
 
 def test_second_order_gradient_matches_functorch_through_unrolled_loop(tokenizer):
@@ -150,33 +166,62 @@ def test_second_order_gradient_matches_functorch_through_unrolled_loop(tokenizer
 
 
 def test_reptile_and_phase1_only_move_toward_adapted_weights(tokenizer):
+    """k SGD steps on the support set, then one on the query set (the examples first-order uses);
+    theta moves toward the mean adapted weights through the shared outer optimizer."""
     model, alpha, beta, k = lora_model(), 0.05, 0.3, 2
     batches = episode(tokenizer)
     theta = snapshot(model)
     adapted_mean = {name: torch.zeros_like(value) for name, value in theta.items()}
-    for support, _ in batches:
+    for support, query in batches:
         set_params(model, theta)
         sgd_by_mutation(model, support, k, alpha)
+        sgd_by_mutation(model, query, 1, alpha)
         for name, value in snapshot(model).items():
             adapted_mean[name] += value / len(batches)
-    for variant, rate in (("reptile", beta), ("phase1_only", 1.0)):
+    for variant in ("reptile", "phase1_only"):
         set_params(model, theta)
         options = MetaOptions(inner_steps=k, inner_lr=alpha, variant=variant, outer_optimizer="sgd")
         shared = shared_params(model)
         direction, stats = meta_update_direction(model, shared, batches, options)
-        assert stats["query_loss"] is None
+        assert stats["query_loss"] > 0 and stats["support_loss"] > 0
         optimizer = make_outer_optimizer(list(shared.values()), options, beta, 0.0)
         for name, param in shared.items():
             param.grad = direction[name]
         optimizer.step()
         for name, param in shared.items():
-            expected = theta[name] + rate * (adapted_mean[name] - theta[name])
+            expected = theta[name] + beta * (adapted_mean[name] - theta[name])
             torch.testing.assert_close(param.detach(), expected, atol=1e-6, rtol=1e-5)
 
 
+def test_token_weighting_weighs_tasks_by_their_query_target_tokens(tokenizer):
+    """``token``: the meta-gradient is the gradient of the loss over all query target tokens;
+    ``task``: each task's query gradient weighs the same, whatever its answers' length."""
+    model, alpha, k = lora_model(), 0.05, 1
+    batches = episode(tokenizer, tasks=2)
+    # a task whose answers are ten times as long
+    long = [Example("long", f"task 9 item {i}: ", "xyz" * 10) for i in range(6)]
+    encoded = [encode_example(tokenizer, e, 128) for e in TaskBudget("long", long, []).examples]
+    batches.append((collate(encoded[:3], tokenizer.pad_token_id), collate(encoded[3:], tokenizer.pad_token_id)))
+    options = MetaOptions(inner_steps=k, inner_lr=alpha)
+    theta = snapshot(model)
+    per_task = []
+    for support, query in batches:
+        set_params(model, theta)
+        sgd_by_mutation(model, support, k, alpha)
+        per_task.append(query_grad_by_mutation(model, query))
+    set_params(model, theta)
+    tokens = [target_tokens(query) for _, query in batches]
+    assert tokens[2] > 5 * tokens[0]
+    for weighting, weights in (("task", [1 / 3] * 3), ("token", [t / sum(tokens) for t in tokens])):
+        direction, _ = meta_update_direction(model, shared_params(model), batches, options, weighting)
+        for name in theta:
+            expected = sum(w * grads[name] for w, grads in zip(weights, per_task))
+            torch.testing.assert_close(direction[name], expected, atol=1e-7, rtol=1e-5)
+
+
 def test_episode_sampler_draws_disjoint_sets_within_budget():
-    options = MetaOptions(support_size=8, query_size=8, tasks_per_iteration=3)
-    sampler = EpisodeSampler([16, 20, 50, 30, 17], options, seed=0)
+    sizes = [16, 20, 50, 30, 17]
+    sampler = EpisodeSampler(sizes, 3, 8, 8, seed=0)
     seen_tasks = set()
     for _ in range(50):
         episode_ = sampler.next_episode()
@@ -185,16 +230,18 @@ def test_episode_sampler_draws_disjoint_sets_within_budget():
             seen_tasks.add(task)
             assert len(support) == 8 and len(query) == 8
             assert not set(support) & set(query)
-            assert max(support + query) < [16, 20, 50, 30, 17][task]
+            assert max(support + query) < sizes[task]
     assert seen_tasks == {0, 1, 2, 3, 4}
-    again = EpisodeSampler([16, 20, 50, 30, 17], options, seed=0)
-    assert again.next_episode() == EpisodeSampler([16, 20, 50, 30, 17], options, seed=0).next_episode()
+    again = EpisodeSampler(sizes, 3, 8, 8, seed=0)
+    assert again.next_episode() == EpisodeSampler(sizes, 3, 8, 8, seed=0).next_episode()
 
 
 def test_trainer_first_iteration_equals_hand_computation(tokenizer):
     """The whole trainer (sampling, fresh LoRA init, outer SGD) for one meta-iteration."""
     tasks = toy_tasks(2, per_task=6)
-    config = TrainConfig(rank=4, alpha=8, dropout=0.0, steps=1, lr=0.2, seed=3, max_seq_len=64)
+    config = TrainConfig(
+        rank=4, alpha=8, dropout=0.0, budget_rule="matched_updates", steps=1, lr=0.2, seed=3, max_seq_len=64
+    )
     options = MetaOptions(inner_steps=2, support_size=3, query_size=3, inner_lr=0.5, outer_optimizer="sgd")
     adapter = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, tasks, config)
 
@@ -204,7 +251,7 @@ def test_trainer_first_iteration_equals_hand_computation(tokenizer):
     theta = snapshot(model)
     encoded = [[encode_example(tokenizer, e, 64) for e in task.examples] for task in tasks]
     expected_grad = {name: torch.zeros_like(value) for name, value in theta.items()}
-    for task, support, query in EpisodeSampler([6, 6], options, seed=3).next_episode():
+    for task, support, query in EpisodeSampler([6, 6], None, 3, 3, seed=3).next_episode():
         set_params(model, theta)
         sgd_by_mutation(model, collate([encoded[task][i] for i in support], tokenizer.pad_token_id), 2, 0.5)
         grads = query_grad_by_mutation(model, collate([encoded[task][i] for i in query], tokenizer.pad_token_id))
@@ -219,10 +266,10 @@ def test_trainer_first_iteration_equals_hand_computation(tokenizer):
 
 
 def test_same_seed_same_adapter(tokenizer):
-    config = TrainConfig(rank=4, alpha=8, steps=2, lr=1e-2, seed=11, max_seq_len=64)
+    config = TrainConfig(rank=4, alpha=8, budget_rule="matched_updates", steps=2, lr=1e-2, seed=11, max_seq_len=64)
     options = MetaOptions(inner_steps=1, support_size=4, query_size=4)
-    first = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, toy_tasks(), config)
-    second = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, toy_tasks(), config)
+    first = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, toy_tasks(per_task=8), config)
+    second = MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, toy_tasks(per_task=8), config)
     assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
     assert [r["loss"] for r in first.training_log] == [r["loss"] for r in second.training_log]
 

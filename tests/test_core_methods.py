@@ -21,7 +21,9 @@ CASES = {
 }
 TRAINED = [name for name, spec in METHODS.items() if spec.trains]
 # dropout on: seeding and resume must also cover torch's RNG stream
-CONFIG = TrainConfig(rank=4, alpha=8, dropout=0.1, steps=6, batch_size=4, lr=1e-2, seed=2, max_seq_len=64)
+CONFIG = TrainConfig(
+    rank=4, alpha=8, dropout=0.1, budget_rule="matched_updates", steps=6, batch_size=4, lr=1e-2, seed=2, max_seq_len=64
+)
 INPUT = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
 
 
@@ -31,7 +33,9 @@ def logits(model):
 
 
 def fit(method, config=CONFIG, model=None, tokenizer=None, **kwargs):
-    return make_trainer(method, CASES[method]).fit(model or make_tiny_llama(), tokenizer, toy_tasks(), config, **kwargs)
+    return make_trainer(method, CASES[method]).fit(
+        model or make_tiny_llama(), tokenizer, toy_tasks(per_task=8), config, **kwargs
+    )
 
 
 def test_every_trained_method_has_a_row():

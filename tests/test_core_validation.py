@@ -49,6 +49,19 @@ def base(data_root):
         ({"method": "hydralora", "num_heads": 0}, "num_heads must be a positive integer, got 0"),
         ({"rank": 0}, "rank must be a positive integer, got 0"),
         ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"budget_rule": "flops"}, "budget_rule must be one of matched_compute, matched_updates, epochs, got 'flops'"),
+        ({"budget_rule": "matched_compute", "steps": 30},
+         "steps does not apply under budget_rule matched_compute, which reads compute_epochs only"),
+        ({"steps": 30, "epochs": 2}, "steps and epochs belong to different budget rules"),
+        ({"budget_rule": "epochs", "epochs": 0.5}, "epochs must be at least 1 so that every example is seen"),
+        ({"loss_weighting": "example"}, "loss_weighting must be one of task, token, got 'example'"),
+        ({"method": "lora", "steps": 20},
+         ("under budget_rule=matched_updates lora gets 20 updates of 8 example passes, too few to see every one "
+          "of the 50 examples of its largest task at least once (it needs 32 updates); raise steps to at least 32")),
+        ({"inner_steps": 10, "compute_epochs": 4},
+         ("under budget_rule=matched_compute metalora gets 3 updates of 440 example passes, too few to see every one "
+          "of the 50 examples of its largest task at least once (it needs 4 updates); raise compute_epochs to at "
+          "least 7.04")),
         ({"eval_limit": 0}, "eval_limit must be a positive integer, got 0"),
         ({"dtype": "int4"}, "dtype must be one of auto, float32, bfloat16, float16, got 'int4'"),
         ({"model": " "}, "model name is empty"),
@@ -66,11 +79,25 @@ def test_bad_data_root_is_refused(base):
     assert message.startswith("data root /nonexistent/data (from --data-root) is not a folder"), message
 
 
-def test_steps_and_epochs_exclude_each_other():
-    with pytest.raises(MlbenchError, match="set exactly one of steps or epochs"):
-        TrainConfig(steps=None, epochs=None).validate()
-    # an explicit epochs replaces the default step count
-    assert build_run_config({"epochs": 2.0}).train.steps is None
+def test_each_budget_rule_reads_its_own_knob():
+    with pytest.raises(MlbenchError, match="budget_rule matched_updates needs steps; give it a value"):
+        TrainConfig(budget_rule="matched_updates", steps=None).validate()
+    # an explicit knob picks its rule; the knobs of the other rules are unset (not in the run id)
+    train = build_run_config({"epochs": 2}).train
+    assert (train.budget_rule, train.epochs, train.steps, train.compute_epochs) == ("epochs", 2.0, None, None)
+    train = build_run_config({}).train
+    assert (train.budget_rule, train.compute_epochs, train.steps, train.epochs) == ("matched_compute", 32.0, None, None)
+    assert build_run_config({"compute_epochs": 32}).train == train  # 32 and 32.0: one run
+
+
+def test_budget_rule_and_loss_weighting_change_the_run_id(base):
+    ids = {
+        plan(options, base).run_id
+        for options in ({}, {"budget_rule": "matched_updates"}, {"budget_rule": "epochs", "epochs": 16},
+                        {"loss_weighting": "token"}, {"compute_epochs": 16})
+    }
+    assert len(ids) == 5
+    assert plan({"compute_epochs": 32}, base).run_id == plan({}, base).run_id
 
 
 def test_more_shots_than_a_task_has(base):
@@ -115,3 +142,7 @@ def test_valid_options_plan_without_loading_a_model(base):
     assert prepared.config.tasks == (
         "strategyqa", "social_iqa", "logical_fallacy_detection", "vitaminc_fact_verification", "gsm8k")
     assert [len(b.examples) for b in prepared.budgets] == [50] * 5
+    # MeTA-LoRA at its defaults under matched_compute: 8,000 passes of 5 x (3 x 8 + 8) per iteration
+    assert (prepared.budget.rule, prepared.budget.updates, prepared.budget.passes) == ("matched_compute", 50, 8000)
+    lora = plan({"model": "smollm2-135m", "method": "lora"}, base).budget
+    assert (lora.updates, lora.passes, lora.min_epochs) == (1000, 8000, 32.0)

@@ -30,10 +30,16 @@ def test_run_metalora_50_shots_on_cpu_and_list_it(tmp_path, data_root):
     assert config["tasks"] == ["strategyqa", "social_iqa", "logical_fallacy_detection",
                                "vitaminc_fact_verification", "gsm8k"]
     log = [json.loads(line) for line in (run_dir / "training_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3] and all(r["query_loss"] > 0 for r in log)
+    # quick: one pass over every budget; 50 examples per task in draws of 2 + 2 take 13 iterations
+    assert [r["step"] for r in log] == list(range(1, 14)) and all(r["query_loss"] > 0 for r in log)
+    cost = json.loads((run_dir / "cost.json").read_text())["training"]
+    assert (cost["budget_rule"], cost["outer_updates"], cost["example_passes"]) == ("epochs", 13, 13 * 5 * (2 + 2))
+    assert cost["min_epochs"] >= 1
     assert (run_dir / "adapter" / "adapter.safetensors").is_file()
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert results["benchmarks"] == ["bbh", "mmlu"]
+    assert results["benchmarks"] == ["heldout", "bbh", "bbh_mc", "mmlu"]
+    assert sum(t["n_evaluated"] for t in results["tasks"] if t["benchmark"] == "heldout") == 5
+    assert sum(t["n_evaluated"] for t in results["tasks"] if t["benchmark"] == "bbh_mc") == 23
     assert sum(t["n_evaluated"] for t in results["tasks"] if t["benchmark"] == "bbh") == 27
     assert sum(t["n_evaluated"] for t in results["tasks"] if t["benchmark"] == "mmlu") == 57
     assert (run_dir / "eval" / "samples" / "bbh.jsonl.gz").is_file()

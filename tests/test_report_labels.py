@@ -218,6 +218,25 @@ def test_row_lists_every_setting_that_differs_from_the_protocol_defaults(built):
     assert set(trained[trained["profile"] == "full"]["changed"]) == {changed}
     assert frame[frame["method"] == "base"]["changed"].tolist() == [""]
     smoke = trained[trained["profile"] == "smoke"].iloc[0]  # against the smoke profile's own defaults
-    assert smoke["changed"] == "target_modules=[gate_proj], steps=10, epochs=1, lr_schedule=cosine, max_seq_len=256, full_cap=1000, eval_limit=None, max_gen_tokens=None"
+    # the smoke profile trains one epoch: a run from before budget rules with epochs=1 matches that
+    assert smoke["changed"] == "target_modules=[gate_proj], steps=10, lr_schedule=cosine, max_seq_len=256, full_cap=1000, eval_limit=None, max_gen_tokens=None"
     html = built.read_text(encoding="utf-8")
     assert ">Differs from defaults</button>" in html and f">{changed}<" in html
+
+
+def test_budget_knobs_of_other_rules_are_not_listed_as_changes():
+    from metalora.runs.runconfig import build_run_config
+    from reports.defaults import non_defaults
+    from reports.settings import flatten
+
+    def changed(options, profile="full"):
+        return non_defaults(flatten(build_run_config({**options, "profile": profile}).to_dict()), profile)
+
+    assert changed({}) == ""  # matched_compute with compute_epochs 32, steps and epochs unset
+    assert changed({"steps": 100}) == "budget_rule=matched_updates, steps=100"
+    assert changed({"budget_rule": "epochs", "epochs": 16, "loss_weighting": "token"}) == (
+        "budget_rule=epochs, epochs=16.0, loss_weighting=token"
+    )
+    assert changed({"compute_epochs": 4}) == "compute_epochs=4.0"
+    assert changed({}, "smoke") == ""  # its own default: one epoch over every budget
+    assert changed({"budget_rule": "matched_compute"}, "smoke") == "budget_rule=matched_compute, compute_epochs=1.0"

@@ -23,7 +23,8 @@ from metalora.runs.runconfig import build_run_config
 from metalora.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUN = {"steps": 6, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
+# two tasks of 10 examples: 10 steps of 2 (or meta-iterations of 2 + 2 per task) see every example
+TINY_RUN = {"steps": 10, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
             "inner_steps": 1, "benchmarks": ["xcopa"], "eval_limit": 1, "scenario": "multilingual",
             "tasks": ["xcopa_et", "xcopa_it"], "shots": 10}
 
@@ -176,13 +177,17 @@ def test_sweep_killed_mid_run_resumes_exactly(tmp_path, tiny_model_dir, data_roo
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     log = [json.loads(line) for line in (store_dir / interrupted / "training_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log] == list(range(1, 11))
+    # the resumed run counts what its first part consumed too
+    assert json.loads((store_dir / interrupted / "cost.json").read_text()) == json.loads(
+        (clean_store / interrupted / "cost.json").read_text()
+    )
 
 
 def test_cli_run_ls_show_and_dry_run(tmp_path, tiny_model_dir, data_root):
     store = tmp_path / "store"
     options = ["--model", str(tiny_model_dir), "--scenario", "multilingual", "--tasks", "xcopa_et,xcopa_it",
-               "--shots", "10", "--steps", "2", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2",
+               "--shots", "10", "--steps", "10", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2",
                "--benchmarks", "xcopa", "--eval-limit", "1", "--store", str(store), "--data-root", str(data_root.path),
                "--profile", "full", "--device", "cpu"]
     result = cli("run", "--method", "lora", *options)
@@ -206,7 +211,18 @@ def test_cli_run_ls_show_and_dry_run(tmp_path, tiny_model_dir, data_root):
     listing = cli("ls", "--store", str(store))
     assert rows[0].run_id in listing.output and "done" in listing.output
     shown = cli("show", rows[0].run_id[:6], "--store", str(store))
-    assert shown.exit_code == 0 and "xcopa" in shown.output and "training: 2 steps" in shown.output
+    assert shown.exit_code == 0 and "xcopa" in shown.output and "training: 10 steps" in shown.output
+    log = [json.loads(line) for line in (run_dir / "training_log.jsonl").read_text().splitlines()]
+    # two tasks of 10 examples, batches of 2: 10 steps see each example exactly once
+    cost = {
+        "budget_rule": "matched_updates", "outer_updates": 10, "example_passes": 20,
+        "tokens": sum(record["tokens"] for record in log), "trainable_parameters": 960, "min_epochs": 1.0,
+    }
+    assert json.loads((run_dir / "cost.json").read_text())["training"] == cost
+    assert (
+        f"cost: budget rule matched_updates, 10 outer updates, 20 example passes, {cost['tokens']:,} tokens, "
+        "960 trainable parameters, at least 1 epoch per task"
+    ) in " ".join(shown.output.split())
     missing = cli("show", "ffff", "--store", str(store))
     assert missing.exit_code == 2 and "no run in" in missing.stderr
 

@@ -6,14 +6,16 @@ averaged over tasks, updates theta through the outer optimizer at rate beta (``T
 The result is one ordinary LoRA adapter; task adapters are scratch state.
 
 Variants answer the paper's open questions (method.md): exact second-order MAML (gradients flow
-through the inner loop), Reptile (theta moves toward the adapted weights), phase I only (theta
-becomes the mean of the task-adapted adapters, no query sets) and phase II only (k = 0: plain
-multi-task training on the query sets).
+through the inner loop), Reptile (theta moves toward the adapted weights), phase I only (the same
+update as Reptile: adaptation without a query-set meta-gradient) and phase II only (no inner loop:
+plain multi-task steps). Every variant draws the same examples per iteration (n tasks x (n_s +
+n_q)), uses all of them and updates theta through the same outer optimizer, so an ablation changes
+one thing: Reptile and phase I only take their (k + 1)-th inner step on the query set, phase II
+only takes its one gradient on support and query sets together.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,12 +28,23 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from metalora.errors import MlbenchError
 from metalora.options import option, require_choice, require_positive
 from metalora.training.adapters import LoraAdapter
-from metalora.training.batching import IGNORE_INDEX, batch_loss, collate, lm_loss
+from metalora.training.batching import (
+    IGNORE_INDEX,
+    batch_loss,
+    batch_tokens,
+    collate,
+    lm_loss,
+    merge_batches,
+    target_tokens,
+)
+from metalora.training.budget import UpdateShape, training_cost
 from metalora.training.loop import run_steps
 from metalora.training.lora import lora_shape, new_lora_model
 from metalora.training.recompute import activation_checkpointing, swapped_parameters
-from metalora.training.supervised import encode_tasks, make_scheduler
+from metalora.training.sampling import EpisodeSampler
+from metalora.training.supervised import encode_tasks, make_scheduler, parameter_count
 from metalora.training.trainer import MethodSpec, Trainer, model_device, preserve_requires_grad
+from metalora.training.weighting import task_weights
 
 Params = dict[str, torch.Tensor]
 
@@ -103,9 +116,18 @@ def second_order_step(model, shared, support, query, steps, lr) -> TaskStep:
 
 def reptile_step(model, shared, support, query, steps, lr) -> TaskStep:
     theta, support_losses = adapt(model, detached_copy(shared), support, steps, lr, create_graph=False)
+    # The query set is the (k + 1)-th inner step, so Reptile uses the examples first-order uses.
+    theta, query_losses = adapt(model, theta, query, 1, lr, create_graph=False)
     # theta <- theta - beta * (theta - theta_i) is theta + beta * (theta_i - theta): Reptile's move.
     direction = {name: (shared[name].detach() - theta[name].detach()) for name in shared}
-    return TaskStep(direction, support_losses, None)
+    return TaskStep(direction, support_losses, query_losses[0])
+
+
+def multitask_step(model, shared, support, query, steps, lr) -> TaskStep:
+    """No inner loop: the gradient at theta of the loss on support and query sets together."""
+    theta = detached_copy(shared)
+    loss, grads = loss_and_grads(model, theta, merge_batches(support, query))
+    return TaskStep(dict(zip(theta, grads)), [], loss.item())
 
 
 def stack_batches(batches: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +142,10 @@ def stack_batches(batches: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, labels
 
 
-def batched_task_steps(model, shared: Params, episode, steps: int, lr: float, *, use_query: bool):
+def batched_task_steps(model, shared: Params, episode, variant: Variant, steps: int, lr: float, weights: torch.Tensor):
     """Every task's inner loop at once: task adapters stacked on a leading dimension and one
     vmapped forward/backward per inner step, instead of one small pass per task. Same maths as
-    the sequential first-order and Reptile steps (tests compare them).
+    the sequential steps (tests compare them); ``weights`` combine the tasks' directions.
 
     The attention mask is left out on purpose: batches are right-padded, so under causal attention
     no real token sees a pad token and the loss (labels -100 on pads) is unchanged, while the mask
@@ -135,22 +157,30 @@ def batched_task_steps(model, shared: Params, episode, steps: int, lr: float, *,
         logits = functional_call(model, params, args=(), kwargs={"input_ids": ids}).logits
         return lm_loss(logits, labels)
 
+    def combine(per_task: torch.Tensor) -> torch.Tensor:  # (tasks, ...) -> the weighted sum over tasks
+        return (weights.to(per_task.dtype).view(-1, *[1] * (per_task.dim() - 1)) * per_task).sum(0)
+
     per_task = vmap(grad_and_value(loss_of), randomness="different")
     count = len(episode)
-    support_ids, support_labels = stack_batches([support for support, _ in episode])
     theta = {name: value.detach().unsqueeze(0).expand(count, *value.shape).clone() for name, value in shared.items()}
+    if not variant.inner_loop:
+        ids, labels = stack_batches([merge_batches(support, query) for support, query in episode])
+        grads, losses = per_task(theta, ids, labels)
+        return {name: combine(grads[name]) for name in shared}, None, losses.tolist()
+    support_ids, support_labels = stack_batches([support for support, _ in episode])
     first_losses = None
     for _ in range(steps):
         grads, losses = per_task(theta, support_ids, support_labels)
         first_losses = losses if first_losses is None else first_losses
         theta = {name: value - lr * grads[name] for name, value in theta.items()}
     support_losses = None if first_losses is None else first_losses.tolist()
-    if not use_query:
-        direction = {name: shared[name].detach() - theta[name].mean(0) for name in shared}
-        return direction, support_losses, None
     query_ids, query_labels = stack_batches([query for _, query in episode])
     grads, losses = per_task(theta, query_ids, query_labels)
-    return {name: grads[name].mean(0) for name in shared}, support_losses, losses.tolist()
+    if variant.outer == "query_gradient":
+        return {name: combine(grads[name]) for name in shared}, support_losses, losses.tolist()
+    theta = {name: value - lr * grads[name] for name, value in theta.items()}  # the query step
+    direction = {name: combine(shared[name].detach().unsqueeze(0) - theta[name]) for name in shared}
+    return direction, support_losses, losses.tolist()
 
 
 @dataclass(frozen=True)
@@ -159,21 +189,42 @@ class Variant:
 
     task_step: Callable[..., TaskStep]
     description: str
-    inner_steps: int | None = None  # forced value (phase II only), else the option
-    average_adapters: bool = False  # the update is theta <- mean_i theta_i (SGD at rate 1)
+    inner_loop: bool = True  # False: phase II only (no inner steps; support and query trained together)
+    # "query_gradient": the update is the query-set gradient at the adapted weights (its weight
+    # under token weighting: the query's target tokens); "adapted_weights": theta moves toward the
+    # weights adapted on support and query (weight: all the task's target tokens)
+    outer: str = "query_gradient"
     batchable: bool = True  # can run with inner_loop="batched"
-    uses_query: bool = True
+
+    def passes(self, inner_steps: int, support: int, query: int) -> int:
+        """Example (or token) passes of one task visit with ``support`` and ``query`` examples (or
+        tokens): k over the support set and one over the query set, or one over both."""
+        return inner_steps * support + query if self.inner_loop else support + query
+
+    def weight_tokens(self, support: dict, query: dict) -> int:
+        """The target tokens behind the task's update, for ``loss_weighting=token``."""
+        if self.inner_loop and self.outer == "query_gradient":
+            return target_tokens(query)
+        return target_tokens(support) + target_tokens(query)
 
 
 VARIANTS: Mapping[str, Variant] = MappingProxyType(
     {
         "first_order": Variant(first_order_step, "first-order MAML (the paper's setting)"),
         "second_order": Variant(second_order_step, "exact MAML, backprop through the inner loop", batchable=False),
-        "reptile": Variant(reptile_step, "Reptile: move theta toward the adapted weights at rate beta", uses_query=False),
-        "phase1_only": Variant(
-            reptile_step, "phase I only: theta <- mean of adapted adapters", average_adapters=True, uses_query=False
+        "reptile": Variant(
+            reptile_step,
+            "Reptile: k support steps and one query step, theta moves toward the adapted weights",
+            outer="adapted_weights",
         ),
-        "phase2_only": Variant(first_order_step, "phase II only: k = 0, multi-task steps on query sets", inner_steps=0),
+        "phase1_only": Variant(
+            reptile_step,
+            "phase I only: adaptation without a query meta-gradient (the same update as reptile)",
+            outer="adapted_weights",
+        ),
+        "phase2_only": Variant(
+            multitask_step, "phase II only: no inner loop, multi-task steps on support + query sets", inner_loop=False
+        ),
     }
 )
 OUTER_OPTIMIZERS = ("adamw", "sgd")
@@ -197,8 +248,14 @@ class MetaOptions:
 
     @property
     def effective_inner_steps(self) -> int:
-        forced = VARIANTS[self.variant].inner_steps
-        return self.inner_steps if forced is None else forced
+        return self.inner_steps if VARIANTS[self.variant].inner_loop else 0
+
+    def update_shape(self, num_tasks: int) -> UpdateShape:
+        """One meta-iteration: n distinct task visits, each drawing n_s + n_q examples and passing
+        them as its variant does (``metalora.training.budget``)."""
+        tasks = self.tasks_per_iteration or num_tasks
+        per_task = VARIANTS[self.variant].passes(self.effective_inner_steps, self.support_size, self.query_size)
+        return UpdateShape(tasks * per_task, tasks, self.support_size + self.query_size, distinct=True)
 
     def validate(self) -> MetaOptions:
         if self.variant not in VARIANTS:
@@ -209,11 +266,10 @@ class MetaOptions:
             raise MlbenchError(f"variant {self.variant} runs only with inner_loop=sequential")
         if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) or self.inner_steps < 0:
             raise MlbenchError(f"inner_steps must be a non-negative integer, got {self.inner_steps!r}")
-        if not VARIANTS[self.variant].uses_query and self.effective_inner_steps == 0:
-            # Without inner steps the adapted weights equal the shared ones: every update is zero.
+        if self.inner_steps == 0 and VARIANTS[self.variant].inner_loop:
             raise MlbenchError(
-                f"variant {self.variant} with inner_steps 0 trains nothing (it moves toward the task-adapted "
-                "weights, and 0 inner steps adapt nothing); use inner_steps >= 1"
+                f"inner_steps=0 would leave variant {self.variant}'s support sets unused; "
+                "use at least 1, or variant phase2_only for training without an inner loop"
             )
         require_positive("support_size", self.support_size)
         require_positive("query_size", self.query_size)
@@ -254,49 +310,42 @@ class MetaOptions:
                 )
 
 
-class EpisodeSampler:
-    """Draws the tasks of a meta-iteration and each task's disjoint support and query sets."""
-
-    def __init__(self, task_sizes: Sequence[int], options: MetaOptions, seed: int):
-        self.task_sizes = list(task_sizes)
-        self.options = options
-        self.rng = random.Random(seed)
-
-    def next_episode(self) -> list[tuple[int, list[int], list[int]]]:
-        count = self.options.tasks_per_iteration or len(self.task_sizes)
-        chosen = sorted(self.rng.sample(range(len(self.task_sizes)), count))
-        episode = []
-        for task in chosen:
-            picks = self.rng.sample(range(self.task_sizes[task]), self.options.support_size + self.options.query_size)
-            episode.append((task, picks[: self.options.support_size], picks[self.options.support_size :]))
-        return episode
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate()}
-
-    def load_state_dict(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-
-
 def meta_update_direction(
-    model: torch.nn.Module, shared: Params, episode: Sequence[tuple[dict, dict]], options: MetaOptions
+    model: torch.nn.Module,
+    shared: Params,
+    episode: Sequence[tuple[dict, dict]],
+    options: MetaOptions,
+    weighting: str = "task",
 ) -> tuple[Params, dict]:
-    """Phases I and II for one meta-iteration: the mean over tasks of each task's direction."""
+    """Phases I and II for one meta-iteration: the tasks' directions combined by ``weighting``
+    (``task``: their mean; ``token``: weighted by the target tokens behind each). A task's own
+    batches are one task each, where both weightings give its token mean."""
     variant = VARIANTS[options.variant]
+    tokens = torch.tensor([variant.weight_tokens(support, query) for support, query in episode])
+    weights = task_weights(tokens, weighting)
+    steps = options.effective_inner_steps
     if options.inner_loop == "batched":
         direction, support, query = batched_task_steps(
-            model, shared, episode, options.effective_inner_steps, options.inner_lr, use_query=variant.uses_query
+            model, shared, episode, variant, steps, options.inner_lr, weights.to(model_device(model))
         )
     else:
-        steps = [
-            variant.task_step(model, shared, support, query, options.effective_inner_steps, options.inner_lr)
-            for support, query in episode
-        ]
-        direction = {name: torch.stack([step.direction[name] for step in steps]).mean(0) for name in shared}
-        support = [step.support_losses[0] for step in steps if step.support_losses]
-        query = [step.query_loss for step in steps if step.query_loss is not None]
+        results = [variant.task_step(model, shared, s, q, steps, options.inner_lr) for s, q in episode]
+        direction = {
+            name: sum(float(w) * result.direction[name] for w, result in zip(weights, results)) for name in shared
+        }
+        support = [result.support_losses[0] for result in results if result.support_losses]
+        query = [result.query_loss for result in results if result.query_loss is not None]
     return direction, {"support_loss": _mean_or_none(support), "query_loss": _mean_or_none(query)}
+
+
+def episode_consumption(episode: Sequence[tuple[dict, dict]], options: MetaOptions) -> dict:
+    """Example passes and tokens one meta-iteration processes (``metalora.training.budget``
+    defines a pass): k passes over each support set and one over its query set, or one over both."""
+    variant, steps = VARIANTS[options.variant], options.effective_inner_steps
+    return {
+        "examples": sum(variant.passes(steps, len(s["input_ids"]), len(q["input_ids"])) for s, q in episode),
+        "tokens": sum(variant.passes(steps, batch_tokens(s), batch_tokens(q)) for s, q in episode),
+    }
 
 
 def _mean_or_none(values: Sequence[float] | None) -> float | None:
@@ -304,8 +353,7 @@ def _mean_or_none(values: Sequence[float] | None) -> float | None:
 
 
 def make_outer_optimizer(params: list[torch.Tensor], options: MetaOptions, lr: float, weight_decay: float):
-    if VARIANTS[options.variant].average_adapters:
-        return torch.optim.SGD(params, lr=1.0)
+    """The same outer optimizer for every variant, so an ablation of variants changes nothing else."""
     if options.outer_optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -314,28 +362,36 @@ def make_outer_optimizer(params: list[torch.Tensor], options: MetaOptions, lr: f
 class MetaLoraTrainer(Trainer):
     options_class = MetaOptions
 
+    def update_shape(self, config, num_tasks: int) -> UpdateShape:
+        return self.options.update_shape(num_tasks)
+
     def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
         options = self.options
         options.check_train(config)  # also when called directly, not through a run config
+        budget = self.plan_budget(config, tasks)
         encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
-        sampler = EpisodeSampler([len(items) for items in encoded], options, seed=config.seed)
-        per_iteration = (options.tasks_per_iteration or len(tasks)) * (options.support_size + options.query_size)
-        total_steps = config.total_steps(sum(len(items) for items in encoded), per_iteration)
+        sampler = EpisodeSampler(
+            [len(items) for items in encoded], options.tasks_per_iteration, options.support_size,
+            options.query_size, seed=config.seed,
+        )
         with preserve_requires_grad(model):
             peft_model = new_lora_model(model, config)
             try:
+                shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
                 with activation_checkpointing(peft_model, config.gradient_checkpointing):
                     log = self._meta_train(
-                        peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer
+                        peft_model, shared, tokenizer, encoded, sampler, config, budget.updates, on_step, checkpointer
                     )
                 adapter = LoraAdapter(lora_shape(config), get_peft_model_state_dict(peft_model))
             finally:
                 peft_model.unload()
         adapter.training_log = log
+        adapter.training_cost = training_cost(
+            config.budget_rule, log, sampler.epochs(), parameter_count(shared.values())
+        )
         return adapter
 
-    def _meta_train(self, peft_model, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer):
-        shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
+    def _meta_train(self, peft_model, shared, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer):
         optimizer = make_outer_optimizer(list(shared.values()), self.options, config.lr, config.weight_decay)
         scheduler = make_scheduler(optimizer, config, total_steps)
         device, pad = model_device(peft_model), tokenizer.pad_token_id
@@ -348,11 +404,11 @@ class MetaLoraTrainer(Trainer):
                 )
                 for task, support, query in sampler.next_episode()
             ]
-            direction, stats = meta_update_direction(peft_model, shared, episode, self.options)
+            direction, stats = meta_update_direction(peft_model, shared, episode, self.options, config.loss_weighting)
             for name, param in shared.items():
                 param.grad = direction[name].to(param.dtype)
             loss = stats["query_loss"] if stats["query_loss"] is not None else stats["support_loss"]
-            return {"loss": loss, **stats}
+            return {"loss": loss, **stats, **episode_consumption(episode, self.options)}
 
         return run_steps(
             model=peft_model,
@@ -367,7 +423,7 @@ class MetaLoraTrainer(Trainer):
         )
 
 
-# On CPU the quick and smoke profiles train a few steps on tiny support/query sets.
+# On CPU the quick and smoke profiles train on tiny support/query sets with one inner step.
 _CPU_DEFAULTS = MappingProxyType({"support_size": 2, "query_size": 2, "inner_steps": 1})
 SPEC = MethodSpec(
     "metalora",

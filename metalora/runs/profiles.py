@@ -23,15 +23,21 @@ class Profile:
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
         "full": Profile("the full protocol: method defaults, complete benchmarks", MappingProxyType({}), True),
+        # One pass over every budget (budget rule epochs, 1; compute_epochs 1 where a sweep names
+        # matched_compute): the fewest updates under which every budget example is still seen.
         "quick": Profile(
-            "CPU quick run (under 10 minutes): a few steps, short sequences, a small evaluation subset",
-            MappingProxyType({"steps": 3, "max_seq_len": 128, "batch_size": 4, "eval_limit": 1, "max_gen_tokens": 32}),
+            "CPU quick run: one pass over every budget, short sequences, a small evaluation subset",
+            MappingProxyType(
+                {"budget_rule": "epochs", "epochs": 1, "compute_epochs": 1, "max_seq_len": 128, "batch_size": 4,
+                 "eval_limit": 1, "max_gen_tokens": 32}
+            ),
             False,
         ),
         "smoke": Profile(
-            "CPU smoke run for sweeps: two steps, short sequences, one item per evaluated task",
+            "CPU smoke run for sweeps: one pass over every budget, short sequences, one item per evaluated task",
             MappingProxyType(
-                {"steps": 2, "max_seq_len": 128, "batch_size": 4, "eval_limit": 1, "max_gen_tokens": 32, "full_cap": 40}
+                {"budget_rule": "epochs", "epochs": 1, "compute_epochs": 1, "max_seq_len": 128, "batch_size": 4,
+                 "eval_limit": 1, "max_gen_tokens": 32, "full_cap": 40}
             ),
             False,
         ),

@@ -35,10 +35,11 @@ from metalora.options import (
     require_positive,
 )
 from metalora.runs.profiles import PROFILES
+from metalora.training.budget import resolve_budget_options
 from metalora.training.config import TrainConfig
 from metalora.training.trainer import check_budgets
 
-DEFAULT_BENCHMARKS = ("bbh", "mmlu")
+DEFAULT_BENCHMARKS = ("heldout", "bbh", "bbh_mc", "mmlu")  # the training tasks' own held-out items first
 # What a run evaluates, not what it trains: left out of the run id, so changing them adds
 # evaluations to the same run instead of training a new one.
 EVALUATION_FIELDS = ("benchmarks", "eval_limit", "max_gen_tokens")
@@ -65,7 +66,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method_options: Mapping[str, object] = field(default_factory=dict)
     benchmarks: tuple[str, ...] = option(
-        DEFAULT_BENCHMARKS, "Comma-separated: bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."
+        DEFAULT_BENCHMARKS, "Comma-separated: heldout,bbh,bbh_cot,bbh_mc,mmlu,mmlu_5shot,xcopa,xwinograd,mgsm."
     )
     eval_limit: int | None = option(None, "Evaluate only the first N items of each task.")
     max_gen_tokens: int | None = option(None, "Cap on generated tokens (generative benchmarks).")
@@ -210,8 +211,8 @@ def build_run_config(options: Mapping[str, object]) -> RunConfig:
         options["method"] = method_name(options["method"])
     spec = get_method(options.get("method", "metalora"))
     merged = {**PROFILES[profile_name].defaults, **spec.profile_defaults.get(profile_name, {}), **options}
-    if "epochs" in options and "steps" not in options:
-        merged["steps"] = None  # epochs given explicitly replaces the step count
+    # The budget rule and its one knob; the other knobs become None (not hashed, not shown as set).
+    merged.update(resolve_budget_options(options, PROFILES[profile_name].defaults))
 
     train = options_from_dict(TrainConfig, {k: merged[k] for k in TRAIN_KEYS if k in merged}, what="training")
     train.validate()

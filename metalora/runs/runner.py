@@ -1,8 +1,8 @@
 """One run from config to stored result: check, hash, claim, train (resumable), evaluate, finish.
 
 ``build_run_config`` (runconfig) has validated every value; ``prepare_run`` adds what needs the
-data (the data root, each task's budget, the method's checks on the budgets, the data hashes and
-so the run id), all before any model is loaded. A run whose ``DONE`` exists is never retrained: asked
+data (the data root, each task's budget, the method's checks on the budgets, the number of updates
+under the budget rule, the data hashes and so the run id), all before any model is loaded. A run whose ``DONE`` exists is never retrained: asked
 for benchmarks or items it lacks, it is only evaluated (``metalora.runs.evaluation``); a run
 interrupted in training resumes from its checkpoint, and one interrupted after training reuses
 its saved adapter.
@@ -44,6 +44,7 @@ from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
 from metalora.runs.store import RunStore
 from metalora.runs.tracking import Tracker, open_tracker
 from metalora.training.adapters import PEFT_FILES, NoAdapter, load_adapter, no_peft_format
+from metalora.training.budget import BudgetPlan
 from metalora.training.checkpoint import FolderCheckpointer
 from metalora.training.preflight import (
     check_sequence_length,
@@ -63,6 +64,7 @@ class PreparedRun:
     budgets: tuple[TaskBudget, ...]  # empty for the base model
     data_hashes: dict[str, str]
     model_identity: str  # sha256 of the weights, checked again when the model loads
+    budget: BudgetPlan | None = None  # updates and passes under the budget rule; None for the base model
 
 
 def training_data_hashes(config: RunConfig, root: DataRoot, hasher: Callable[[Path], str]) -> dict[str, str]:
@@ -131,10 +133,13 @@ def prepare_run(
         cache.check_hub()
     model = model_identity(config.model)  # also checks the model's files (or the hub) before anything loads
     budgets: tuple[TaskBudget, ...] = ()
+    budget = None
     if config.trains:
         budgets = tuple(load_budgets(root, config.tasks, config.shots, config.train.seed, config.full_cap,
                                      load_split=lambda task: cache.split(root, task)))
         check_budgets(config.options, budgets)
+        # Refuses a budget rule that would leave any budget example unseen.
+        budget = get_method(config.method).plan_budget(config.options, config.train, budgets)
         if Path(config.model).expanduser().is_dir():
             # A local folder: its config.json tells the layers and its tokenizer the lengths, so
             # both are checked here, without reading any weights (else after loading, see execute_run).
@@ -148,7 +153,7 @@ def prepare_run(
     # Every evaluation file is parsed now, so a malformed one fails before the training, not after.
     cache.check_benchmarks(root, tuple(config.benchmarks), tuple(config.tasks))
     run_id = run_id_for(config, training_data_hashes(config, root, cache.hasher), model)
-    return PreparedRun(config, run_id, root, budgets, hashes, model)
+    return PreparedRun(config, run_id, root, budgets, hashes, model, budget)
 
 
 def evaluation_request(config: RunConfig, force: bool = False) -> EvalRequest:
@@ -375,7 +380,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         report(f"run {run_id}: reusing the trained adapter")
         adapter = load_adapter(adapter_dir, adapter_kinds())
     elif config.trains:
-        total = config.train.steps or 0  # unknown ahead of time when training by epochs
+        total = prepared.budget.updates if prepared.budget else 0
         checkpointer = FolderCheckpointer(folder / files.CHECKPOINT_DIR, options.checkpoint_every)
         resumed = checkpointer.load()
         if resumed is not None:
@@ -393,6 +398,9 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
                                   checkpointer)
         meter.count_training(adapter.training_log, after_step=resumed.step if resumed is not None else 0)
         files.write_training_log(folder, adapter.training_log)
+        # before the adapter: a run that finds its adapter saved also finds what training cost
+        if adapter.training_cost is not None:
+            files.write_cost(folder, {"training": adapter.training_cost})
         adapter.save(adapter_dir)
         checkpointer.clear()
     else:

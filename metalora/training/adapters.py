@@ -49,6 +49,7 @@ class Adapter(ABC):
         self.config = dict(config)
         self.state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
         self.training_log: list[dict] = []  # one record per optimizer step, filled by the trainer
+        self.training_cost: dict | None = None  # cost.json's "training" record, filled by the trainer
 
     @abstractmethod
     def attach(self, model: torch.nn.Module) -> torch.nn.Module:

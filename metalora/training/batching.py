@@ -1,4 +1,4 @@
-"""From examples to training batches: tokenization, padding, equal-weight task mixing, loss.
+"""From examples to training batches: tokenization, padding, the loss and what a batch counts.
 
 Prompt and target are tokenized separately and concatenated, with any trailing whitespace of the
 prompt moved onto the target (lm-eval splits context and continuation the same way), so the loss
@@ -7,15 +7,13 @@ covers exactly the target tokens the evaluation will score.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from metalora.data.example import Example
-
-IGNORE_INDEX = -100
+from metalora.training.weighting import IGNORE_INDEX, weighted_lm_loss
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,14 @@ def encode_example(tokenizer, example: Example, max_seq_len: int) -> Encoded:
     )
 
 
-def collate(batch: Sequence[Encoded], pad_token_id: int, device: str | torch.device = "cpu") -> dict:
-    """Right-pad a list of encoded examples into tensors."""
+def collate(
+    batch: Sequence[Encoded],
+    pad_token_id: int,
+    device: str | torch.device = "cpu",
+    task_ids: Sequence[int] | None = None,
+) -> dict:
+    """Right-pad a list of encoded examples into tensors; ``task_ids`` (one per example; default:
+    all one task) say which task each row belongs to, for the loss weighting."""
     width = max(len(item.input_ids) for item in batch)
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -55,11 +59,38 @@ def collate(batch: Sequence[Encoded], pad_token_id: int, device: str | torch.dev
         input_ids[row, :length] = torch.tensor(item.input_ids)
         labels[row, :length] = torch.tensor(item.labels)
         attention_mask[row, :length] = 1
+    tasks = torch.tensor(list(task_ids) if task_ids is not None else [0] * len(batch), dtype=torch.long)
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
         "labels": labels.to(device),
+        "task_ids": tasks.to(device),
     }
+
+
+def merge_batches(first: dict, second: dict) -> dict:
+    """Two collated batches as one, right-padded to the longer width (pads: id 0, mask 0, label
+    -100; under causal attention right pads change no real token's logits)."""
+    width = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
+    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
+
+    def padded(key: str, batch: dict) -> torch.Tensor:
+        tensor = batch[key]
+        if key not in fill:
+            return tensor
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=fill[key])
+
+    return {key: torch.cat([padded(key, first), padded(key, second)]) for key in first}
+
+
+def batch_tokens(batch: dict) -> int:
+    """Tokens one pass over the batch processes (prompts and targets, no padding)."""
+    return int(batch["attention_mask"].sum().item())
+
+
+def target_tokens(batch: dict) -> int:
+    """Target tokens the loss covers (the first token is never a target: nothing predicts it)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum().item())
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,40 +104,8 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def batch_loss(model, batch: dict) -> torch.Tensor:
+def batch_loss(model, batch: dict, weighting: str = "task") -> torch.Tensor:
+    """The batch's loss under ``weighting`` (``metalora.training.weighting``): by default the mean
+    over each task's target tokens, then over the tasks of the batch. One task: the token mean."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return lm_loss(logits, batch["labels"])
-
-
-class MixedTaskSampler:
-    """Batches that mix tasks with equal weight, whatever each task's budget size.
-
-    Every slot picks a task uniformly, then takes that task's next example from its own shuffled
-    cycle, so small tasks are revisited as often as large ones. The state is plain data so a
-    checkpoint can store and restore it.
-    """
-
-    def __init__(self, task_sizes: Sequence[int], seed: int):
-        self.task_sizes = list(task_sizes)
-        self.rng = random.Random(seed)
-        self.orders: list[list[int]] = [[] for _ in task_sizes]
-
-    def _next_index(self, task: int) -> int:
-        if not self.orders[task]:
-            order = list(range(self.task_sizes[task]))
-            self.rng.shuffle(order)
-            self.orders[task] = order
-        return self.orders[task].pop()
-
-    def next_batch(self, batch_size: int) -> list[tuple[int, int]]:
-        """``batch_size`` pairs of (task index, example index)."""
-        tasks = [self.rng.randrange(len(self.task_sizes)) for _ in range(batch_size)]
-        return [(task, self._next_index(task)) for task in tasks]
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "orders": [list(order) for order in self.orders]}
-
-    def load_state_dict(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.orders = [list(order) for order in state["orders"]]
+    return weighted_lm_loss(logits, batch["labels"], batch.get("task_ids"), weighting)

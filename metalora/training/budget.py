@@ -69,6 +69,8 @@ def resolve_budget_options(explicit: Mapping[str, object], defaults: Mapping[str
     value = explicit.get(knob, defaults.get(knob))
     if value is None:
         del resolved[knob]  # the TrainConfig default
+    elif knob != "steps" and isinstance(value, int) and not isinstance(value, bool):
+        resolved[knob] = float(value)  # "4" and "4.0" passes per example are one run, one run id
     else:
         resolved[knob] = value
     return resolved

@@ -6,13 +6,17 @@ refuses bad values with one line that says what is allowed, before any model or 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metalora.errors import MlbenchError
 from metalora.options import option, require_choice, require_positive, require_range
+from metalora.training.budget import BUDGET_RULES, RULE_KNOBS, BudgetPlan, UpdateShape, plan_budget
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+# How target-token losses combine (metalora/training/weighting.py, which needs torch; the names
+# live here so the report can read the defaults without it).
+LOSS_WEIGHTINGS = ("task", "token")
 MIN_SEQ_LEN = 2  # one prompt token to condition on and one target token to learn
 
 
@@ -25,8 +29,19 @@ class TrainConfig:
     dropout: float = option(0.05, "LoRA dropout.")
     # MLP projections, as in HydraLoRA's scripts and the MeTA-LoRA lab's related code (method.md).
     target_modules: tuple[str, ...] = option(("gate_proj", "up_proj", "down_proj"), "Comma-separated module names.")
-    steps: int | None = option(100, "Optimizer steps / meta-iterations.")
-    epochs: float | None = option(None, "Train for this many passes over the budgets instead of --steps.")
+    # How many updates a run gets (metalora/training/budget.py): the same example passes for every
+    # method of a cell (matched_compute), the same number of updates (matched_updates) or the same
+    # passes over the budgets (epochs). Each rule reads one knob; the run config sets the others to
+    # None so that they neither enter the run id nor look as if they applied.
+    budget_rule: str = option("matched_compute", "Training budget rule: " + " | ".join(BUDGET_RULES) + ".")
+    compute_epochs: float | None = option(
+        32.0, "matched_compute: example passes per budget example, the same for every method of a cell."
+    )
+    steps: int | None = option(100, "matched_updates: optimizer steps / meta-iterations.")
+    epochs: float | None = option(1.0, "epochs: passes over every task's budget (at least 1).")
+    loss_weighting: str = option(
+        "task", "Loss weighting: task (mean per task, then over tasks) | token (mean over all target tokens)."
+    )
     lr: float = option(2e-4, "Learning rate; the outer rate beta for metalora.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     lr_schedule: str = option("constant", "Learning-rate schedule: " + " | ".join(LR_SCHEDULES) + ".")
@@ -47,12 +62,16 @@ class TrainConfig:
         require_range("dropout", self.dropout, 0.0, 0.99)
         if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             raise MlbenchError("target_modules must list at least one module name, e.g. gate_proj,up_proj,down_proj")
-        if (self.steps is None) == (self.epochs is None):
-            raise MlbenchError(f"set exactly one of steps or epochs, got steps={self.steps!r} epochs={self.epochs!r}")
+        require_choice("budget_rule", self.budget_rule, BUDGET_RULES)
+        knob = RULE_KNOBS[self.budget_rule]
+        if getattr(self, knob) is None:
+            raise MlbenchError(f"budget_rule {self.budget_rule} needs {knob}; give it a value")
         if self.steps is not None:
             require_positive("steps", self.steps)
-        if self.epochs is not None:
-            require_positive("epochs", self.epochs, integer=False)
+        for name in ("compute_epochs", "epochs"):
+            if getattr(self, name) is not None:
+                require_positive(name, getattr(self, name), integer=False)
+        require_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         require_positive("lr", self.lr, integer=False)
         require_range("weight_decay", self.weight_decay, 0.0, 1.0)
         require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -68,8 +87,10 @@ class TrainConfig:
             raise MlbenchError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self
 
-    def total_steps(self, examples_per_epoch: int, examples_per_step: int) -> int:
-        """Optimizer steps: ``steps`` as given, or enough to see every example ``epochs`` times."""
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * examples_per_epoch / examples_per_step))
+    def plan_budget(self, shape: UpdateShape, sizes: Sequence[int], method: str = "this method") -> BudgetPlan:
+        """The run's updates under ``budget_rule`` for a method whose update is ``shape`` (refuses a
+        budget that would leave an example unseen)."""
+        return plan_budget(
+            self.budget_rule, shape, sizes, steps=self.steps, epochs=self.epochs,
+            compute_epochs=self.compute_epochs, method=method,
+        )

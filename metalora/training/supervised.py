@@ -1,4 +1,4 @@
-"""Plain supervised multi-task training of whatever parameters require grad (LoRA, HydraLoRA)."""
+"""Plain supervised multi-task training of whatever parameters require grad (LoRA, HydraLoRA, DoRA)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import torch
 from transformers import get_scheduler
 
 from metalora.data.budgets import TaskBudget
-from metalora.training.batching import MixedTaskSampler, batch_loss, collate, encode_example
+from metalora.training.batching import batch_loss, batch_tokens, collate, encode_example
+from metalora.training.budget import BudgetPlan, training_cost
 from metalora.training.config import TrainConfig
 from metalora.training.loop import StepCallback, run_steps
+from metalora.training.sampling import MixedTaskSampler
 from metalora.training.trainer import model_device
 
 
@@ -29,28 +31,32 @@ def train_supervised(
     tokenizer,
     tasks: Sequence[TaskBudget],
     config: TrainConfig,
+    budget: BudgetPlan,
     on_step: StepCallback | None = None,
     checkpointer=None,
-) -> list[dict]:
-    """AdamW on the trainable parameters; each batch mixes the tasks with equal weight."""
+) -> tuple[list[dict], dict]:
+    """AdamW on the trainable parameters for ``budget.updates`` steps; each batch mixes the tasks
+    with equal weight (``MixedTaskSampler``) and its loss weighs them by ``config.loss_weighting``.
+    Returns the step log and ``cost.json``'s "training" record."""
     encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
     sampler = MixedTaskSampler([len(items) for items in encoded], seed=config.seed)
-    total_steps = config.total_steps(sum(len(items) for items in encoded), config.batch_size)
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config, total_steps)
+    scheduler = make_scheduler(optimizer, config, budget.updates)
     device = model_device(model)
 
     def compute_gradients() -> dict:
         picks = sampler.next_batch(config.batch_size)
-        batch = collate([encoded[task][index] for task, index in picks], tokenizer.pad_token_id, device)
-        loss = batch_loss(model, batch)
+        batch = collate(
+            [encoded[task][index] for task, index in picks], tokenizer.pad_token_id, device, [t for t, _ in picks]
+        )
+        loss = batch_loss(model, batch, config.loss_weighting)
         loss.backward()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "examples": len(picks), "tokens": batch_tokens(batch)}
 
-    return run_steps(
+    log = run_steps(
         model=model,
-        total_steps=total_steps,
+        total_steps=budget.updates,
         params=params,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -59,3 +65,9 @@ def train_supervised(
         on_step=on_step,
         checkpointer=checkpointer,
     )
+    return log, training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
+
+
+def parameter_count(params) -> int:
+    """Trainable parameters (cost.json), counted from the tensors the optimizer updates."""
+    return sum(param.numel() for param in params)

@@ -20,6 +20,7 @@ import torch
 from metalora.data.budgets import TaskBudget
 from metalora.options import NoOptions, options_from_dict
 from metalora.training.adapters import Adapter
+from metalora.training.budget import BudgetPlan, UpdateShape
 from metalora.training.checkpoint import FolderCheckpointer
 from metalora.training.config import TrainConfig
 from metalora.training.loop import StepCallback
@@ -33,6 +34,17 @@ class Trainer(ABC):
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.options_class()
+
+    def update_shape(self, config: TrainConfig, num_tasks: int) -> UpdateShape:
+        """What one update consumes (``metalora.training.budget``); supervised methods: one batch
+        of ``batch_size`` examples, each slot one task visit."""
+        return UpdateShape.supervised(config.batch_size)
+
+    def plan_budget(self, config: TrainConfig, tasks: Sequence[TaskBudget], method: str = "this method") -> BudgetPlan:
+        """The run's number of updates under ``config.budget_rule``; refuses (MlbenchError) a
+        budget that would leave any example of ``tasks`` unseen."""
+        sizes = [len(task.examples) for task in tasks]
+        return config.plan_budget(self.update_shape(config, len(tasks)), sizes, method)
 
     @abstractmethod
     def fit(
@@ -73,6 +85,13 @@ class MethodSpec:
 
     def make_trainer(self, values: Mapping | None = None) -> Trainer:
         return self.trainer(self.make_options(values))
+
+    def plan_budget(self, options, config: TrainConfig, budgets: Sequence[TaskBudget]) -> BudgetPlan | None:
+        """The run's budget plan from validated options, before any model is loaded; None for a
+        method that does not train."""
+        if not self.trains:
+            return None
+        return self.trainer(options).plan_budget(config, budgets, self.name)
 
 
 def check_budgets(options, budgets: Sequence[TaskBudget]) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from metalora.training.config import LOSS_WEIGHTINGS
+
 IGNORE_INDEX = -100
-LOSS_WEIGHTINGS = ("task", "token")
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
