@@ -368,6 +368,7 @@ class MetaLoraTrainer(Trainer):
     def fit(self, model, tokenizer, tasks, config, on_step=None, checkpointer=None) -> LoraAdapter:
         options = self.options
         options.check_train(config)  # also when called directly, not through a run config
+        options.check_budgets(tasks)  # also for direct use: the sampler needs n_s + n_q <= each budget
         budget = self.plan_budget(config, tasks)
         encoded = encode_tasks(tokenizer, tasks, config.max_seq_len)
         sampler = EpisodeSampler(
