@@ -215,3 +215,40 @@ def test_adapter_parameters_are_float32_under_a_bf16_base(tokenizer, row):
     after = dict(model.named_parameters())
     assert after.keys() == before.keys()
     assert all(after[n].dtype == torch.bfloat16 and torch.equal(after[n], before[n]) for n in before)
+
+
+def test_table2_plan_matches_every_cell_and_sees_every_example(data_root):
+    """configs/table2.yaml as planned from the real data (seed 0): in every cell (examples per
+    task) each method's passes are the cell's P plus less than one of its updates; every run sees
+    every budget example; full data trains at least one epoch; phase2_only is in every MeTA-LoRA cell."""
+    from collections import defaultdict
+    from dataclasses import replace
+    from pathlib import Path
+
+    from metalora.runs.runconfig import ExecutionOptions
+    from metalora.runs.sweep import load_sweep, prepare_sweep
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "table2.yaml")
+    sweep = replace(sweep, runs=[run for run in sweep.runs if run.get("seed", 0) == 0])
+    plan = prepare_sweep(sweep, ExecutionOptions(device="cpu", data_root=str(data_root.path)))
+    cells = defaultdict(dict)
+    for prepared in plan:
+        if prepared.budget is None:
+            assert prepared.config.method == "base"
+            continue
+        variant = prepared.config.method_options.get("variant", "")
+        cells[prepared.config.shots][f"{prepared.config.method}{'/' + variant if variant else ''}"] = prepared
+    assert sorted(cells, key=str) == [10, 100, 25, 50, "full"]
+    for shots, rows in cells.items():
+        expected = {"lora", "hydralora"} | (set() if shots == "full" else {"metalora/first_order", "metalora/phase2_only"})
+        assert set(rows) == expected, shots
+        sizes = [len(budget.examples) for budget in next(iter(rows.values())).budgets]
+        target = matched_passes(4 if shots == "full" else 32, sizes)
+        for name, prepared in rows.items():
+            budget = prepared.budget
+            per_update = budget.passes // budget.updates
+            assert budget.rule == "matched_compute" and target <= budget.passes < target + per_update, (shots, name)
+            assert budget.min_epochs >= 1, (shots, name)
+            assert prepared.config.train.loss_weighting == "task"
+    assert cells[50]["lora"].budget.passes == cells[50]["metalora/first_order"].budget.passes == 8000
+    assert cells["full"]["lora"].budget.passes == 20000
