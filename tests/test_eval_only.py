@@ -20,7 +20,7 @@ from metalora.runs.runner import prepare_run
 from metalora.runs.store import RunStore, write_config
 
 RUN = ["--method", "lora", "--scenario", "multilingual", "--tasks", "xcopa_et,xcopa_it", "--shots", "10",
-       "--steps", "2", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2", "--eval-limit", "1",
+       "--steps", "10", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2", "--eval-limit", "1",
        "--profile", "full", "--device", "cpu"]
 
 
@@ -50,7 +50,7 @@ def finished_run(tmp_path_factory, tiny_model_dir, data_root):
 
 def test_the_run_id_depends_on_training_settings_only(tiny_model_dir, data_root):
     base = {"method": "lora", "model": str(tiny_model_dir), "scenario": "multilingual",
-            "tasks": "xcopa_et,xcopa_it", "shots": 10, "steps": 2}
+            "tasks": "xcopa_et,xcopa_it", "shots": 10, "steps": 10}
     execution_root = {"data_root": str(data_root.path)}
     from metalora.runs.runconfig import ExecutionOptions
 
@@ -104,7 +104,7 @@ def test_run_with_another_benchmark_evaluates_only(finished_run, monkeypatch):
     sweep = store.parent / "sweep.yaml"
     model, data_root = (common[common.index(flag) + 1] for flag in ("--model", "--data-root"))
     defaults = {"method": "lora", "model": str(model), "scenario": "multilingual", "tasks": ["xcopa_et", "xcopa_it"],
-                "shots": 10, "steps": 2, "batch_size": 2, "max_seq_len": 64, "rank": 2, "eval_limit": 1,
+                "shots": 10, "steps": 10, "batch_size": 2, "max_seq_len": 64, "rank": 2, "eval_limit": 1,
                 "profile": "full", "benchmarks": ["xcopa", "xwinograd", "bbh_mc"]}
     sweep.write_text(yaml.safe_dump({"defaults": defaults, "grid": {"seed": [0]}}))
     dry = cli("sweep", sweep, "--store", store, "--data-root", data_root, "--dry-run")
@@ -237,7 +237,7 @@ def test_the_trained_adapter_is_what_gets_evaluated(tmp_path, tiny_model_dir, da
 
     execution = ExecutionOptions(data_root=str(data_root.path), device="cpu")
     options = {"model": str(tiny_model_dir), "scenario": "multilingual", "tasks": "xcopa_et,xcopa_it",
-               "shots": 10, "steps": 2, "batch_size": 2, "max_seq_len": 64, "rank": 2, "eval_limit": 1,
+               "shots": 10, "steps": 10, "batch_size": 2, "max_seq_len": 64, "rank": 2, "eval_limit": 1,
                "benchmarks": ("xcopa",), "profile": "full"}
     store = RunStore(tmp_path / "store")
 

@@ -19,7 +19,8 @@ from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
 
 CONFIG = TrainConfig(rank=4, alpha=8, dropout=0.0, target_modules=("gate_proj", "up_proj", "down_proj"),
-                     steps=3, lr=5e-2, batch_size=4, max_seq_len=32, seed=0)
+                     budget_rule="matched_updates", steps=3, lr=5e-2, batch_size=4, max_seq_len=32, seed=0)
+TASKS = toy_tasks(per_task=4)  # 3 steps of 4 (or 3 meta-iterations of 2 + 2) see every example
 TRAINERS = {
     "lora": lambda: LoraTrainer(),
     "dora": lambda: DoraTrainer(),
@@ -55,7 +56,7 @@ def _logits(model) -> torch.Tensor:
 def test_exported_adapter_loads_in_peft_with_the_same_logits(method, base_folder, tokenizer, tmp_path):
     from peft import PeftModel
 
-    adapter = TRAINERS[method]().fit(_load_base(base_folder), tokenizer, toy_tasks(), CONFIG)
+    adapter = TRAINERS[method]().fit(_load_base(base_folder), tokenizer, TASKS, CONFIG)
     b_norm = sum(t.abs().sum().item() for name, t in adapter.state.items() if "lora_B" in name)
     assert b_norm > 0  # trained: the adapter moves the logits
     folder = adapter.export_peft(tmp_path / "peft", str(base_folder), "weights-sha256:abc")
@@ -80,7 +81,7 @@ def test_lm_eval_loads_the_exported_adapter(base_folder, tokenizer, tmp_path):
     from lm_eval.models.huggingface import HFLM
     from peft import PeftModel
 
-    adapter = LoraTrainer().fit(_load_base(base_folder), tokenizer, toy_tasks(), CONFIG)
+    adapter = LoraTrainer().fit(_load_base(base_folder), tokenizer, TASKS, CONFIG)
     folder = adapter.export_peft(tmp_path / "peft", str(base_folder))
     lm = HFLM(pretrained=str(base_folder), peft=str(folder), batch_size=1, device="cpu", dtype="float32")
     assert isinstance(lm.model, PeftModel)
@@ -89,7 +90,7 @@ def test_lm_eval_loads_the_exported_adapter(base_folder, tokenizer, tmp_path):
 
 
 def test_hydralora_has_no_peft_format(base_folder, tokenizer, tmp_path):
-    adapter = HydraLoraTrainer().fit(_load_base(base_folder), tokenizer, toy_tasks(), CONFIG)
+    adapter = HydraLoraTrainer().fit(_load_base(base_folder), tokenizer, TASKS, CONFIG)
     with pytest.raises(MlbenchError, match="a hydralora adapter has no peft format"):
         adapter.export_peft(tmp_path / "peft", str(base_folder))
     assert not (tmp_path / "peft").exists()

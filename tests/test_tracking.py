@@ -17,7 +17,7 @@ from metalora.runs.store import RunStore
 from metalora.runs.tracking import WandbTracker
 
 RUN = ["--method", "lora", "--scenario", "multilingual", "--tasks", "xcopa_et,xcopa_it", "--shots", "10",
-       "--steps", "3", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2", "--eval-limit", "1",
+       "--steps", "10", "--batch-size", "2", "--max-seq-len", "64", "--rank", "2", "--eval-limit", "1",
        "--benchmarks", "xcopa", "--profile", "full", "--device", "cpu", "--seed", "7"]
 
 
@@ -37,7 +37,7 @@ def test_tensorboard_event_file_holds_the_logged_scalars(tmp_path, tiny_model_di
     assert result.exit_code == 0, result.output
     (row,) = RunStore(store).rows()
     config = build_run_config({"method": "lora", "model": str(tiny_model_dir), "scenario": "multilingual",
-                               "tasks": "xcopa_et,xcopa_it", "shots": 10, "steps": 3, "batch_size": 2,
+                               "tasks": "xcopa_et,xcopa_it", "shots": 10, "steps": 10, "batch_size": 2,
                                "max_seq_len": 64, "rank": 2, "seed": 7, "profile": "full"})
     assert prepare_run(config, ExecutionOptions(data_root=str(data_root.path))).run_id == row.run_id
 
@@ -45,11 +45,11 @@ def test_tensorboard_event_file_holds_the_logged_scalars(tmp_path, tiny_model_di
     events.Reload()
     log = [json.loads(line) for line in (store / row.run_id / "training_log.jsonl").read_text().splitlines()]
     loss = events.Scalars("train/loss")
-    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.step for e in loss] == list(range(1, 11))  # two tasks of 10 in batches of 2: 10 steps
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in log], rel=1e-6)
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([r["lr"] for r in log], rel=1e-6)
     (final,) = events.Scalars("eval/xcopa/acc")
-    assert final.step == 3 and final.value == pytest.approx(row.headline["xcopa/acc"], rel=1e-6)
+    assert final.step == 10 and final.value == pytest.approx(row.headline["xcopa/acc"], rel=1e-6)
 
 
 def test_a_missing_logging_package_is_one_line_before_any_work(tmp_path, tiny_model_dir, data_root, monkeypatch):
