@@ -17,7 +17,7 @@ SITE ?= site
 # On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
 SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),,--profile smoke)
 TABLE2 := $(if $(HAS_GPU),configs/table2.yaml,configs/table2-smoke.yaml)
-ABLATIONS := ablation-k ablation-support ablation-phases ablation-order ablation-data
+ABLATIONS := ablation-k ablation-support ablation-phases ablation-order ablation-data ablation-model
 
 .PHONY: install test test-fast test-browser lint report models reproduce-table2 reproduce-multilingual ablations $(ABLATIONS)
 
@@ -69,6 +69,8 @@ ablation-support:
 	$(MLBENCH) sweep configs/ablation_support.yaml $(SWEEP_FLAGS)
 ablation-phases:
 	$(MLBENCH) sweep configs/ablation_phases.yaml $(SWEEP_FLAGS)
+ablation-model:
+	$(MLBENCH) sweep configs/ablation_model.yaml $(SWEEP_FLAGS)
 ablation-order:
 	$(MLBENCH) sweep configs/ablation_order.yaml $(SWEEP_FLAGS)
 ablation-data:
