@@ -118,7 +118,7 @@ def test_a_sweep_goes_on_past_a_failed_run_and_exits_non_zero(tmp_path, tiny_mod
     store, sweep = tmp_path / "store", tmp_path / "two.yaml"
     sweep.write_text(
         "defaults: {model: " + str(tiny_model_dir) + ", method: lora, tasks: [strategyqa], shots: 10,\n"
-        "           benchmarks: [mgsm], eval_limit: 1, rank: 2, batch_size: 2, steps: 4}\n"
+        "           benchmarks: [mgsm], eval_limit: 1, rank: 2, batch_size: 2, steps: 10}\n"
         "grid: {lr: [1e30, 1e-4]}\n",
         encoding="utf-8",
     )

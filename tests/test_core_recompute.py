@@ -33,11 +33,12 @@ def _checkpointing_on(model) -> bool:
 
 @pytest.mark.parametrize(("method", "options"), METHODS)
 def test_every_method_trains_the_same_adapter_with_checkpointing(tokenizer, method, options):
-    tasks = toy_tasks(3, 20)
+    tasks = toy_tasks(3, 4)  # 3 updates of 4 see every example under matched_updates (each method)
     adapters = []
     for checkpointing in (False, True):
         model = make_tiny_llama()
-        config = TrainConfig(steps=3, rank=2, batch_size=4, max_seq_len=64, gradient_checkpointing=checkpointing)
+        config = TrainConfig(budget_rule="matched_updates", steps=3, rank=2, batch_size=4, max_seq_len=64,
+                             gradient_checkpointing=checkpointing)
         seen = []  # whether checkpointing was on while each step trained
         adapters.append(make_trainer(method, options).fit(
             model, tokenizer, tasks, config, lambda record, model=model, seen=seen: seen.append(_checkpointing_on(model))

@@ -16,7 +16,7 @@ from metalora.runs.store import RunStore
 from metalora.runs.worker import ModelKey, ModelPool, Worker, weights_checksum
 from tests.conftest import make_tiny_llama
 
-RUN = {"steps": 3, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
+RUN = {"steps": 10, "batch_size": 2, "max_seq_len": 64, "rank": 2, "support_size": 2, "query_size": 2,
        "inner_steps": 1, "benchmarks": ["xcopa", "mgsm"], "eval_limit": 1, "max_gen_tokens": 4,
        "scenario": "multilingual", "tasks": ["xcopa_et", "xcopa_it"], "shots": 10, "profile": "full"}
 # Timings and timestamps differ between any two executions, the sample files' paths between stores; nothing else may.
