@@ -75,12 +75,7 @@ class GreedyDecoder:
                 count = min(self.rows - live, len(prompts) - waiting)
                 batch = self._join(batch, self._prefill(prompts, range(waiting, waiting + count)))
                 waiting += count
-            chosen = batch.logits.argmax(dim=-1)
-            for slot, token in enumerate(chosen.tolist()):
-                if not batch.done[slot]:
-                    tokens = outputs[batch.prompts[slot]]
-                    tokens.append(token)
-                    batch.done[slot] = self._finished(tokens, token, stopping)
+            chosen = self._choose(batch, outputs, stopping)
             if 4 * sum(batch.done) >= len(batch.prompts):
                 keep = [slot for slot, done in enumerate(batch.done) if not done]
                 if not keep:
@@ -96,17 +91,23 @@ class GreedyDecoder:
         for start in range(0, len(prompts), self.rows):
             batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))), drop_full_mask=True)
             while True:
-                chosen = batch.logits.argmax(dim=-1)
-                for slot, token in enumerate(chosen.tolist()):
-                    if not batch.done[slot]:
-                        tokens = outputs[batch.prompts[slot]]
-                        tokens.append(token)
-                        batch.done[slot] = self._finished(tokens, token, stopping)
+                chosen = self._choose(batch, outputs, stopping)
                 if all(batch.done):
                     break
                 done = torch.tensor(batch.done, device=chosen.device)
                 batch = self._step(batch, chosen.masked_fill(done, self.pad_id))
         return outputs
+
+    def _choose(self, batch: _Batch, outputs: list[list[int]], stopping: Stopping) -> torch.Tensor:
+        """The greedy token of every row; appended to the outputs of rows still generating, which
+        are marked done when it ends them."""
+        chosen = batch.logits.argmax(dim=-1)
+        for slot, token in enumerate(chosen.tolist()):
+            if not batch.done[slot]:
+                tokens = outputs[batch.prompts[slot]]
+                tokens.append(token)
+                batch.done[slot] = self._finished(tokens, token, stopping)
+        return chosen
 
     def _finished(self, tokens: list[int], token: int, stopping: Stopping) -> bool:
         if token in stopping.eos or len(tokens) >= stopping.max_new:
