@@ -248,6 +248,11 @@ AroundRun = Callable[[int, int, PreparedRun], AbstractContextManager]
 OUTCOME_LINES = {"skipped": "skipped: already finished, not redone", "busy": "busy: another worker has it"}
 
 
+def failure_reason(error: BaseException) -> str:
+    """One line saying why a run failed: a user-facing error as it is, anything else with its type."""
+    return str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}"
+
+
 def execute_runs(
     prepared_runs: Sequence[PreparedRun],
     store: RunStore,
@@ -281,7 +286,7 @@ def execute_runs(
                 if not keep_going:
                     raise
                 outcome = "failed"
-                report(f"failed: {error if isinstance(error, MlbenchError) else f'{type(error).__name__}: {error}'}")
+                report(f"failed: {failure_reason(error)}")
         outcomes[prepared.run_id] = outcome
         if outcome in OUTCOME_LINES:
             report(OUTCOME_LINES[outcome])
@@ -343,7 +348,7 @@ def execute_run(
             store.release(run_id)  # interrupted, not failed: the next run resumes it
             raise
         except BaseException as error:
-            store.fail(run_id, str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}")
+            store.fail(run_id, failure_reason(error))
             raise
     except BaseException:
         worker.models.release()  # a run that stopped half-way may have left its adapter attached
