@@ -89,6 +89,7 @@ def evaluate(
     subtasks: Mapping[str, Sequence[str]] | None = None,
     eval_backend: str = "fast",
     task_cache: TaskCache | None = None,
+    on_benchmark: Callable[[str, dict | None], None] | None = None,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
@@ -96,7 +97,8 @@ def evaluate(
     ``subtasks`` restricts a benchmark to some of its tasks, subjects or languages (quick runs);
     its aggregates then cover only those, as their ``n_tasks`` says. ``eval_backend`` is ``fast``
     or ``hflm`` (module docstring); ``task_cache`` (fast backend) keeps built tasks and
-    tokenizations for the next call.
+    tokenizations for the next call. ``on_benchmark(name, None)`` is called when a benchmark
+    starts and ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
@@ -111,12 +113,16 @@ def evaluate(
         outputs = {}
         run_benchmark = EVAL_BACKENDS[options.backend](model, tokenizer, context)
         for spec in specs:
+            if on_benchmark:
+                on_benchmark(spec.name, None)
             started = time.perf_counter()
             outputs[spec.name] = run_benchmark(spec, chosen[spec.name])
             seconds = time.perf_counter() - started
             items = sum(len(samples) for samples in outputs[spec.name]["samples"].values())
             timing[spec.name] = {"seconds": round(seconds, 3), "items": items,
                                  "items_per_second": round(items / seconds, 3) if seconds > 0 else None}  # fmt: skip
+            if on_benchmark:
+                on_benchmark(spec.name, timing[spec.name])
 
     scores, aggregates, records, flagged = [], [], {}, {}
     for spec in specs:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -16,11 +16,11 @@ import typer
 import typer.core
 import typer.main
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from metalora.errors import MlbenchError
 from metalora.options import option_names
+from metalora.runs.display import plural
 
 
 class LazyCommands(typer.core.TyperGroup):
@@ -89,13 +89,11 @@ def user_errors(command):
         except MlbenchError as error:
             print(f"mlbench: error: {error}", file=sys.stderr)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:  # before any run started (a run's interruption says what it kept)
+            print("mlbench: interrupted before any run started; nothing was written", file=sys.stderr)
+            raise typer.Exit(code=130) from None
 
     return wrapper
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """``1 run``, ``2 runs``: counts in messages read as English."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 def console() -> Console:
@@ -156,8 +154,13 @@ def execution_flags(exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
         "store", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],  # noqa: UP045
         default=typer.Option(None, "--store", help=StoreOption.help, rich_help_panel=panel),
     )
+    verbose = inspect.Parameter(
+        "verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--verbose", "-v", rich_help_panel=panel,
+                             help="Show third-party output (lm-eval, transformers) instead of writing it to the run's run.log."),
+    )
     names = [key for key in EXECUTION_KEYS if key not in exclude]
-    return option_flags(ExecutionOptions, names, panel) + [store]
+    return option_flags(ExecutionOptions, names, panel) + [store, verbose]
 
 
 def execution_options(given: dict):
@@ -178,63 +181,121 @@ def with_flags(parameters: list[inspect.Parameter]):
     return decorate
 
 
-def _progress_callbacks(out: Console):
-    """A training progress bar with ETA on a terminal; plain silence otherwise."""
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=out, disable=not out.is_terminal, transient=True,
-    )
-    state = {}
+def _execute(
+    prepared_runs, store, options, out: Console, verbose: bool = False, timings: dict | None = None, after_each=None,
+    summary_follows: bool = False, keep_going: bool = False,
+) -> dict[str, str]:
+    """Execute each run in turn through the runner's ``execute_runs``: a header, its progress, its
+    log; Ctrl-C says what was kept (exit 130). ``timings`` (run id -> durations measured here) is
+    filled for the summary. With ``keep_going`` (a sweep) a failed run is reported with its reason
+    and the next one starts (its outcome is "failed")."""
+    from metalora.runs.display import seconds
+    from metalora.runs.runner import RunHooks, execute_runs
 
-    def on_step(record: dict, total: int) -> None:
-        if "task" not in state:
-            progress.start()
-            state["task"] = progress.add_task("training", total=total or None, loss="-")
-        loss = record.get("loss")
-        progress.update(state["task"], completed=record["step"], loss=f"{loss:.4f}" if loss is not None else "-")
-        if total and record["step"] >= total:
-            progress.stop()
-
-    return on_step, progress
-
-
-def _execute(prepared_runs, store, options, out: Console, after_each=None, keep_going=False) -> dict[str, str]:
-    from metalora.runs.runner import execute_runs
+    timings = {} if timings is None else timings
 
     @contextmanager
     def around_run(index: int, total: int, prepared):
         if after_each and index > 1:
             after_each()  # a progress line between runs
-        out.print(f"[{index}/{total}] {describe(prepared.config)} -> {prepared.run_id}", highlight=False)
-        on_step, progress = _progress_callbacks(out)
+        count = "" if total == 1 else f"[{index}/{total}] "
+        out.print(f"{count}run {prepared.run_id}: {describe(prepared.config)}", highlight=False, markup=False)
         try:
-            yield on_step
-        finally:
-            progress.stop()
+            with _run_output(prepared.run_id, store, out, verbose, timings) as progress:
+                progress.expect_benchmarks(prepared.config.benchmarks)
+                yield RunHooks(progress.report, progress.on_step, progress.on_benchmark)
+        except KeyboardInterrupt:
+            out.print(f"interrupted: {_kept(store, prepared.run_id)}", highlight=False, markup=False)
+            raise typer.Exit(code=130) from None
+
+    def on_outcome(prepared, outcome: str) -> None:
+        if outcome in ("done", "evaluated") and not summary_follows:
+            total = timings.get(prepared.run_id, {}).get("total_s")
+            out.print(f"  {outcome}{'' if total is None else ' in ' + seconds(total)}", highlight=False)
 
     return execute_runs(prepared_runs, store, options, report=lambda line: out.print("  " + line, highlight=False),
-                        around_run=around_run, keep_going=keep_going)
+                        around_run=around_run, keep_going=keep_going, on_outcome=on_outcome)
+
+
+@contextmanager
+def _run_output(run_id: str, store, out: Console, verbose: bool, timings: dict):
+    """A run's ``RunProgress`` on ``out``; without ``verbose``, third-party output goes to a log
+    that ends up in the run's folder (``run.log``, appended when a run resumes)."""
+    import shutil
+    import tempfile
+
+    from metalora.chatter import chatter_to
+    from metalora.runs.display import LOG_FILE, RunProgress
+
+    handle, name = tempfile.mkstemp(prefix=f"mlbench-{run_id}-", suffix=".log")
+    os.close(handle)
+    log = Path(name)
+    try:
+        with nullcontext(None) if verbose else chatter_to(log) as terminal:
+            progress = RunProgress(out if terminal is None else Console(file=terminal, soft_wrap=True))
+            try:
+                yield progress
+            finally:
+                progress.close()
+                timings[run_id] = progress.timings
+    finally:
+        folder = store.run_dir(run_id)
+        if folder.is_dir() and log.stat().st_size:
+            with open(folder / LOG_FILE, "ab") as kept, open(log, "rb") as written:
+                shutil.copyfileobj(written, kept)
+        log.unlink(missing_ok=True)
+
+
+def _kept(store, run_id: str) -> str:
+    """One line: what an interrupted run kept, and how to resume it."""
+    folder = store.run_dir(run_id)
+    checkpoint = folder / "checkpoint" / "checkpoint.safetensors"
+    again = "run the same command again to"
+    if (folder / "eval" / "results.json").is_file():
+        return f"run {run_id} kept its evaluation results; {again} finish it"
+    if (folder / "adapter" / "adapter.json").is_file():
+        return f"run {run_id} kept its trained adapter; {again} evaluate it without retraining"
+    if checkpoint.is_file():
+        step = _checkpoint_step(checkpoint)
+        at = f" at step {step}" if step is not None else ""
+        return f"run {run_id} kept its training checkpoint{at}; {again} resume from there"
+    if folder.is_dir():
+        return f"run {run_id} had not reached its first checkpoint, nothing of it was kept; {again} start it over"
+    return f"run {run_id} had not started, nothing was written; {again} start it"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as reader:
+            return int(json.loads(reader.metadata()["mlbench"])["step"])
+    except Exception:  # noqa: BLE001 - a checkpoint being written when interrupted: say no step
+        return None
 
 
 def describe(config) -> str:
-    if not config.trains:
-        return f"base model {config.model}"
-    given = "".join(f" {key}={value}" for key, value in config.method_options.items())
-    return f"{config.method} shots={config.shots} seed={config.train.seed}{given} ({config.profile})"
+    from metalora.runs.display import describe as text
+
+    return text(config)
 
 
-def _default_profile(device: str | None, profile: str | None, out: Console) -> str:
+def _default_profile(device: str | None, profile: str | None, which: str = "") -> tuple[str, str | None]:
+    """The one rule of ``run`` and ``sweep``: an explicit profile, else quick on a CPU-only machine
+    and full with a GPU. Returns the profile and, where it was picked for the machine, the line
+    that says so (printed once the configuration is known to be valid, so an error stays one
+    line). ``which`` narrows the line (a sweep's runs that name no profile)."""
     from metalora.models import pick_device
     from metalora.runs.profiles import PROFILES
 
     if profile:
-        return profile
+        return profile, None
     if pick_device(device) == "cpu":
-        out.print(f"CPU only: using the 'quick' profile ({PROFILES['quick'].description}); "
-                  "pass --profile full for the full protocol.", highlight=False)
-        return "quick"
-    return "full"
+        quick = PROFILES["quick"].defaults
+        return "quick", (f"CPU only: {which}the quick profile ({plural(quick['epochs'], 'pass', 'passes')} over "
+                         f"every budget, {quick['max_seq_len']}-token sequences, {plural(quick['eval_limit'], 'item')} "
+                         "per evaluated task; not comparable with the full protocol): --profile full for that")
+    return "full", None
 
 
 def refuse_foreign_options(given: dict) -> None:
@@ -260,22 +321,28 @@ def run(**given):
 
     Example: mlbench run --method metalora --shots 50
     """
+    from metalora.runs.display import LOG_FILE, summary
     from metalora.runs.runconfig import build_run_config
     from metalora.runs.runner import prepare_run
     from metalora.runs.store import RunStore
 
     out = console()
-    store = given.pop("store")
+    store, verbose = given.pop("store"), given.pop("verbose")
     wait = given.pop("wait")
     execution = execution_options(given)
     refuse_foreign_options(given)
-    given["profile"] = _default_profile(execution.device, given.get("profile"), out)
+    given["profile"], said = _default_profile(execution.device, given.get("profile"))
     prepared = prepare_run(build_run_config(given), execution)
+    if said:
+        out.print(said, highlight=False)
     run_store = RunStore(store)
+    timings: dict = {}
     _wait_for_other_worker(run_store, prepared.run_id, wait, out)
-    while _execute([prepared], run_store, execution, out)[prepared.run_id] == "busy":  # claimed meanwhile
-        _wait_for_other_worker(run_store, prepared.run_id, wait, out)
-    show(prepared.run_id, store=store)
+    while _execute([prepared], run_store, execution, out, verbose, timings)[prepared.run_id] == "busy":
+        _wait_for_other_worker(run_store, prepared.run_id, wait, out)  # claimed meanwhile
+    folder = run_store.run_dir(prepared.run_id)
+    for line in summary(run_store.record(prepared.run_id), timings.get(prepared.run_id, {}), folder / LOG_FILE):
+        out.print(line, highlight=False, markup=False)
 
 
 WAIT_POLL_S = 2.0
@@ -315,37 +382,53 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     from metalora.runs.sweep import load_sweep, prepare_sweep, select_runs, write_sweep_record
 
     out = console()
-    store = given.pop("store")
+    store, verbose = given.pop("store"), given.pop("verbose")
     execution = execution_options(given)
     launch = LaunchOptions(launcher, workers, gpus, partition, time_min, gpus_per_job, array_parallelism,
                            runs_per_job).validate()
     if gpus is not None and execution.device not in (None, "cuda"):
         raise MlbenchError(f"--gpus gives each worker one GPU of its own; leave out --device {execution.device}")
     loaded = load_sweep(config, {"profile": profile} if profile else None)
+    if not profile and any("profile" not in options for options in loaded.runs):
+        fallback, said = _default_profile(execution.device, None, "runs that name no profile get ")
+        loaded = load_sweep(config, None, {"profile": fallback})
+    else:
+        said = None
     plan = prepare_sweep(loaded, execution)
     if only is not None:
         plan = select_runs(plan, only.split(","), config)
+    if said:
+        out.print(said, highlight=False)
     run_store = RunStore(store)
     states = {p.run_id: _sweep_state(run_store, p) for p in plan}
     done = sum(state == "done" for state in states.values())
     evaluate = sum(state == "eval only" for state in states.values())
-    out.print(f"{config}: {len(plan)} runs, {done} already done, {len(plan) - done - evaluate} to run"
+    out.print(f"{config}: {plural(len(plan), 'run')}, {done} already done, {len(plan) - done - evaluate} to run"
               + (f", {evaluate} finished but to evaluate on more (no training)" if evaluate else ""), highlight=False)
     if dry_run:
+        from metalora.runs.display import estimate_line, ignored_options_lines, recorded_durations
+        from metalora.runs.runconfig import describe_changes, differs_from_defaults
+
         for prepared in plan:
             budget = prepared.budget
             plan_text = f"  {budget.rule}: {budget.updates:,} updates, {budget.passes:,} example passes" if budget else ""
-            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}{plan_text}")
+            changed = describe_changes(differs_from_defaults(prepared.config))
+            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}{plan_text}"
+                  + (f"  [{changed}]" if changed else ""))
+        for line in ignored_options_lines(loaded.runs):
+            print(line)
+        to_run = [p.config for p in plan if states[p.run_id] == "to run"]
+        print(estimate_line(to_run, recorded_durations(run_store.root)))
         return
     write_sweep_record(run_store.root, loaded)
     if launch.launcher == "host" and launch.worker_count == 1:
-        _sweep_here(plan, run_store, execution, out)
+        _sweep_here(plan, run_store, execution, out, verbose)
     else:
         to_run = [run_id for run_id, state in states.items() if state != "done"]  # eval only included
         _sweep_launched(config, loaded.name, profile, plan, to_run, run_store, execution, launch, out)
 
 
-def _sweep_here(plan, run_store, execution, out: Console) -> None:
+def _sweep_here(plan, run_store, execution, out: Console, verbose: bool = False) -> None:
     """The sweep in this process: one worker."""
     from metalora.runs.progress import SweepProgress
 
@@ -354,17 +437,17 @@ def _sweep_here(plan, run_store, execution, out: Console) -> None:
     def report_progress() -> None:
         out.print(progress.read().line(), highlight=False)
 
-    outcomes = _execute(plan, run_store, execution, out, after_each=report_progress, keep_going=True)
+    outcomes = _execute(plan, run_store, execution, out, verbose, after_each=report_progress, keep_going=True)
     report_progress()
     busy = [run_id for run_id, outcome in outcomes.items() if outcome == "busy"]
     failed = [run_id for run_id, outcome in outcomes.items() if outcome == "failed"]
-    out.print(f"finished: {sum(o == 'done' for o in outcomes.values())} run now, "
+    out.print(f"finished: {plural(sum(o == 'done' for o in outcomes.values()), 'run')} now, "
               f"{sum(o == 'evaluated' for o in outcomes.values())} evaluated only, "
               f"{sum(o == 'skipped' for o in outcomes.values())} already done, {len(busy)} held by another worker, "
               f"{len(failed)} failed",
               highlight=False)
     if failed:  # the sweep went on past them; its exit status still says that not all is well
-        out.print(f"{len(failed)} run(s) failed: {', '.join(failed)}; 'mlbench show RUN_ID' gives each reason",
+        out.print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)}; 'mlbench show RUN_ID' gives each reason",
                   highlight=False)
         raise typer.Exit(1)
 
@@ -417,7 +500,8 @@ _SWEEP_FLAGS = [
     inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--dry-run", help="Print the plan and what is already done; run nothing.")),
     inspect.Parameter("profile", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(  # noqa: UP045
-        None, help="Override every run's profile (e.g. smoke on CPU).")),
+        None, help="Every run's profile, over the file's (default: each run's own, else quick on a CPU-only "
+                   "machine and full with a GPU, as for mlbench run).")),
     _sweep_flag("only", Optional[str], None, "Only these run ids (comma-separated, as --dry-run lists them); "  # noqa: UP045
                 "what each worker runs.", panel=None),
     _sweep_flag("launcher", str, "host", "host (worker processes on this machine) | slurm (submitit job array) | "
@@ -446,7 +530,7 @@ def evaluate_run(run_id: str, benchmarks: str | None, eval_limit: int | None, ma
     from metalora.runs.store import RunStore
 
     out = console()
-    store = given.pop("store")
+    store, verbose = given.pop("store"), given.pop("verbose")
     execution = execution_options(given)
     run_store = RunStore(store)
     names = tuple(name.strip() for name in benchmarks.split(",") if name.strip()) if benchmarks is not None else ()
@@ -458,8 +542,15 @@ def evaluate_run(run_id: str, benchmarks: str | None, eval_limit: int | None, ma
         out.print(f"run {prepared.run_id}: nothing to evaluate: {', '.join(prepared.request.benchmarks)} already "
                   "evaluated with these settings (--force evaluates them again)", highlight=False)
         return
-    outcome = execute_evaluation(prepared, run_store, execution,
-                                 report=lambda line: out.print(line, highlight=False))
+    out.print(f"run {prepared.run_id}", highlight=False)
+    try:
+        with _run_output(prepared.run_id, run_store, out, verbose, {}) as progress:
+            outcome = execute_evaluation(prepared, run_store, execution, report=progress.report,
+                                         on_benchmark=progress.on_benchmark)
+    except KeyboardInterrupt:
+        out.print(f"interrupted: run {prepared.run_id} kept what it had before; run the same command again to "
+                  "evaluate it", highlight=False, markup=False)
+        raise typer.Exit(code=130) from None
     if outcome == "busy":
         raise MlbenchError(f"another process is evaluating run {prepared.run_id} now; try again when it has finished")
     show(prepared.run_id, store=store)
@@ -559,7 +650,8 @@ def show(run_id: str = typer.Argument(..., help="A run id or a unique prefix of 
                   f"model {source.get('identity')}", highlight=False)
     losses = [r["loss"] for r in record.training_log if isinstance(r.get("loss"), (int, float))]
     if losses:
-        out.print(f"training: {len(record.training_log)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", highlight=False)
+        out.print(f"training: {plural(len(record.training_log), 'step')}, loss {losses[0]:.4f} -> {losses[-1]:.4f}",
+                  highlight=False)
     if record.method != "base":  # the base model trains nothing
         out.print(training_cost_line(record.cost), highlight=False)
     aggregates = (record.results or {}).get("aggregates")
@@ -639,11 +731,11 @@ def collect_garbage(
         print(f"{row.run_id}  {row.status}  {row.method} shots={row.shots} seed={row.seed}"
               + (f"  {row.error}" if row.error else ""))
     if not yes:
-        print(f"{len(doomed)} run(s) would be deleted; pass --yes to delete them")
+        print(f"{plural(len(doomed), 'run')} would be deleted; pass --yes to delete them")
         return
     for row in doomed:
         run_store.remove(row.run_id)
-    print(f"deleted {len(doomed)} run(s)")
+    print(f"deleted {plural(len(doomed), 'run')}")
 
 
 store_app = typer.Typer(help="The run store's index.", no_args_is_help=True)
@@ -722,8 +814,8 @@ def data_check(data_root: str | None = DataRootOption):
     root = resolve_data_root(data_root, allow_hub=False)
     checked, bad = verify_checksums(root.path)
     if bad:
-        raise MlbenchError(f"{len(bad)} of {checked} files in {root.path} do not match SHA256SUMS, e.g. {bad[0]}")
-    print(f"{root.path}: {checked} files match SHA256SUMS")
+        raise MlbenchError(f"{len(bad)} of {plural(checked, 'file')} in {root.path} do not match SHA256SUMS, e.g. {bad[0]}")
+    print(f"{root.path}: {plural(checked, 'file')} match{'es' if checked == 1 else ''} SHA256SUMS")
     problems = []
     print("training tasks (training pool / held-out items, read from the data):")
     for name, spec in TRAINING_TASKS.items():
@@ -744,9 +836,10 @@ def data_check(data_root: str | None = DataRootOption):
             continue
         total = sum(counts.values())
         note = "" if total == spec.total_items else f"  (official: {spec.total_items})"
-        print(f"  {name:32s} {total:6d} in {len(counts)} tasks{note}")
+        print(f"  {name:32s} {total:6d} in {plural(len(counts), 'task')}{note}")
     if problems:
-        raise MlbenchError(f"{len(problems)} task(s) or benchmark(s) cannot be read, first: {problems[0]}")
+        raise MlbenchError(f"{plural(len(problems), 'task or benchmark', 'tasks or benchmarks')} cannot be read, "
+                           f"first: {problems[0]}")
 
 
 @app.command()
@@ -777,8 +870,8 @@ def publish(
 
     done = publish_results(existing_store(store), out, model=model)
     print(
-        f"published {done.runs} run(s) with {done.sample_files} per-item record file(s) and "
-        f"{len(done.tables)} table(s) to {done.out}; render it with: mlbench report --store {done.out}"
+        f"published {plural(done.runs, 'run')} with {plural(done.sample_files, 'per-item record file')} and "
+        f"{plural(len(done.tables), 'table')} to {done.out}; render it with: mlbench report --store {done.out}"
     )
 
 

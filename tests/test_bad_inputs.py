@@ -319,7 +319,7 @@ def test_data_check_parses_every_file_and_counts_from_the_data(tmp_path):
     assert "  xwinograd                          3961 in 6 tasks\n" in result.stdout
     assert f"  mmlu                             unreadable: malformed MMLU file {mirror}/{MMLU} at line 2" in result.stdout
     assert result.stderr == (
-        f"mlbench: error: 2 task(s) or benchmark(s) cannot be read, first: malformed MMLU file {mirror}/{MMLU} "
+        f"mlbench: error: 2 tasks or benchmarks cannot be read, first: malformed MMLU file {mirror}/{MMLU} "
         "at line 2: expected 6 columns (question, A, B, C, D, answer letter A-D)\n"
     )
 
@@ -332,5 +332,8 @@ def test_cpu_colon_zero_is_the_cpu_profile_and_dtype(tmp_path, tiny_model_dir, d
     fill = {"model": str(tiny_model_dir), "data": str(data_root.path), "store": str(tmp_path / "s"), "tmp": str(tmp_path)}
     result = CliRunner().invoke(app, [arg.format(**fill) for arg in args])
     assert result.exit_code == 2
-    assert result.stderr.startswith("CPU only: using the 'quick' profile")
-    assert result.stderr.endswith("mlbench: error: rank must be a positive integer, got 0\n")
+    # One line: the profile is said only once the configuration is valid.
+    assert result.stderr == "mlbench: error: rank must be a positive integer, got 0\n"
+    from metalora.cli import _default_profile
+
+    assert _default_profile("cpu:0", None)[0] == "quick"

@@ -269,10 +269,10 @@ def test_rm_and_gc_list_first_and_delete_with_yes(tmp_path):
     assert listed.stdout.splitlines() == [
         f"{rid(4)}  failed  lora shots=50 seed=4  training diverged: the loss became nan at step 2",
         f"{rid(5)}  interrupted  lora shots=50 seed=5",
-        "2 run(s) would be deleted; pass --yes to delete them",
+        "2 runs would be deleted; pass --yes to delete them",
     ]
     assert statuses(store) == EXPECTED
-    assert cli("gc", "--yes", "--store", store).stdout.splitlines()[-1] == "deleted 2 run(s)"
+    assert cli("gc", "--yes", "--store", store).stdout.splitlines()[-1] == "deleted 2 runs"
     assert statuses(store) == {rid(n): "done" for n in (1, 2, 3)}
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith("index.sqlite")) == [rid(1), rid(2), rid(3)]
     assert cli("gc", "--store", store).stdout == "nothing to delete: no failed or interrupted runs\n"

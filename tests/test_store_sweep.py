@@ -243,7 +243,7 @@ def test_two_sweeps_at_once_share_the_store(tmp_path, tiny_model_dir, data_root)
     assert all(worker.returncode == 0 for worker in workers), outputs
     rows = RunStore(store_dir).rows()
     assert len(rows) == 6 and all(row.status == "done" for row in rows)
-    done_lines = sum(output.count(": done\n") for output in outputs)
+    done_lines = sum(output.count("\n  done in ") for output in outputs)
     assert done_lines == 6  # no run was trained and evaluated twice
     for row in rows:
         assert (store_dir / row.run_id / "eval" / "results.json").is_file()

@@ -35,7 +35,7 @@ from metalora.options import (
     require_positive,
 )
 from metalora.runs.profiles import PROFILES
-from metalora.training.budget import resolve_budget_options
+from metalora.training.budget import KNOB_RULES, RULE_KNOBS, resolve_budget_options
 from metalora.training.config import TrainConfig
 from metalora.training.trainer import check_budgets
 
@@ -175,6 +175,57 @@ def check_model_name(name: str) -> None:
         raise MlbenchError(
             f"model name is empty; pass a hub id, a local folder, a .gguf file or {', '.join(MODEL_ALIASES)}"
         )
+
+
+# Run-level options that change a number without being a column of their own (method, model,
+# scenario, shots, profile are columns; benchmarks decide which numbers exist).
+_RUN_LEVEL_DEFAULTS = ("full_cap", "eval_limit", "max_gen_tokens")
+
+
+def differs_from_defaults(config: RunConfig) -> dict[str, object]:
+    """Every option whose value differs from the protocol's default under the run's profile
+    (shared training options but the seed and how it is computed, the method's own options,
+    full_cap, eval_limit, max_gen_tokens), e.g. ``{"steps": 8, "inner_steps": 5}``: recorded in
+    config.json, listed by a sweep's dry run and shown on the leaderboard row.
+
+    The budget counts as its rule and that rule's one knob: a knob another rule would read is not
+    a setting of the run, and the rule is left out where the knob given implies it (``steps=8``
+    means matched_updates)."""
+    if not config.trains:
+        return {}
+    spec = get_method(config.method)
+    profile = {**PROFILES[config.profile].defaults, **spec.profile_defaults.get(config.profile, {})}
+    budget_defaults = resolve_budget_options({}, profile)
+    changed = {}
+    train = _plain(config.train)
+    for key in TRAIN_KEYS:
+        if key == "seed" or key in TRAIN_EXECUTION_FIELDS:
+            continue
+        default = budget_defaults[key] if key in budget_defaults else _plain(profile.get(key, getattr(TrainConfig(), key)))
+        if key in KNOB_RULES and train[key] is None:
+            continue  # the knob of another rule
+        if train[key] != default:
+            changed[key] = train[key]
+    if RULE_KNOBS[config.train.budget_rule] in changed:
+        changed.pop("budget_rule", None)  # implied by its knob: steps=8 means matched_updates
+    own = _plain(config.options)
+    for key in option_names(spec.options):
+        default = _plain(profile.get(key, getattr(spec.options(), key)))
+        if own.get(key) != default:
+            changed[key] = own.get(key)
+    for key in _RUN_LEVEL_DEFAULTS:
+        default = profile.get(key, getattr(RunConfig(), key))
+        if getattr(config, key) != default:
+            changed[key] = getattr(config, key)
+    return changed
+
+
+def describe_changes(changed: dict[str, object]) -> str:
+    """``steps=8, target_modules=[gate_proj,up_proj]``."""
+    def text(value) -> str:
+        return "[" + ",".join(map(str, value)) + "]" if isinstance(value, (list, tuple)) else str(value)
+
+    return ", ".join(f"{key}={text(value)}" for key, value in changed.items())
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ trains and detaches its adapter (``metalora.runs.worker``).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -40,7 +41,7 @@ from metalora.runs.evaluation import (
     stored_results,
 )
 from metalora.runs.meter import RunMeter
-from metalora.runs.runconfig import ExecutionOptions, RunConfig, run_id_for
+from metalora.runs.runconfig import ExecutionOptions, RunConfig, differs_from_defaults, run_id_for
 from metalora.runs.store import RunStore
 from metalora.runs.tracking import Tracker, open_tracker
 from metalora.training.adapters import PEFT_FILES, NoAdapter, load_adapter, no_peft_format
@@ -243,7 +244,20 @@ def headline_metrics(results: dict) -> dict[str, float]:
 
 Reporter = Callable[[str], None]
 StepReporter = Callable[[dict, int], None]
-# Per run: a context around it that yields the run's step callback (the CLI's progress bar).
+BenchmarkReporter = Callable[[str, "dict | None"], None]
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Where one run reports: the runner's lines, each training step, each benchmark's start
+    (timing None) and end (the CLI's progress display)."""
+
+    report: Reporter
+    on_step: StepReporter | None = None
+    on_benchmark: BenchmarkReporter | None = None
+
+
+# Per run: a context around it that yields the run's hooks (None: the list's ``report`` only).
 AroundRun = Callable[[int, int, PreparedRun], AbstractContextManager]
 OUTCOME_LINES = {"skipped": "skipped: already finished, not redone", "busy": "busy: another worker has it"}
 
@@ -262,6 +276,7 @@ def execute_runs(
     around_run: AroundRun | None = None,
     worker=None,
     keep_going: bool = False,
+    on_outcome: Callable[[PreparedRun, str], None] | None = None,
 ) -> dict[str, str]:
     """Execute runs one after another in this process; returns run id -> outcome (``execute_run``).
 
@@ -272,6 +287,8 @@ def execute_runs(
 
     One ``Worker`` (``metalora.runs.worker``; a new one unless given) serves the whole list, so
     the base model stays loaded between runs of the same model and tasks are built once.
+    ``around_run`` wraps each run and yields its ``RunHooks``; ``on_outcome`` sees each run's
+    outcome once its context has closed.
     """
     from metalora.runs.worker import Worker
 
@@ -279,17 +296,21 @@ def execute_runs(
     outcomes = {}
     for index, prepared in enumerate(prepared_runs, start=1):
         context = around_run(index, len(prepared_runs), prepared) if around_run else nullcontext()
-        with context as on_step:
+        with context as hooks:
+            hooks = hooks or RunHooks(report)
             try:
-                outcome = execute_run(prepared, store, options, report=report, on_step=on_step, worker=worker)
+                outcome = execute_run(prepared, store, options, report=hooks.report, on_step=hooks.on_step,
+                                      worker=worker, on_benchmark=hooks.on_benchmark)
             except Exception as error:  # execute_run has stored the failure and its reason
                 if not keep_going:
                     raise
                 outcome = "failed"
-                report(f"failed: {failure_reason(error)}")
+                hooks.report(f"failed: {failure_reason(error)}")
         outcomes[prepared.run_id] = outcome
         if outcome in OUTCOME_LINES:
             report(OUTCOME_LINES[outcome])
+        if on_outcome is not None:
+            on_outcome(prepared, outcome)
     return outcomes
 
 
@@ -301,12 +322,14 @@ def execute_run(
     report: Reporter = lambda line: None,
     on_step: StepReporter | None = None,
     worker=None,
+    on_benchmark: Callable[[str, dict | None], None] | None = None,
 ) -> str:
     """Run it; returns "done" (finished now), "evaluated" (a finished run only evaluated on what it
     lacked), "skipped" (already done) or "busy" (another worker).
 
     ``worker`` (a ``metalora.runs.worker.Worker``) is what a process running many runs shares
-    between them: the loaded base model and the built evaluation tasks."""
+    between them: the loaded base model and the built evaluation tasks. ``on_benchmark`` sees each
+    benchmark start and end (progress display)."""
     from metalora.runs.worker import ModelKey, Worker
 
     options = options or ExecutionOptions()
@@ -319,7 +342,7 @@ def execute_run(
             return "skipped"
         evaluation = PreparedEvaluation(run_id, config.method, config.model, config.dtype, prepared.model_identity,
                                         request, prepared.root, prepared.data_hashes, plan)
-        return execute_evaluation(evaluation, store, options, report=report, worker=worker)
+        return execute_evaluation(evaluation, store, options, report=report, worker=worker, on_benchmark=on_benchmark)
     if store.holder(run_id) is not None:
         return "busy"  # another live worker runs it: no model is loaded for nothing
     device = pick_device(options.device)
@@ -340,7 +363,7 @@ def execute_run(
             try:
                 with store.holding(run_id):
                     _execute_claimed(prepared, store, folder, options, loaded, report, on_step, worker.task_cache,
-                                     tracker, reused, meter)
+                                     tracker, reused, meter, on_benchmark)
             finally:
                 if tracker is not None:
                     tracker.close()
@@ -358,17 +381,26 @@ def execute_run(
 
 def _lend_model(worker, name: str, key, report: Reporter, run_id: str):
     """The worker's loaded model for ``key`` (loaded now, or kept from an earlier run and verified)."""
+    report(f"loading model {name} on {key.device} ({key.dtype})")
+    started = time.perf_counter()
     loaded, reused = worker.models.get(name, key)
-    report(f"run {run_id}: {'reusing the loaded' if reused else 'loaded'} model {name} on {key.device} ({key.dtype})")
+    report(f"model loaded in {time.perf_counter() - started:.1f} s"
+           + (" (kept from an earlier run of this worker, verified unchanged)" if reused else ""))
     return loaded, reused
 
 
+def _items(limit: int | None) -> str:
+    return f" (first {limit} item{'s' if limit > 1 else ''} of each task)" if limit else ""
+
+
 def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None,
-                     tracker: Tracker | None = None, reused: bool = False, meter: RunMeter | None = None) -> None:
+                     tracker: Tracker | None = None, reused: bool = False, meter: RunMeter | None = None,
+                     on_benchmark=None) -> None:
     meter = meter or RunMeter(loaded.device)
     run_id, config = prepared.run_id, prepared.config
     if not (folder / files.CONFIG_FILE).is_file():
-        files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe())
+        files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe(),
+                           differs_from_defaults=differs_from_defaults(config))
     if loaded.source.identity != prepared.model_identity:
         raise MlbenchError(f"the weights of {config.model} changed after run {run_id} was planned; run it again")
     environment = environment_record(loaded.device) | {
@@ -382,14 +414,14 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
 
     adapter_dir = folder / files.ADAPTER_DIR
     if config.trains and (adapter_dir / "adapter.json").is_file():
-        report(f"run {run_id}: reusing the trained adapter")
+        report("reusing the trained adapter")
         adapter = load_adapter(adapter_dir, adapter_kinds())
     elif config.trains:
         total = prepared.budget.updates if prepared.budget else 0
         checkpointer = FolderCheckpointer(folder / files.CHECKPOINT_DIR, options.checkpoint_every)
         resumed = checkpointer.load()
         if resumed is not None:
-            report(f"run {run_id}: resuming training after step {resumed.step}")
+            report(f"resuming training after step {resumed.step}")
 
         def step_callback(record: dict) -> None:
             if on_step:
@@ -418,15 +450,14 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
     request = evaluation_request(config)
     plan = plan_evaluation(stored_results(folder), request, prepared.data_hashes)
     if plan.evaluate:
-        report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
-               + (f" (first {config.eval_limit} items per task)" if config.eval_limit else ""))
-        _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache, meter)
+        report(f"evaluating on {', '.join(plan.evaluate)}{_items(config.eval_limit)}")
+        _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache, meter,
+                       on_benchmark)
     results = json.loads((folder / files.RESULTS_FILE).read_text())
     files.write_cost(folder, meter.sections())
     store.finish(run_id, headline_metrics(results))
     if tracker is not None:
         tracker.log_metrics(headline_metrics(results), _last_step(folder))
-    report(f"run {run_id}: done")
 
 
 def _last_step(folder: Path) -> int:
@@ -437,7 +468,7 @@ def _last_step(folder: Path) -> int:
 
 
 def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequest, plan: EvalPlan, root: DataRoot,
-                   options: ExecutionOptions, task_cache, meter: RunMeter | None = None) -> dict:
+                   options: ExecutionOptions, task_cache, meter: RunMeter | None = None, on_benchmark=None) -> dict:
     """Evaluate ``plan.evaluate`` and commit the results to the run folder (evaluation.py);
     ``meter`` gets each benchmark's wall time and items/s."""
     stored = stored_results(folder)
@@ -446,7 +477,7 @@ def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequ
         model = adapter.attach(loaded.model)
         try:
             result = _evaluate(model, loaded.tokenizer, adapter, request, plan, root, options, pending, run_id,
-                               task_cache)
+                               task_cache, on_benchmark)
         finally:
             adapter.detach(model)
         if meter is not None:
@@ -455,7 +486,7 @@ def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequ
 
 
 def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, root: DataRoot,
-              options: ExecutionOptions, pending: Path, run_id: str, task_cache):
+              options: ExecutionOptions, pending: Path, run_id: str, task_cache, on_benchmark=None):
     from eval_tasks.harness import evaluate
 
     return evaluate(
@@ -472,6 +503,7 @@ def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, r
         subtasks=request.subtasks(plan.evaluate),
         eval_backend=options.eval_backend,
         task_cache=task_cache,
+        on_benchmark=on_benchmark,
     )
 
 
@@ -482,6 +514,7 @@ def execute_evaluation(
     *,
     report: Reporter = lambda line: None,
     worker=None,
+    on_benchmark: Callable[[str, dict | None], None] | None = None,
 ) -> str:
     """Evaluate a finished run on what its plan lacks, with its saved adapter (never retrained).
     Returns "evaluated", "skipped" (nothing left to do) or "busy" (another worker evaluates it)."""
@@ -498,7 +531,7 @@ def execute_evaluation(
         if not plan.evaluate:
             return "skipped"
         device = pick_device(options.device)
-        report(f"run {run_id}: evaluation only, the saved adapter is not retrained: {plan.describe()}")
+        report(f"evaluation only, the saved adapter is not retrained: {plan.describe()}")
         key = ModelKey(prepared.model_identity, prepared.dtype, device)
         loaded, _ = _lend_model(worker, prepared.model, key, report, run_id)
         if loaded.source.identity != prepared.model_identity:
@@ -508,12 +541,10 @@ def execute_evaluation(
             adapter = load_adapter(folder / files.ADAPTER_DIR, adapter_kinds())
         else:
             adapter = NoAdapter({}, {})
-        limit = prepared.request.eval_limit
-        report(f"run {run_id}: evaluating on {', '.join(plan.evaluate)}"
-               + (f" (first {limit} items per task)" if limit else ""))
+        report(f"evaluating on {', '.join(plan.evaluate)}{_items(prepared.request.eval_limit)}")
         try:
             results = _evaluate_into(folder, run_id, adapter, loaded, prepared.request, plan, prepared.root, options,
-                                     worker.task_cache)
+                                     worker.task_cache, on_benchmark=on_benchmark)
         except BaseException:
             worker.models.release()
             raise
@@ -522,7 +553,6 @@ def execute_evaluation(
         if tracker is not None:
             tracker.log_metrics(headline_metrics(results), _last_step(folder))
             tracker.close()
-    report(f"run {run_id}: evaluated")
     return "evaluated"
 
 

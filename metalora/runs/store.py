@@ -648,12 +648,15 @@ def now() -> str:
 
 def write_config(
     folder: Path, run_id: str, config: Mapping, data_hashes: Mapping[str, str], data_root: str | None,
-    created: str | None = None,
+    created: str | None = None, differs_from_defaults: Mapping | None = None,
 ) -> None:
+    """``differs_from_defaults``: the options that differ from the protocol's defaults under the
+    run's profile (``runconfig.differs_from_defaults``), recorded beside the config."""
     write_json(
         folder / CONFIG_FILE,
         {"run_id": run_id, "config": dict(config), "data_hashes": dict(data_hashes), "data_root": data_root,
-         "created": created or now()},
+         "created": created or now()}
+        | ({} if differs_from_defaults is None else {"differs_from_defaults": dict(differs_from_defaults)}),
     )
 
 

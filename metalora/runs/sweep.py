@@ -53,7 +53,11 @@ MAX_SWEEP_RUNS = 5000
 _SCALARS = (str, int, float, bool)
 
 
-def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path, overrides: Mapping[str, object] | None = None, fallback: Mapping[str, object] | None = None
+) -> Sweep:
+    """``overrides`` win over everything the file says; ``fallback`` fills what it leaves out
+    (``mlbench sweep`` passes the profile picked for the machine there)."""
     path = Path(path)
     if not path.is_file():
         raise MlbenchError(f"sweep file {path} not found; pass a YAML file such as configs/table2.yaml")
@@ -102,8 +106,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, object] | None = None) 
         if grid:
             keys = list(grid)
             for combination in itertools.product(*(grid[key] for key in keys)):
-                runs.append({**defaults, **dict(zip(keys, combination)), **(overrides or {})})
-    runs += [{**defaults, **run, **(overrides or {})} for run in extra]
+                runs.append({**(fallback or {}), **defaults, **dict(zip(keys, combination)), **(overrides or {})})
+    runs += [{**(fallback or {}), **defaults, **run, **(overrides or {})} for run in extra]
     if not runs:
         raise MlbenchError(f"{path}: no runs; give a grid or a list of runs")
     compare = _comparisons(data.get("compare"), runs, path)
