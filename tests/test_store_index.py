@@ -394,5 +394,5 @@ def test_a_run_another_worker_is_running_is_one_line_or_waited_for(tmp_path, tin
     assert waited.exit_code == 0, waited.output
     assert time.monotonic() - started >= 1.5
     assert "is being run by another worker" in waited.stderr and "waiting for it to finish" in waited.stderr
-    assert f"run {prepared.run_id}  (done)" in waited.stdout
+    assert f"run {prepared.run_id}: done" in waited.stderr.splitlines()  # the summary of its result
     assert not (folder / "adapter").exists()  # its result was used, nothing trained here
