@@ -81,7 +81,8 @@ def test_slurm_job_array_parameters(tmp_path, monkeypatch):
 
 
 def _done_lines(text: str) -> list[str]:
-    return re.findall(r"run ([0-9a-f]{16}): done\n", text)
+    """Run ids whose header line ("[i/n] run ID: ...") is followed by its "  done in ..." line."""
+    return re.findall(r"run ([0-9a-f]{16}): [^\n]*\n(?:  (?!done)[^\n]*\n)*  done", text)
 
 
 def test_two_workers_run_every_run_once_with_one_workers_results(tmp_path, tiny_model_dir, data_root):
