@@ -338,7 +338,7 @@ def run(**given):
     run_store = RunStore(store)
     timings: dict = {}
     _wait_for_other_worker(run_store, prepared.run_id, wait, out)
-    while _execute([prepared], run_store, execution, out, verbose, timings)[prepared.run_id] == "busy":
+    while _execute([prepared], run_store, execution, out, verbose, timings, summary_follows=True)[prepared.run_id] == "busy":
         _wait_for_other_worker(run_store, prepared.run_id, wait, out)  # claimed meanwhile
     folder = run_store.run_dir(prepared.run_id)
     for line in summary(run_store.record(prepared.run_id), timings.get(prepared.run_id, {}), folder / LOG_FILE):
@@ -412,9 +412,11 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
         for prepared in plan:
             budget = prepared.budget
             plan_text = f"  {budget.rule}: {budget.updates:,} updates, {budget.passes:,} example passes" if budget else ""
-            changed = describe_changes(differs_from_defaults(prepared.config))
-            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}{plan_text}"
-                  + (f"  [{changed}]" if changed else ""))
+            named = prepared.config.method_options  # describe() names them already
+            changed = describe_changes({key: value for key, value in differs_from_defaults(prepared.config).items()
+                                        if key not in named})
+            print(f"{prepared.run_id}  {states[prepared.run_id]:9s}  {describe(prepared.config)}"
+                  + (f"  [{changed}]" if changed else "") + plan_text)
         for line in ignored_options_lines(loaded.runs):
             print(line)
         to_run = [p.config for p in plan if states[p.run_id] == "to run"]

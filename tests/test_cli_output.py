@@ -31,16 +31,17 @@ def run_args(model: Path, data: Path, store: Path, *extra: str) -> list[str]:
 
 def test_a_default_run_prints_progress_and_a_summary_and_logs_the_chatter(tmp_path, tiny_model_dir, data_root):
     store = tmp_path / "store"
-    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store, "--steps", "3"))
+    result = CliRunner().invoke(app, run_args(tiny_model_dir, data_root.path, store))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert not [line for line in lines if any(text in line for text in CHATTER)], result.output
     assert len(lines) < 16, result.output
     (run_id,) = [p.name for p in store.iterdir() if p.is_dir()]
-    assert lines[0].startswith("CPU only: the quick profile (3 steps, 128-token sequences, 1 item per evaluated task")
+    assert lines[0].startswith("CPU only: the quick profile (1 pass over every budget, 128-token sequences, 1 item per "
+                               "evaluated task")
     assert lines[1] == f"run {run_id}: lora, shots 10, seed 0, quick profile"
     assert lines[2:5] == [f"  loading model {tiny_model_dir} on cpu (float32)", lines[3], lines[4]]
-    assert lines[3].startswith("  model loaded in ") and lines[4].startswith("  training: 3 steps in ")
+    assert lines[3].startswith("  model loaded in ") and lines[4].startswith("  training: 5 steps in ")  # 10 examples, batch 2
     assert lines[5] == "  evaluating on mgsm, xcopa (first 1 item of each task)"
     assert lines[6].startswith("  mgsm: 11 items in ") and lines[6].endswith(" items/s)")
     assert lines[7].startswith("  xcopa: 11 items in ") and lines[7].endswith(" items/s)")
@@ -57,7 +58,7 @@ def test_a_default_run_prints_progress_and_a_summary_and_logs_the_chatter(tmp_pa
     log = (store / run_id / "run.log").read_text()
     assert "Custom kwargs can be passed to `--metadata`" in log
     recorded = json.loads((store / run_id / "config.json").read_text())["differs_from_defaults"]
-    assert recorded == {"rank": 2, "batch_size": 2, "max_seq_len": 256}  # steps 3 is the quick profile's
+    assert recorded == {"rank": 2, "batch_size": 2, "max_seq_len": 256}  # one epoch is the quick profile's
     assert "`pretrained` model kwarg is not of type `str`" not in result.output
 
 
@@ -67,7 +68,7 @@ def test_verbose_shows_the_chatter_and_quiet_runs_send_git_errors_to_the_log(tmp
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    common = ["--eval-backend", "hflm", "--profile", "smoke", "--eval-limit", "1", "--steps", "1"]
+    common = ["--eval-backend", "hflm", "--profile", "smoke", "--eval-limit", "1"]
     quiet = subprocess.run([sys.executable, "-m", "metalora.cli", *run_args(tiny_model_dir, data_root.path,
                             tmp_path / "quiet", *common)], cwd=outside, env=env, capture_output=True, text=True, check=False,
                            timeout=600)
@@ -142,9 +143,10 @@ def test_sweep_picks_the_profile_like_run_and_estimates_from_recorded_times(tmp_
                                       "--data-root", str(data_root.path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("CPU only: runs that name no profile get the quick profile (3 steps")
+    assert lines[0].startswith("CPU only: runs that name no profile get the quick profile (1 pass over every budget")
     assert lines[1] == f"{sweep}: 6 runs, 0 already done, 6 to run"
-    assert all(line.endswith(", quick profile") for line in lines[2:8])
+    # lora and hydralora see the 10 xcopa_et examples once in 3 batches of 4 (the quick profile's epoch)
+    assert all(line.endswith(", quick profile  epochs: 3 updates, 12 example passes") for line in lines[2:8])
     # Three lora runs at the median of 100 and 140 s; no hydralora run has a recorded time.
     assert lines[-1] == ("estimated duration: 6 min 00 s for 3 runs of 6, from the median recorded time of finished "
                          "runs with the same method, profile and model; none recorded for 3 runs (hydralora/quick)")
@@ -158,15 +160,18 @@ def test_sweep_picks_the_profile_like_run_and_estimates_from_recorded_times(tmp_
 
 def test_a_sweep_names_the_options_that_runs_of_other_methods_ignore(tmp_path, tiny_model_dir, data_root):
     sweep = _sweep(tmp_path / "s.yaml", tiny_model_dir, {"method": ["lora", "metalora", "hydralora"]},
-                   {"inner_steps": 1, "support_size": 2, "query_size": 2, "num_heads": 2, "profile": "smoke"})
+                   {"inner_steps": 1, "support_size": 2, "query_size": 2, "num_heads": 2, "profile": "smoke", "rank": 2})
     result = CliRunner().invoke(app, ["sweep", str(sweep), "--dry-run", "--store", str(tmp_path / "st"),
                                       "--device", "cpu", "--data-root", str(data_root.path)])
     assert result.exit_code == 0, result.output
     assert "CPU only" not in result.output  # every run names its profile
     lines = result.output.splitlines()
     assert [line.split("  ", 2)[2].strip() for line in lines[1:4]] == [  # each run's changes from the defaults
-        "lora, shots 10, seed 0, smoke profile", "metalora, shots 10, seed 0, smoke profile",
-        "hydralora, shots 10, seed 0, smoke profile  [num_heads=2]"]
+        "lora, shots 10, seed 0, smoke profile  [rank=2]  epochs: 3 updates, 12 example passes",
+        # k x n_s + n_q = 4 passes per update
+        ("metalora, shots 10, seed 0, inner_steps=1, support_size=2, query_size=2, smoke profile  [rank=2]  "
+         "epochs: 3 updates, 12 example passes"),
+        "hydralora, shots 10, seed 0, num_heads=2, smoke profile  [rank=2]  epochs: 3 updates, 12 example passes"]
     assert lines[-5:-1] == [
         "inner_steps (metalora only) is ignored by 1 lora run, 1 hydralora run",
         "num_heads (hydralora only) is ignored by 1 lora run, 1 metalora run",
@@ -206,9 +211,9 @@ def test_differs_from_defaults_names_every_changed_option_against_the_profile():
     assert changes(method="lora", profile="full") == ""
     assert changes(method="metalora", profile="quick") == ""  # its own quick defaults (n_s = n_q = 2, k = 1)
     assert changes(method="metalora", shots=10, support_size=5, query_size=5, steps=8) == \
-        "steps=8, support_size=5, query_size=5"
+        "budget_rule=matched_updates, steps=8, support_size=5, query_size=5"
     assert changes(method="hydralora", num_heads=2, epochs=2, target_modules="gate_proj") == \
-        "target_modules=[gate_proj], epochs=2, num_heads=2"
+        "target_modules=[gate_proj], budget_rule=epochs, epochs=2.0, num_heads=2"
     assert changes(method="lora", profile="smoke", eval_limit=5, seed=3) == "eval_limit=5"  # the seed is no setting
     assert changes(method="base", eval_limit=5) == ""
 

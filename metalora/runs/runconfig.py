@@ -35,7 +35,7 @@ from metalora.options import (
     require_positive,
 )
 from metalora.runs.profiles import PROFILES
-from metalora.training.budget import KNOB_RULES, RULE_KNOBS, resolve_budget_options
+from metalora.training.budget import KNOB_RULES, resolve_budget_options
 from metalora.training.config import TrainConfig
 from metalora.training.trainer import check_budgets
 
@@ -188,9 +188,8 @@ def differs_from_defaults(config: RunConfig) -> dict[str, object]:
     full_cap, eval_limit, max_gen_tokens), e.g. ``{"steps": 8, "inner_steps": 5}``: recorded in
     config.json, listed by a sweep's dry run and shown on the leaderboard row.
 
-    The budget counts as its rule and that rule's one knob: a knob another rule would read is not
-    a setting of the run, and the rule is left out where the knob given implies it (``steps=8``
-    means matched_updates)."""
+    The budget counts as its rule and that rule's one knob (``budget_rule=matched_updates,
+    steps=8``): a knob another rule would read is not a setting of the run."""
     if not config.trains:
         return {}
     spec = get_method(config.method)
@@ -206,8 +205,6 @@ def differs_from_defaults(config: RunConfig) -> dict[str, object]:
             continue  # the knob of another rule
         if train[key] != default:
             changed[key] = train[key]
-    if RULE_KNOBS[config.train.budget_rule] in changed:
-        changed.pop("budget_rule", None)  # implied by its knob: steps=8 means matched_updates
     own = _plain(config.options)
     for key in option_names(spec.options):
         default = _plain(profile.get(key, getattr(spec.options(), key)))
