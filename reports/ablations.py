@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reports.settings import Setting, ablation_keys, modal_values
+from reports.settings import Setting, ablation_keys, reference_values
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def find_ablations(settings: Sequence[Setting]) -> list[Ablation]:
         for setting in members:
             families[(setting.model, setting.scenario)].append(setting)
         for family in families.values():
-            modes = modal_values([s.identity for s in family], keys)
+            modes = reference_values(spec.method, [s.identity for s in family], keys)
             fixed = keys - {spec.field, *spec.coupled}
             groups: dict[tuple, list[Setting]] = defaultdict(list)
             for s in family:

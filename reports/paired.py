@@ -235,7 +235,7 @@ def _primary(
     primaries: Iterable[Primary], a: Setting, b: Setting, column: str
 ) -> tuple[Primary | None, bool]:
     """(the primary declaration it is, swap sides so that A is its a) for default configurations."""
-    if a.label or b.label:
+    if a.ablation or b.ablation:
         return None, False
     for declared in primaries:
         if declared.matches(a.method, b.method, a.shots, column):
@@ -248,14 +248,14 @@ def _primary(
 def tested_pairs(present: Sequence[Setting], column: str) -> list[tuple[Setting, Setting]]:
     """The between-methods pairs of one block and column, linear in the number of settings.
 
-    Every two default configurations (empty label: the methods themselves); each ablation variant
+    Every two default configurations (empty ablation: the methods themselves); each ablation variant
     against its method's default configuration; and the column's best row (highest mean over
     seeds, as the leaderboard ranks) against every other row, which is what its mark needs.
     """
-    defaults = [s for s in present if not s.label]
+    defaults = [s for s in present if not s.ablation]
     pairs = list(combinations(defaults, 2))
     default_of = {s.method: s for s in defaults}
-    pairs += [(s, default_of[s.method]) for s in present if s.label and s.method in default_of]
+    pairs += [(s, default_of[s.method]) for s in present if s.ablation and s.method in default_of]
     means = {s.key: m.mean for s in present if (m := over_seeds(s, COLUMNS[column].value)) is not None}
     ranked = [s for s in present if s.key in means]
     if ranked:

@@ -86,7 +86,7 @@ def budget_curves(settings: Sequence[Setting], folder: Path) -> list[Plot]:
                         p
                         for p in (
                             s.method,
-                            f"[{s.label}]" if s.label else "",
+                            f"[{s.ablation}]" if s.ablation else "",  # one curve across budgets
                             s.scenario or "",
                             "" if s.comparable else f"({s.profile})",
                         )

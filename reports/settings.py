@@ -4,11 +4,22 @@ A leaderboard row is a setting, so seeds are averaged and nothing else is. The k
 ``RunConfig.identity``: the base model ignores every training field. ``benchmarks`` is left out too,
 since it decides which numbers exist, not what they are.
 
-Ablations are told apart by a label. An "ablation key" is a config field that takes more than one
-value among settings of the same model, scenario, method, data budget and profile (for example
-``method_options.inner_steps`` when k = 1, 3 and 5 were run at 50 examples per task). A setting's
-label lists its ablation keys whose value differs from the most common one among that method's
-settings, so the default configuration gets an empty label at every budget.
+A run's ``method_options`` are stored as given; the identity fills in every option the run left
+at its default (``metalora.method_defaults``), so ``variant: first_order`` written out and left out
+are one setting.
+
+Ablations are told apart by a label. A setting's label lists every method option whose value differs
+from the method's default (``variant=phase2_only`` is the control, never "MeTA-LoRA", even in a store
+that holds nothing else), and every other "ablation key" whose value differs from the most common one
+among that method's settings. An ablation key is a config field that takes more than one value among
+settings of the same model, scenario, method, data budget and profile (for example ``train.lr`` when
+two learning rates were run at 50 examples per task).
+
+A setting stands for its method (in comparisons between methods, the primary comparison and the
+budget curves) when its label holds nothing but options that only fit the method to the budget
+(``metalora.method_defaults.BUDGET_SHAPED``: MeTA-LoRA's support and query sizes, 5 + 5 at 10
+examples per task, where the default 8 + 8 cannot be drawn) and that no setting at the same budget
+varies. Its ``ablation`` is then empty; every other setting is an ablation of its method.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from metalora.method_defaults import BUDGET_SHAPED, METHOD_OPTION_DEFAULTS
 from metalora.runs.profiles import PROFILES
 from reports.load import Run
 
@@ -27,6 +39,7 @@ BASE = "base"
 BASE_IGNORED = ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario")
 IGNORED = ("train.seed", "benchmarks")
 SHOWN = ("model", "scenario", "method", "shots", "profile")  # own leaderboard columns, never in labels
+METHOD_OPTION = "method_options."
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -41,9 +54,18 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def method_defaults(method: str | None) -> dict[str, str]:
+    """The flattened identity entries of ``method``'s option defaults (none for an unknown method)."""
+    defaults = METHOD_OPTION_DEFAULTS.get(method or "", {})
+    return {f"{METHOD_OPTION}{key}": json.dumps(value, sort_keys=True) for key, value in defaults.items()}
+
+
 def identity(config: dict) -> dict[str, str]:
-    drop = BASE_IGNORED if config.get("method") == BASE else ()
+    method = config.get("method")
+    drop = BASE_IGNORED if method == BASE else ()
     flat = flatten({key: value for key, value in config.items() if key not in drop})
+    if method != BASE:
+        flat = method_defaults(method) | flat  # an option left out is its default
     return {key: value for key, value in flat.items() if key not in IGNORED}
 
 
@@ -67,7 +89,8 @@ class Setting:
     key: str  # short hash of the identity, stable across builds (file names, anchors)
     identity: dict[str, str]
     runs: tuple[Run, ...]
-    label: str  # what distinguishes an ablation; "" for the default configuration
+    label: str  # every option that differs from the method's defaults or from its siblings
+    ablation: str = ""  # the part of the label that makes this an ablation; "" stands for the method
 
     @property
     def config(self) -> dict:
@@ -133,12 +156,14 @@ def group_settings(runs: Iterable[Run]) -> list[Setting]:
         groups[key].append(run)
         identities[key] = ident
     labels = _labels(identities)
+    ablations = _ablations(identities)
     settings = [
         Setting(
             key,
             identities[key],
             tuple(sorted(members, key=lambda r: (r.seed is None, r.seed or 0))),
             labels[key],
+            ablations[key],
         )
         for key, members in groups.items()
     ]
@@ -158,29 +183,71 @@ def ablation_keys(identities: dict[str, dict[str, str]]) -> set[str]:
     return {key for bucket in values.values() for key, seen in bucket.items() if len(seen) > 1}
 
 
-def modal_values(identities: Sequence[dict[str, str]], keys: Iterable[str]) -> dict[str, str | None]:
-    """The most common value of each key (ties broken by the value's text, so builds are stable)."""
-    modes = {}
+def reference_values(
+    method: str | None, identities: Sequence[dict[str, str]], keys: Iterable[str]
+) -> dict[str, str | None]:
+    """What an ablation key of ``method``'s settings is compared with: a method option's default,
+    else the most common value (ties broken by the value's text, so builds are stable)."""
+    defaults = method_defaults(method)
+    references = {}
     for key in keys:
+        if key in defaults:
+            references[key] = defaults[key]
+            continue
         counts = Counter(ident.get(key) for ident in identities)
-        modes[key] = min(counts, key=lambda value: (-counts[value], str(value)))
-    return modes
+        references[key] = min(counts, key=lambda value: (-counts[value], str(value)))
+    return references
 
 
-def _labels(identities: dict[str, dict[str, str]]) -> dict[str, str]:
-    keys = sorted(ablation_keys(identities))
+def _families(identities: dict[str, dict[str, str]]) -> dict[str | None, list[list[str]]]:
+    """Setting keys grouped by (model, scenario, method), under the method's name."""
     families: dict[tuple, list[str]] = defaultdict(list)
     for setting_key, ident in identities.items():
         families[_bucket(ident, ("model", "scenario", "method"))].append(setting_key)
+    named: dict[str | None, list[list[str]]] = defaultdict(list)
+    for (_, _, method_json), members in families.items():
+        named[json.loads(method_json) if method_json else None].append(members)
+    return named
+
+
+def _differences(identities, members, method) -> dict[str, list[str]]:
+    """Each member's keys that differ from their reference (``reference_values``)."""
+    own = [identities[m] for m in members]
+    # Every method option is compared with its default, whatever the siblings ran.
+    keys = sorted(ablation_keys(identities) | set(method_defaults(method)))
+    references = reference_values(method, own, keys)
+    return {m: [key for key in keys if identities[m].get(key) != references[key]] for m in members}
+
+
+def _labels(identities: dict[str, dict[str, str]]) -> dict[str, str]:
     labels = {}
-    for members in families.values():
-        modes = modal_values([identities[m] for m in members], keys)
-        for member in members:
-            ident = identities[member]
-            labels[member] = ", ".join(
-                f"{_short(key)}={_plain(ident.get(key))}" for key in keys if ident.get(key) != modes[key]
-            )
+    for method, families in _families(identities).items():
+        for members in families:
+            for member, keys in _differences(identities, members, method).items():
+                labels[member] = _text(identities[member], keys)
     return labels
+
+
+def _ablations(identities: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The label without the budget-shaped options that are the same across the setting's budget."""
+    ablations = {}
+    for method, families in _families(identities).items():
+        shaped = {f"{METHOD_OPTION}{key}" for key in BUDGET_SHAPED.get(method or "", ())}
+        for members in families:
+            differences = _differences(identities, members, method)
+            budgets: dict[tuple, list[str]] = defaultdict(list)
+            for member in members:
+                budgets[_bucket(identities[member], SHOWN)].append(member)
+            for budget in budgets.values():
+                varied = {k for k in shaped if len({identities[m].get(k) for m in budget}) > 1}
+                for member in budget:
+                    keys = [k for k in differences[member] if k not in shaped or k in varied]
+                    ablations[member] = _text(identities[member], keys)
+    return ablations
+
+
+def _text(ident: dict[str, str], keys: Sequence[str]) -> str:
+    return ", ".join(f"{_short(key)}={_plain(ident.get(key))}" for key in keys)
 
 
 def _short(key: str) -> str:

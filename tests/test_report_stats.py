@@ -387,3 +387,60 @@ def test_primary_on_the_heldout_column(tmp_path):
     # per seed MeTA-LoRA answers 10, 11, 12 more of each task's 60 items: 11/60 on average
     assert main.difference.estimate == pytest.approx(100 * 11 / 60)
     assert main.significant and main.p_adjusted == main.difference.p_value
+
+
+def control_store(store):
+    """The published Qwen store's shape: MeTA-LoRA's control (variant phase2_only) at both budgets
+    outnumbers MeTA-LoRA itself, whose options are left out at 50/task and written out at 10/task,
+    where both draw 5 + 5 support and query examples.
+    MeTA-LoRA answers 3 more items of each task than LoRA, the control 5 fewer."""
+    store.mkdir(parents=True)
+    cells = [
+        ("lora", 50, {}, 0),
+        ("metalora", 50, None, 3),  # options left out, as a sweep grid that names no variant
+        ("metalora", 50, {"variant": "phase2_only"}, -5),
+        ("lora", 10, {}, 0),
+        ("metalora", 10, {"variant": "first_order", "support_size": 5, "query_size": 5}, 3),
+        ("metalora", 10, {"variant": "phase2_only", "support_size": 5, "query_size": 5}, -5),
+    ]
+    for number, (method, shots, options, gap) in enumerate(cells):
+        for seed in range(3):
+            folder = write_run(
+                store,
+                rid(10 * (number + 1) + seed),
+                method=method,
+                seed=seed,
+                shots=shots,
+                method_options=options,
+                correct={"bbh": {t: first(20 + 2 * seed + gap + i) for i, t in enumerate(BBH_TASKS)}},
+            )
+            if options is None:
+                config = json.loads((folder / "config.json").read_text())
+                config["config"]["method_options"] = {}
+                (folder / "config.json").write_text(json.dumps(config))
+    (store / "sweeps").mkdir()
+    primary = {"a": "metalora", "b": "lora", "shots": 50, "benchmarks": ["bbh"]}
+    (store / "sweeps" / "t.json").write_text(json.dumps({"name": "t", "compare": {"primary": primary}}))
+    return store
+
+
+def test_the_control_is_labelled_and_never_stands_for_its_method(tmp_path):
+    store = control_store(tmp_path / "store")
+    settings = group_settings(load_store(store).finished)
+    labels = sorted((s.method, s.shots, s.label, s.ablation, len(s.runs)) for s in settings)
+    sizes = "query_size=5, support_size=5"
+    assert labels == [
+        ("lora", 10, "", "", 3),
+        ("lora", 50, "", "", 3),
+        ("metalora", 10, sizes, "", 3),  # fitted to the budget, as every setting there: the method
+        ("metalora", 10, f"{sizes}, variant=phase2_only", "variant=phase2_only", 3),
+        ("metalora", 50, "", "", 3),  # options left out: the defaults
+        ("metalora", 50, "variant=phase2_only", "variant=phase2_only", 3),
+    ]
+    comparisons = paired_comparisons(settings, read_primaries(store).primaries, BootstrapConfig(resamples=200))
+    main = [c for c in comparisons if c.primary and c.column == "bbh"]
+    assert len(main) == 1 and (main[0].a.label, main[0].b.method) == ("", "lora")
+    assert {run.config["method_options"].get("variant") for run in main[0].a.runs} == {None}
+    assert main[0].difference.estimate == pytest.approx(3 / N_ITEMS * 100)  # MeTA-LoRA's gap, not -5
+    at_10 = {(c.a.method, c.a.ablation, c.b.method, c.b.ablation) for c in comparisons if c.a.shots == 10}
+    assert at_10 == {("lora", "", "metalora", ""), ("metalora", "variant=phase2_only", "metalora", "")}

@@ -12,6 +12,7 @@ from pathlib import Path
 from eval_tasks.records import write_records
 from eval_tasks.registry import BENCHMARKS
 from eval_tasks.results import Aggregate, EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr
+from metalora.method_defaults import METHOD_OPTION_DEFAULTS
 from metalora.runs.store import (
     SAMPLES_DIR,
     SAMPLES_SUFFIX,
@@ -117,16 +118,8 @@ def write_run(
     folder = store / run_id
     (folder / SAMPLES_DIR).mkdir(parents=True)
     options = dict(method_options or {})
-    if method == "metalora":
-        options = {
-            "inner_steps": 3,
-            "support_size": 8,
-            "query_size": 8,
-            "inner_lr": 1e-3,
-            "tasks_per_iteration": 5,
-            "variant": "first_order",
-            "outer_optimizer": "adamw",
-        } | options
+    if method == "metalora":  # written out, as a sweep that names every option would
+        options = dict(METHOD_OPTION_DEFAULTS["metalora"]) | options
     config = {
         "method": method,
         "model": model,
