@@ -7,7 +7,9 @@ not ours to redistribute stays out:
   ``cost.json``, ``training_log.jsonl``, ``eval/results.json``, ``DONE``, and the per-item records
   ``eval/samples/*.jsonl.gz`` without their prompts (a prompt is rebuilt from the data and the
   config; keeping them would multiply the size and copy benchmark text into the repository);
-- left out: adapters and checkpoints (weights), the SQLite index (rebuilt from the folders).
+- left out: adapters and checkpoints (weights), the SQLite index (rebuilt from the folders);
+- added: a ``PUBLISHED`` marker per run (when, and by which code revision), so the report marks the
+  run as published wherever the folder is read, also after more runs join it in a resumed sweep.
 
 The published folder is itself a store: ``mlbench report --store results/<model>`` renders it, and
 its paired comparisons work, since those read each item's correctness, not its prompt. The
@@ -25,6 +27,9 @@ from pathlib import Path
 
 from eval_tasks.records import write_records
 from metalora.errors import MlbenchError
+from metalora.files import write_json
+from metalora.provenance import code_revision
+from metalora.runs.store import PUBLISHED_FILE, now
 from reports.load import Run, load_store
 from reports.output import publish
 from reports.primary import SWEEPS_FOLDER
@@ -54,10 +59,14 @@ def publish_results(store: Path, out: Path, *, model: str | None = None) -> Publ
         raise MlbenchError(f"the store {data.path} has no finished runs{which} to publish{have}")
     counts = {"samples": 0}
     tables: list[str] = []
+    revision, dirty = code_revision()
+    marker = {"published_by": "mlbench publish", "published": now(), "code_revision": revision, "code_dirty": dirty}
 
     def build(folder: Path) -> None:
         for run in runs:
             counts["samples"] += copy_run(run, folder / run.run_id)
+            # A run published before keeps its first marker: that is when it became public.
+            write_json(folder / run.run_id / PUBLISHED_FILE, run.published or marker)
         sweeps = data.path / SWEEPS_FOLDER
         if sweeps.is_dir():
             shutil.copytree(sweeps, folder / SWEEPS_FOLDER)

@@ -227,16 +227,19 @@ class Site:
         marks = {c.key: tables.column_marks(frame, c.key, tests) for c in columns}
         view = frame_view(
             frame,
-            hide=("setting", "comparable", "evaluation", "seed_list"),
+            hide=("setting", "comparable", "published", "evaluation", "seed_list"),
             labels={c.key: c.label for c in columns},
             descriptions={c.key: c.description for c in columns},
             marks=marks,
         )
         profile_index = [h.key for h in view.headers].index("profile")
-        for row, comparable in zip(view.rows, frame["comparable"]):
+        method_index = [h.key for h in view.headers].index("method")
+        for row, comparable, published in zip(view.rows, frame["comparable"], frame["published"]):
             if not comparable:
                 cell = row[profile_index]
                 row[profile_index] = replace(cell, badge="not comparable to the paper")
+            if published:  # runs that mlbench publish copied into a committed results folder
+                row[method_index] = replace(row[method_index], badge="published")
         reference = tables.reference_table()
         reference_rows = []
         for row in REFERENCE_ROWS:

@@ -39,6 +39,7 @@ SETTING_FIELDS = (
     "changed",
     "profile",
     "comparable",
+    "published",
     "evaluation",
     "seeds",
     "seed_list",
@@ -58,6 +59,7 @@ def setting_fields(setting: Setting) -> dict:
         "changed": non_defaults(setting.identity, setting.profile),
         "profile": setting.profile,
         "comparable": setting.comparable,
+        "published": all(run.published is not None for run in setting.runs),
         "evaluation": evaluation(setting.config),
         "seeds": len(setting.runs),  # runs averaged: one per training seed
         "seed_list": " ".join(str(seed) for seed in setting.seeds),

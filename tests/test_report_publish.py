@@ -81,3 +81,26 @@ def test_cli_publish_refuses_a_folder_it_did_not_write(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (out / "notes.txt").read_text() == "mine"
     assert rid(1) not in json.dumps(sorted(p.name for p in out.iterdir()))
+
+
+def test_published_runs_are_marked_in_the_report_and_keep_their_first_marker(published, tmp_path):
+    from reports.site import build_report
+
+    store, done = published
+    runs = load_store(done.out).finished
+    markers = {run.run_id: run.published for run in runs}
+    assert markers and all(
+        m and m["published_by"] == "mlbench publish" and len(m["code_revision"].split()[0]) == 40
+        for m in markers.values()
+    )
+    assert all(run.published is None for run in load_store(store).finished)  # the source store is not published
+
+    def published_rows(html: str) -> int:
+        return html.count('<span class="badge" title="published">published</span>')
+
+    settings = {s.key for s in group_settings(runs)}
+    assert published_rows(build_report(done.out, tmp_path / "site").read_text(encoding="utf-8")) == len(settings)
+    assert published_rows(build_report(store, tmp_path / "site2").read_text(encoding="utf-8")) == 0
+    again = publish_results(done.out, tmp_path / "again", model=MODEL)  # a published store, published again
+    assert {run.run_id: run.published for run in load_store(again.out).finished} == markers
+    assert "| published " in (done.out / "tables" / "leaderboard.md").read_text(encoding="utf-8")

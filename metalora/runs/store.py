@@ -638,6 +638,9 @@ SAMPLES_DIR = "eval/samples"
 COST_FILE = "cost.json"
 DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
+# Written by ``mlbench publish`` into each run it copies into a committable results folder
+# (reports/publish.py): the report marks such runs as published, wherever the folder is read from.
+PUBLISHED_FILE = "PUBLISHED"
 CLAIM_FILE = "CLAIM"
 SAMPLES_SUFFIX = ".jsonl.gz"
 
@@ -714,6 +717,7 @@ class RunRecord:
     problems: tuple[str, ...]  # files that exist but could not be read
     cost: dict | None = None  # cost.json, where recorded
     error: str | None = None  # why the run failed, where recorded
+    published: dict | None = None  # the PUBLISHED marker of a run copied by ``mlbench publish``
 
     @property
     def done(self) -> bool:
@@ -785,6 +789,7 @@ def read_run(folder: Path) -> RunRecord:
     done = _optional_json(folder / DONE_FILE, problems)
     cost = _optional_json(folder / COST_FILE, problems)
     failed = _optional_json(folder / FAILED_FILE, problems)
+    published = _optional_json(folder / PUBLISHED_FILE, problems)
     finished = None
     if (folder / DONE_FILE).is_file():
         finished = str(done.get("finished", "")) if isinstance(done, dict) else ""
@@ -803,6 +808,7 @@ def read_run(folder: Path) -> RunRecord:
         problems=tuple(problems),
         cost=cost if isinstance(cost, dict) else None,
         error=_failure_reason(folder, failed),
+        published=published if isinstance(published, dict) else None,
     )
 
 
