@@ -60,9 +60,11 @@ def _request_args(argument: object) -> list:
 
 
 def write_records(path: Path, records: list[dict]) -> None:
-    """Write gzipped JSON lines atomically (``metalora.files.atomic_path``)."""
+    """Write gzipped JSON lines atomically (``metalora.files.atomic_path``), byte for byte the same
+    for the same records: no time and no (temporary, random) file name in the gzip header, so a
+    published results folder written again shows no change in git."""
     with atomic_path(path) as temporary, open(temporary, "wb") as raw, gzip.GzipFile(
-        fileobj=raw, mode="wb", mtime=0
+        filename="", fileobj=raw, mode="wb", mtime=0
     ) as compressed:
         for record in records:
             compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -3,7 +3,8 @@
 Each folder is a store written by ``mlbench publish``. A report built from it must render exactly
 the Markdown tables committed beside its runs (``tables/*.md``), and its HTML leaderboard must show
 the same numbers; every run must say which code revision and machine produced it, and carry no
-weights.
+weights. A change to how the report renders its tables makes the first test fail until
+``make republish`` re-renders the committed ones (and the diff shows what changed).
 """
 
 from __future__ import annotations

@@ -104,3 +104,13 @@ def test_published_runs_are_marked_in_the_report_and_keep_their_first_marker(pub
     again = publish_results(done.out, tmp_path / "again", model=MODEL)  # a published store, published again
     assert {run.run_id: run.published for run in load_store(again.out).finished} == markers
     assert "| published " in (done.out / "tables" / "leaderboard.md").read_text(encoding="utf-8")
+
+
+def test_records_files_are_the_same_bytes_for_the_same_records(tmp_path):
+    from eval_tasks.records import read_records, write_records
+
+    records = [{"doc_id": 0, "correct": True, "response": "A"}, {"doc_id": 1, "correct": False, "response": "é"}]
+    write_records(tmp_path / "a" / "bbh.jsonl.gz", records)
+    write_records(tmp_path / "b" / "bbh.jsonl.gz", records)
+    first, second = (tmp_path / d / "bbh.jsonl.gz" for d in "ab")
+    assert first.read_bytes() == second.read_bytes() and read_records(first) == records
