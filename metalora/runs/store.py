@@ -401,8 +401,12 @@ class RunStore:
         self._index_write(
             "INSERT INTO runs (run_id, status, method, model, scenario, shots, seed, profile, owner, heartbeat, created)"
             " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            # A row may exist without the config: an index rebuilt while the folder held only a
+            # claim. The claimer knows the config, so it fills the row in (else ls shows blanks).
             " ON CONFLICT(run_id) DO UPDATE SET status='running', owner=excluded.owner,"
-            " heartbeat=excluded.heartbeat, error=NULL",
+            " heartbeat=excluded.heartbeat, error=NULL, "
+            + ", ".join(f"{c}=COALESCE(runs.{c}, excluded.{c})" for c in ("method", "model", "scenario", "shots",
+                                                                         "seed", "profile")),
             (run_id, config.get("method"), config.get("model"), config.get("scenario"),
              None if config.get("shots") is None else str(config.get("shots")), train.get("seed"),
              config.get("profile"), f"{socket.gethostname()}:{os.getpid()}", stamp, stamp),
