@@ -5,6 +5,13 @@ lm-eval's own: tokenization (``tok_encode``, the trailing-space move of ``_encod
 context prefix token), left truncation to ``max_length``, stop sequences, EOS handling and the
 post-processing of generations. Only *how* the model is run changes:
 
+- Tokenization (``loglikelihood``, ``_encode_pair``). lm-eval tokenizes ``context + option`` and
+  ``context`` for every option, so a multiple-choice item tokenizes its long context once more per
+  option; on a GPU that, not the model, was most of MMLU's time. Here every distinct string is
+  tokenized once, in batches, into a memo; and for byte-level BPE tokenizers whose tokens never
+  span a line start (GPT-2's, Qwen2's and Llama 3's pre-tokenizers) an option's tokens come from
+  the context's last line plus the option alone (``eval_tasks/pair_split.py``: the same tokens,
+  checked for every context), so the context is tokenized once per item.
 - Log-likelihood (``_loglikelihood_tokens``). HFLM runs every (context, continuation) pair as one
   full sequence and takes a log-softmax over the whole vocabulary at every position of the padded
   batch (151k entries per position for Qwen), then picks each request apart with several small
@@ -47,6 +54,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from eval_tasks.greedy import GreedyDecoder, Stopping
+from eval_tasks.pair_split import continuation_tokens, splits_at_lines, tail_start
 
 # Generation-config fields that change greedy decoding away from a plain argmax; with any of them
 # set to something other than these values the stock HFLM path runs instead.
@@ -78,7 +86,8 @@ class FastLM(HFLM):
     """lm-eval ``HFLM`` with continuation-only log-likelihood scoring and a greedy decoding loop.
 
     ``encodings`` is an optional string -> token ids memo that outlives this object (the task
-    cache keeps one per tokenizer), so a sweep tokenizes every prompt once.
+    cache keeps one per tokenizer), so a sweep tokenizes every prompt once; a 1-tuple key
+    ``(string,)`` holds the string's tokens without special tokens.
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class FastLM(HFLM):
         self.static_generation = static_generation
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
+        self._splits_at_lines = splits_at_lines(self.tokenizer)
 
     # ----- tokenization -------------------------------------------------------------------------
 
@@ -109,6 +119,21 @@ class FastLM(HFLM):
             # A tuple is immutable, so callers cannot change what the next run reads.
             cached = self._encodings[string] = tuple(super().tok_encode(string))
         return list(cached)
+
+    def _raw_encode(self, string: str) -> list[int]:
+        """The tokens of ``string`` alone, no special tokens (memo key: the string in a 1-tuple)."""
+        cached = self._encodings.get((string,))
+        if cached is None:
+            cached = self._encodings[(string,)] = tuple(self.tokenizer.encode(string, add_special_tokens=False))
+        return list(cached)
+
+    def _prefill_raw(self, strings: Iterable[str]) -> None:
+        missing = [string for string in dict.fromkeys(strings) if (string,) not in self._encodings]
+        if missing:
+            for string, ids in zip(
+                missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"], strict=True
+            ):
+                self._encodings[(string,)] = tuple(ids)
 
     def _prefill(self, strings: Iterable[str]) -> None:
         """Tokenize the strings ``tok_encode`` will be asked for in batched calls (the Rust
@@ -127,13 +152,45 @@ class FastLM(HFLM):
                 self._encodings[string] = tuple(ids)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        strings = []
-        for context, continuation in (request.args for request in requests):
-            if context:  # TemplateLM._encode_pair's strings: trailing spaces move to the continuation
-                stripped = context.rstrip()
-                strings += [context + continuation, stripped]
-        self._prefill(strings)
+        self.prefill_pairs([request.args for request in requests])
         return super().loglikelihood(requests, disable_tqdm=True)
+
+    def prefill_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Tokenize, in batches, every string ``_encode_pair`` will ask for on these pairs."""
+        strings, raw = [], []
+        for context, continuation in pairs:
+            if context:
+                context, continuation, start = self._move_spaces(context, continuation)
+                strings.append(context)
+                if start is None:
+                    strings.append(context + continuation)
+                else:
+                    raw += [context[start:], context[start:] + continuation]
+        self._prefill(strings)
+        self._prefill_raw(raw)
+
+    def _move_spaces(self, context: str, continuation: str) -> tuple[str, str, int | None]:
+        """``TemplateLM._encode_pair``'s strings (trailing spaces of the context move to the
+        continuation) and where the context's last hard line start is, if the split applies."""
+        stripped = context.rstrip()
+        continuation = context[len(stripped) :] + continuation
+        start = tail_start(stripped) if self._splits_at_lines and self.backend == "causal" else None
+        return stripped, continuation, start
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's (context tokens, continuation tokens); for a tokenizer whose tokens never span
+        a line start, the continuation's from the context's last line alone
+        (``eval_tasks/pair_split.py`` says why that is the same), else lm-eval's own."""
+        context, continuation, start = self._move_spaces(context, continuation)
+        if start is not None:
+            context_tokens = self.tok_encode(context)
+            tail = context[start:]
+            tokens = continuation_tokens(
+                context_tokens, self._raw_encode(tail), self._raw_encode(tail + continuation)
+            )
+            if tokens is not None:
+                return context_tokens, tokens
+        return super()._encode_pair(context, continuation)
 
     def _rows(self) -> int:
         if self.batch_size != "auto":

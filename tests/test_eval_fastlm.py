@@ -257,3 +257,91 @@ def test_greedy_decoder_matches_one_prompt_at_a_time_generation(model, tokenizer
                 break
         assert tokens == expected
     assert [len(tokens) < 9 for tokens in got] == [False, True, True, False, False, False]  # " box", "£"
+
+
+# ----- lm-eval's context/continuation split from the context's last line (eval_tasks/pair_split.py)
+
+# Pairs built to break a wrong split: whitespace, contractions, digits, punctuation runs and
+# combining marks on either side of the context's last line start, and contexts without one.
+TRICKY_PAIRS = [
+    ("Q: x\nAnswer:", " A"), ("Q: x\nAnswer: ", "B"), ("a\n\nA:", "  (B)\n"), ("x \nAnswer:", " 12"),
+    ("x\n's", "t"), ("x\n'", "s here"), ("1\n23", "45"), ("x.\n...", "?!\n\n"), ("x\n\tA:", " no"),
+    ("x\ne\u0301", "\u0301 caf\u00e9"), ("x\n\u00e9t\u00e9", "s"), ("x\n(A)", "(B)"), ("one line", " only"),
+    ("x\n \ny", " z"), ("x\r\nA:", " B"), ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant", "\nYes"),
+    ("x\n/", "/path"), ("x\nA", "\u0301"), ("\n\nA:", " yes"),
+]
+
+
+def _tokenizer_variant(tokenizer, pattern: str | None, normalizer: str | None):
+    """SmolLM2's vocabulary with another pre-tokenizer regex (Qwen2's, Llama 3's) and normalizer."""
+    import copy
+
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    variant = copy.deepcopy(tokenizer)
+    backend = variant.backend_tokenizer
+    if pattern is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])  # fmt: skip
+    if normalizer is not None:
+        backend.normalizer = getattr(normalizers, normalizer)()
+    return variant
+
+
+def _split_patterns():
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    return {"gpt2": None, "qwen2": PRETOKENIZE_REGEX, "llama3": GGUF_PRE_TOKENIZER_SPLITS["llama3"]}
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "qwen2", "llama3"])
+def test_pair_split_equals_lm_evals_on_benchmark_and_tricky_pairs(model, tokenizer, manager, variant):
+    from lm_eval.models.huggingface import HFLM
+
+    from eval_tasks.fastlm import FastLM
+    from eval_tasks.pair_split import splits_at_lines, tail_start
+
+    varied = _tokenizer_variant(tokenizer, _split_patterns()[variant], None if variant == "gpt2" else "NFC")
+    assert splits_at_lines(varied)
+    requests = _requests(manager, {"mlbench_mmlu_anatomy": 4, "mlbench_bbh_mc_date_understanding": 2,
+                                   "mlbench_bbh_mc_snarks": 2, "mlbench_xwinograd_en": 2})  # fmt: skip
+    pairs = [request.args for request in requests] + TRICKY_PAIRS
+    stock = HFLM(pretrained=model, tokenizer=varied, batch_size=1)
+    fast = FastLM(model, varied, 1)
+    split = sum(tail_start(context.rstrip()) is not None for context, _ in pairs)
+    assert split == 16 + 12 + 4 + 17  # XWinograd's contexts and two tricky ones have no line start
+    for context, continuation in pairs:
+        assert fast._encode_pair(context, continuation) == stock._encode_pair(context, continuation)
+    # A split pair never tokenizes the whole context + continuation.
+    memo = fast._encodings
+    assert not any(c + k in memo for c, k in pairs if tail_start(c.rstrip()) is not None)
+
+
+def test_loglikelihood_tokenizes_each_mmlu_context_once(model, tokenizer, manager):
+    """MMLU: one context per item and short last-line strings, never context + option."""
+    from eval_tasks.fastlm import FastLM
+
+    requests = _requests(manager, {"mlbench_mmlu_anatomy": 5})
+    fast = FastLM(model, tokenizer, 8)
+    fast.loglikelihood(requests)
+    long_keys = [key for key in fast._encodings if isinstance(key, str)]
+    assert len(long_keys) == 5 and len({request.args[0] for request in requests}) == 5
+    assert all(len(key[0]) < 40 for key in fast._encodings if isinstance(key, tuple))
+
+
+def test_pair_split_is_refused_for_tokenizers_it_does_not_hold_for(tokenizer):
+    from tokenizers import normalizers
+
+    from eval_tasks.pair_split import splits_at_lines
+
+    assert not splits_at_lines(_tokenizer_variant(tokenizer, r"\S+|\s+", None))  # an unknown regex
+    assert not splits_at_lines(_tokenizer_variant(tokenizer, _split_patterns()["llama3"] + "|/", None))
+    prefixed = _tokenizer_variant(tokenizer, None, None)
+    prefixed.backend_tokenizer.normalizer = normalizers.Prepend("\u2581")  # SentencePiece style
+    assert not splits_at_lines(prefixed)
+    newline_token = _tokenizer_variant(tokenizer, None, None)
+    newline_token.add_tokens(["\nAnswer"])
+    assert not splits_at_lines(newline_token)
