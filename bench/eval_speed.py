@@ -7,15 +7,24 @@ predicted option agree, and how often greedy generations are identical. The same
 are given for stock HFLM against itself at another batch size (``--noise-batch-size``, default
 half): the noise floor, what a batch-shape change alone does in bfloat16. Generative benchmarks
 also run FastLM with HFLM's static batches (``static_generation``), whose forwards have HFLM's
-shapes exactly. With ``--end-to-end`` it
-also times the whole ``eval_tasks.harness.evaluate`` call (task building included) for the stock
-backend, the fast backend with an empty task cache, and again with the cache filled. A JSON of all
-figures goes to ``--out``.
+shapes exactly. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
+lm-eval's token pairs, stock against fast, and whether the pairs are identical): on a GPU that is
+most of MMLU's time, and ``--tokenization-only`` measures just that, without the model, on a CPU.
+With ``--end-to-end`` it also times the whole ``eval_tasks.harness.evaluate`` call (task building
+included) for the stock backend, the fast backend with an empty task cache, and again with the
+cache filled. A summary line gives the items/s ratio (fast / stock) per benchmark. A JSON of all
+figures (with the load average) goes to ``--out``.
 
-    python bench/eval_speed.py --benchmarks mmlu,bbh_mc,bbh --limit 2 --batch-size 8      # CPU
-    python bench/eval_speed.py --model /tmp/mlbench/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --data-root data --benchmarks mmlu,bbh_mc,bbh --batch-size 64 --device cuda --dtype bfloat16 \\
-        --end-to-end --out $OUT/eval_speed.json                                           # GPU
+    python bench/eval_speed.py --benchmarks mmlu,bbh_mc --limit 1 --device cpu --dtype float32   # CPU
+    python bench/eval_speed.py --benchmarks mmlu,bbh_mc --limit 40 --tokenization-only             # CPU
+
+GPU machine (``../shared/tools/gpu-bundle``'s two calls first, with ``mmlu/`` and ``bbh/`` of the
+data copied into the ignored ``.gpu-data/`` and carried in call 1), one command::
+
+    PYTHONPATH=/tmp/site:$PWD python3 bench/eval_speed.py \\
+        --model /tmp/mlbench/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-root .gpu-data \\
+        --benchmarks mmlu,bbh_mc,bbh --limit 40 --batch-size 64 --device cuda --dtype bfloat16 \\
+        --noise-batch-size 0 --no-static --out $OUT/eval_speed.json
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -98,6 +108,25 @@ def _describe(figures: dict) -> str:
             f"{100 * figures['is_greedy_agreement']:.1f}%, prediction agree {100 * figures['prediction_agreement']:.1f}%")
 
 
+def compare_encoding(requests, stock, make_fast) -> dict:
+    """Tokenization alone (requests -> lm-eval's context/continuation token pairs), which on a GPU
+    is most of a multiple-choice benchmark's time: stock ``_encode_pair`` per request against
+    FastLM's (batched, the shared context once, options from the context's last line). The pairs
+    must be identical; the figures say whether they are."""
+    pairs = [request.args for request in requests if request.args[0]]
+    stock_pairs, stock_s, _ = _timed("cpu", lambda: [stock._encode_pair(c, k) for c, k in pairs])
+    fast = make_fast()
+
+    def fast_encode():
+        fast.prefill_pairs(pairs)
+        return [fast._encode_pair(c, k) for c, k in pairs]
+
+    fast_pairs, fast_s, _ = _timed("cpu", fast_encode)
+    same = sum(a == b for a, b in zip(stock_pairs, fast_pairs, strict=True))
+    return {"pairs": len(pairs), "stock_seconds": stock_s, "fast_seconds": fast_s,
+            "speedup": stock_s / fast_s, "pairs_identical": same / len(pairs)}  # fmt: skip
+
+
 def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1,
                      other_batch=None, exact_fast=None) -> dict:
     """Stock and fast alternately ``repeat`` times (median seconds: a shared machine is noisy);
@@ -138,6 +167,12 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
         f"x{figures['speedup']:.2f} | fast vs stock: {_describe(figures)}",
         flush=True,
     )
+    if method == "loglikelihood":
+        figures["tokenization"] = encoding = compare_encoding(requests, stock, make_fast)
+        print(f"{'':>10} tokenization alone: stock {encoding['stock_seconds']:.2f} s "
+              f"({100 * encoding['stock_seconds'] / stock_s:.0f}% of its time), fast {encoding['fast_seconds']:.2f} s "
+              f"({100 * encoding['fast_seconds'] / fast_s:.0f}%), x{encoding['speedup']:.1f}; token pairs identical "
+              f"{100 * encoding['pairs_identical']:.1f}%", flush=True)  # fmt: skip
     if other_batch is not None:
         answers, seconds, peak = _timed(device, lambda: getattr(other_batch, method)(requests, **kwargs))
         floor = agreement(method, requests, stock_answers, answers)
@@ -222,6 +257,9 @@ def main() -> None:
     parser.add_argument("--no-static", action="store_true",
                         help="skip FastLM with HFLM's static generation batches")
     parser.add_argument("--end-to-end", action="store_true", help="also time whole evaluate() calls")
+    parser.add_argument("--tokenization-only", action="store_true",
+                        help="only time requests -> token pairs (stock vs fast) for log-likelihood benchmarks: "
+                             "the part of a GPU run that a CPU can measure without the model's arithmetic")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # lm-eval's per-task notices
@@ -247,6 +285,8 @@ def main() -> None:
     def make_fast() -> FastLM:
         return FastLM(model, tokenizer, args.batch_size)
 
+    split = make_fast()._splits_at_lines
+    print(f"fast tokenization: options from the context's last line: {'yes' if split else 'no (this tokenizer)'}")
     noise_batch = args.batch_size // 2 if args.noise_batch_size is None else args.noise_batch_size
     other_batch = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=noise_batch) if noise_batch >= 1 else None
     exact_fast = None if args.no_static else FastLM(model, tokenizer, args.batch_size, static_generation=True)
@@ -263,6 +303,15 @@ def main() -> None:
         print(
             f"{spec.name:>10}: built {len(requests)} requests in {build_s:.1f} s ({len(requests) / build_s:.0f}/s)"
         )
+        if args.tokenization_only:
+            if requests[0].request_type == "loglikelihood":
+                encoding = compare_encoding(requests, stock, make_fast)
+                results[spec.name] = {"items": _items(requests), "requests": len(requests), "build_s": build_s,
+                                      "tokenization": encoding}  # fmt: skip
+                print(f"{spec.name:>10} tokenization: {encoding['pairs']} pairs | stock {encoding['stock_seconds']:.2f} s"
+                      f" | fast {encoding['fast_seconds']:.2f} s | x{encoding['speedup']:.1f} | pairs identical "
+                      f"{100 * encoding['pairs_identical']:.1f}%", flush=True)  # fmt: skip
+            continue
         results[spec.name] = compare_requests(spec.name, requests, stock, make_fast, device, args.repeat,
                                               other_batch, exact_fast) | {
             "build_s": build_s
@@ -281,11 +330,17 @@ def main() -> None:
         "repeat": args.repeat,
         "noise_batch_size": noise_batch or None,
         "max_gen_tokens": args.max_gen_tokens,
+        "tokenization_only": args.tokenization_only,
+        "pair_split": split,
+        "load_average": os.getloadavg(),
         "load_s": load_s,
         "benchmarks": results,
         "code_revision": _revision(),
         "versions": package_versions(("lm_eval", "transformers", "torch", "tokenizers")),
     }
+    if args.tokenization_only:
+        _write(report, args.out)
+        return
     totals = {
         label: sum(figures[label]["seconds"] for figures in results.values()) for label in ("stock", "fast")
     }
@@ -294,12 +349,18 @@ def main() -> None:
                        "fast_items_per_s": items / totals["fast"], "speedup": totals["stock"] / totals["fast"]}  # fmt: skip
     print(f"{'all':>10}: {items} items | stock {items / totals['stock']:.2f} items/s | fast "
           f"{items / totals['fast']:.2f} items/s | x{report['total']['speedup']:.2f}")  # fmt: skip
+    print("items/s, fast / stock:", ", ".join(f"{name} x{figures['speedup']:.2f}" for name, figures in results.items()),
+          f"| all x{report['total']['speedup']:.2f}")  # fmt: skip
     if args.end_to_end:
         report["end_to_end"] = end_to_end(model, tokenizer, benchmarks, root, args, device)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"figures written to {args.out}")
+    _write(report, args.out)
+
+
+def _write(report: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"figures written to {out}")
 
 
 if __name__ == "__main__":
