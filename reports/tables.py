@@ -219,10 +219,12 @@ def language_table(settings: Sequence[Setting]) -> pd.DataFrame:
     rows = []
     for s in settings:
         for benchmark in MULTILINGUAL_BENCHMARKS:
+            # each run's scores read once, not once per language (thousands of runs in a large store)
+            per_run = {id(run.results): task_values(run.results, benchmark) for run in s.runs}
+            if not any(per_run.values()):
+                continue
             for language in BENCHMARKS[benchmark].subtasks:
-                interval = over_seeds(
-                    s, lambda results, b=benchmark, lang=language: task_values(results, b).get(lang)
-                )
+                interval = over_seeds(s, lambda results, lang=language, found=per_run: found[id(results)].get(lang))
                 if interval is not None:
                     rows.append(
                         {
