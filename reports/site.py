@@ -181,9 +181,31 @@ class Site:
         self.run_keys = {run.run_id: inputs_key(run, self.status(run), self.code) for run in self.store.runs}
         self.data_key = hashlib.sha256(json.dumps([self.code, sorted(self.run_keys.items())]).encode()).hexdigest()
         (self.root / STYLE_FILE).write_bytes((TEMPLATES / STYLE_FILE).read_bytes())
+        # The run pages are rendered (by forked processes when there are many) while this process
+        # computes the leaderboard, the paired comparisons and the figures: neither needs the other.
+        run_pages = self.start_run_pages()
+        try:
+            context = self.index_context()
+        except BaseException:
+            run_pages.abandon()
+            raise
+        notes = run_pages.finish()
+        self.write_index(context, notes)
+
+    def index_context(self) -> dict:
         settings = group_settings(self.store.finished)
-        declared = read_primaries(self.store.path)
-        comparisons = paired_comparisons(settings, declared.primaries)
+        figures = self.start_figures(settings)
+        try:
+            declared = read_primaries(self.store.path)
+            comparisons = paired_comparisons(settings, declared.primaries)
+            context = self.index_sections(settings, declared, comparisons)
+        except BaseException:
+            figures.abandon()
+            raise
+        context |= self.figures_and_tables(settings, comparisons, figures.result())
+        return context | {"settings": settings}
+
+    def index_sections(self, settings: list[Setting], declared, comparisons: list[Comparison]) -> dict:
         context = {
             "store": str(self.store.path),
             "runs": [run_row(run, self.status(run)) for run in self.store.runs],
@@ -199,9 +221,10 @@ class Site:
             "sweep_problems": declared.problems,
             "profiles": {name: p.description for name, p in PROFILES.items() if not p.comparable},
         }
-        context |= self.leaderboard(settings, comparisons)
-        context |= self.figures_and_tables(settings, comparisons)
-        notes = self.all_run_pages()
+        return context | self.leaderboard(settings, comparisons)
+
+    def write_index(self, context: dict, notes: dict[str, RunNotes]) -> None:
+        settings = context.pop("settings")
         unreadable = [(run_id, problem) for run_id, note in notes.items() for problem in note.unreadable]
         collapsed = [
             {"run": run.run_id, "benchmark": benchmark, "text": found.describe(), "setting": setting.name}
@@ -299,17 +322,53 @@ class Site:
             "reference_files": self.export(reference, "reference"),
         }
 
-    def figures_and_tables(self, settings: list[Setting], comparisons: list[Comparison]) -> dict:
-        figures = self.root / "plots"
-        sections = {"budget_plots": self.plot("budget", lambda: plots.budget_curves(settings, figures))}
+    def figures(self, settings: list[Setting]) -> dict[str, PlotValue]:
+        """Every figure of the index by name (drawn, or reused from the previous site)."""
+        folder = self.root / "plots"
+        drawn = {"budget": self.plot("budget", lambda: plots.budget_curves(settings, folder))}
+        for benchmark in ("bbh", "bbh_cot", "bbh_mc"):
+            frame = tables.task_table(settings, benchmark)
+            if not frame.empty:
+                name = f"heatmap_{benchmark}"
+                drawn[name] = self.plot(name, partial(plots.task_heatmap, frame, benchmark, folder))
+        for ablation in find_ablations(settings):
+            name = f"ablation_{ablation.slug}"
+            drawn[name] = self.plot(name, partial(plots.ablation_plot, ablation, folder))
+        drawn["loss"] = self.plot("loss", lambda: plots.loss_overview(settings, folder))
+        languages = tables.language_table(settings)
+        drawn["languages"] = self.plot("languages", lambda: plots.language_bars(languages, folder))
+        return drawn
+
+    def start_figures(self, settings: list[Setting]) -> Pending | Children:
+        """The figures, drawn by a forked process beside this one's work when the store is large
+        (matplotlib's drawing is a large part of a first build); returns what ``result`` gives them."""
+        if len(self.store.runs) < 2 * RUNS_PER_WORKER or usable_cpus() < 2 or not hasattr(os, "fork"):
+            return Pending(lambda: self.figures(settings))
+
+        def draw() -> dict:
+            drawn = self.figures(settings)
+            return {"figures": {name: encode_plots(value) for name, value in drawn.items()},
+                    "pages": self.pages.get(PLOTS_KEY, {})}
+
+        def received(outcomes: list) -> dict[str, PlotValue]:
+            (outcome,) = outcomes
+            if outcome["pages"]:
+                self.pages[PLOTS_KEY] = outcome["pages"]
+            return {name: decode_plots(value) for name, value in outcome["figures"].items()}
+
+        return fork_jobs(self.root / ".figures", [draw], received)
+
+    def figures_and_tables(
+        self, settings: list[Setting], comparisons: list[Comparison], drawn: dict[str, PlotValue]
+    ) -> dict:
+        sections = {"budget_plots": drawn["budget"]}
         heatmaps, task_files = [], {}
         for benchmark in ("bbh", "bbh_cot", "bbh_mc"):
             frame = tables.task_table(settings, benchmark)
             if frame.empty:
                 continue
-            plot = self.plot(f"heatmap_{benchmark}", partial(plots.task_heatmap, frame, benchmark, figures))
-            if plot:
-                heatmaps.append(plot)
+            if drawn[f"heatmap_{benchmark}"]:
+                heatmaps.append(drawn[f"heatmap_{benchmark}"])
             task_files[benchmark] = self.export(frame, f"tasks_{benchmark}")
         sections |= {"heatmaps": heatmaps, "task_files": task_files}
 
@@ -319,7 +378,7 @@ class Site:
             ablations.append(
                 {
                     "title": f"{ablation.spec.title}: {ablation.model}, {ablation.shots} per task, {ablation.profile}",
-                    "plot": self.plot(f"ablation_{ablation.slug}", partial(plots.ablation_plot, ablation, figures)),
+                    "plot": drawn[f"ablation_{ablation.slug}"],
                     "table": frame_view(
                         frame,
                         hide=("setting", "comparable", "axis"),
@@ -329,11 +388,11 @@ class Site:
                 }
             )
         sections["ablations"] = ablations
-        sections["loss_plot"] = self.plot("loss", lambda: plots.loss_overview(settings, figures))
+        sections["loss_plot"] = drawn["loss"]
 
         languages = tables.language_table(settings)
         seen = tables.seen_heldout_table(settings)
-        sections["language_plots"] = self.plot("languages", lambda: plots.language_bars(languages, figures))
+        sections["language_plots"] = drawn["languages"]
         sections["seen_table"] = (
             None if seen.empty else frame_view(seen, hide=("setting", "comparable", "name"))
         )
@@ -347,29 +406,33 @@ class Site:
         sections["paired_files"] = None if paired.empty else self.export(paired, "paired")
         return sections
 
-    def all_run_pages(self) -> dict[str, RunNotes]:
+    def start_run_pages(self) -> RunPages:
         """Every run's page and per-sample pages: reused from the previous site where their inputs did
-        not change, the others rendered, by several processes when there are many; returns what the
-        index should say of them."""
-        notes, todo = {}, []
+        not change; the others rendered, by forked processes (started now) when there are many, else
+        by this process when ``finish`` is called."""
+        self.kept_notes, todo = {}, []
         for run in self.store.runs:
             key = self.run_keys[run.run_id]
             reused = self.reuse(run.run_id, key)
             if reused is None:
-                todo.append((run, key))
+                todo.append(run)
                 continue
-            notes[run.run_id] = reused
+            self.kept_notes[run.run_id] = reused
             self.pages[run.run_id] = pages_entry(key, self.previous_pages[run.run_id]["files"], reused)
-        for (run, key), (run_notes, files) in zip(todo, self.render_all([run for run, _ in todo])):
-            notes[run.run_id] = run_notes
-            self.pages[run.run_id] = pages_entry(key, files, run_notes)
-        return {run.run_id: notes[run.run_id] for run in self.store.runs}
-
-    def render_all(self, runs: list[Run]) -> list[tuple[RunNotes, list[str]]]:
-        workers = min(MAX_WORKERS, usable_cpus(), len(runs) // RUNS_PER_WORKER)
+        workers = min(MAX_WORKERS, usable_cpus(), len(todo) // RUNS_PER_WORKER)
         if workers < 2 or not hasattr(os, "fork"):
-            return [self.render_run_pages(run) for run in runs]
-        return render_forked(self, runs, workers)
+            rendered = Pending(lambda: [self.render_run_pages(run) for run in todo])
+        else:
+            rendered = render_forked(self, todo, workers)
+        return RunPages(self, todo, rendered)
+
+    def run_pages_done(self, todo: list[Run], rendered: list[tuple[RunNotes, list[str]]]) -> dict[str, RunNotes]:
+        """What the index should say of every run's pages, with the rendered ones recorded."""
+        notes = dict(self.kept_notes)
+        for run, (run_notes, files) in zip(todo, rendered):
+            notes[run.run_id] = run_notes
+            self.pages[run.run_id] = pages_entry(self.run_keys[run.run_id], files, run_notes)
+        return {run.run_id: notes[run.run_id] for run in self.store.runs}
 
     def plot(self, name: str, make: Callable[[], PlotValue]) -> PlotValue:
         """A figure (or several) drawn from the store's runs: the previous site's SVG files are reused
@@ -463,6 +526,7 @@ class Site:
                 tail=PROMPT_TAIL_CHARS,
             )
         results = run.results or {}
+        task_scores, aggregates = task_rows(results), aggregate_rows(results)
         self.render(
             "run.html.j2",
             self.root / "runs" / f"{run.run_id}.html",
@@ -472,8 +536,10 @@ class Site:
             data_hashes=sorted(run.data_hashes.items()),
             env={k: v for k, v in run.env.items() if k != "packages"},
             packages=sorted((run.env.get("packages") or {}).items()),
-            task_scores=task_rows(results),
-            aggregates=aggregate_rows(results),
+            task_scores=task_scores,
+            task_scores_html=table_rows(TASK_ROW, task_scores),
+            aggregates=aggregates,
+            aggregates_html=table_rows(AGGREGATE_ROW, aggregates),
             protocols=sorted((results.get("protocols") or {}).items()),
             loss=loss,
             cost=cost_rows(run.cost),
@@ -532,50 +598,113 @@ def notes_from(entry: dict) -> RunNotes:
     )
 
 
-def render_forked(site: Site, runs: list[Run], workers: int) -> list[tuple[RunNotes, list[str]]]:
-    """Render runs' pages in ``workers`` forked processes (each inherits the loaded store, so nothing
-    is pickled); each writes its share of pages and a JSON file of what it wrote. A child's disk error
-    comes back as that OSError, anything else as a RuntimeError naming the child's exception."""
+class Pending:
+    """Run pages still to render in this process: rendered when ``result`` is called."""
+
+    def __init__(self, render: Callable[[], list[tuple[RunNotes, list[str]]]]):
+        self.render = render
+
+    def result(self) -> list[tuple[RunNotes, list[str]]]:
+        return self.render()
+
+    def abandon(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunPages:
+    site: Site
+    todo: list[Run]
+    rendered: Pending | Children
+
+    def finish(self) -> dict[str, RunNotes]:
+        return self.site.run_pages_done(self.todo, self.rendered.result())
+
+    def abandon(self) -> None:
+        self.rendered.abandon()
+
+
+def render_forked(site: Site, runs: list[Run], workers: int) -> Children:
+    """Start rendering runs' pages in ``workers`` forked processes (each inherits the loaded store, so
+    nothing is pickled); each writes its share of pages and says what it wrote."""
+    shares = [runs[index::workers] for index in range(workers)]
+    jobs = [
+        partial(lambda share: [pages_entry("", files, notes) for notes, files in map(site.render_run_pages, share)], share)
+        for share in shares
+    ]
+
+    def received(outcomes: list) -> list[tuple[RunNotes, list[str]]]:
+        by_run = {}
+        for share, done in zip(shares, outcomes):
+            for run, entry in zip(share, done):
+                by_run[run.run_id] = (notes_from(entry), entry["files"])
+        return [by_run[run.run_id] for run in runs]
+
+    return fork_jobs(site.root / ".render", jobs, received)
+
+
+def fork_jobs(folder: Path, jobs: list[Callable[[], object]], received: Callable[[list], object]) -> Children:
+    """Run each job in a forked process, now; ``result()`` waits for them and gives ``received`` the
+    jobs' JSON results in order. Each child writes its result as a JSON file in ``folder``."""
     import traceback
 
-    shares = [runs[index::workers] for index in range(workers)]
-    results = site.root / ".render"
-    results.mkdir()
+    folder.mkdir()
     children = []
-    for number, share in enumerate(shares):
+    for number, job in enumerate(jobs):
         pid = os.fork()
-        if pid == 0:  # the child: render, report, leave without running the parent's cleanup
+        if pid == 0:  # the child: run, report, leave without running the parent's cleanup
             code = 0
             try:
-                done = [pages_entry("", files, notes) for notes, files in map(site.render_run_pages, share)]
-                outcome = {"done": done}
+                outcome = {"done": job()}
             except OSError as error:
                 outcome, code = {"oserror": [error.errno, error.strerror or str(error)]}, 1
             except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises
                 outcome, code = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}, 1
             try:
-                (results / f"{number}.json").write_text(json.dumps(outcome), encoding="utf-8")
+                (folder / f"{number}.json").write_text(json.dumps(outcome), encoding="utf-8")
             finally:
                 os._exit(code)
         children.append(pid)
-    for pid in children:
-        os.waitpid(pid, 0)
-    try:
-        outcomes = [json.loads((results / f"{number}.json").read_text(encoding="utf-8")) for number in range(workers)]
-    except (OSError, ValueError) as error:
-        raise RuntimeError(f"a report worker process died without a result ({error})") from None
-    finally:
-        shutil.rmtree(results, ignore_errors=True)
-    for outcome in outcomes:
-        if "oserror" in outcome:
-            raise OSError(*outcome["oserror"])
-        if "error" in outcome:
-            raise RuntimeError(f"a report worker failed: {outcome['error']}\n{outcome['trace']}")
-    by_run = {}
-    for share, outcome in zip(shares, outcomes):
-        for run, entry in zip(share, outcome["done"]):
-            by_run[run.run_id] = (notes_from(entry), entry["files"])
-    return [by_run[run.run_id] for run in runs]
+    return Children(children, len(children), folder, received)
+
+
+@dataclass
+class Children:
+    """Processes started by ``fork_jobs``."""
+
+    pids: list[int]  # the processes not waited for yet
+    count: int  # the jobs, each with a result file
+    folder: Path
+    received: Callable[[list], object]
+
+    def wait(self) -> None:
+        for pid in self.pids:
+            os.waitpid(pid, 0)
+        self.pids = []
+
+    def abandon(self) -> None:
+        """The build failed elsewhere: let the processes end (what they wrote goes with the build folder)."""
+        self.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def result(self):
+        """Wait for the processes; a child's disk error comes back as that OSError, anything else as
+        a RuntimeError naming the child's exception."""
+        self.wait()
+        try:
+            outcomes = [
+                json.loads((self.folder / f"{number}.json").read_text(encoding="utf-8")) for number in range(self.count)
+            ]
+        except (OSError, ValueError) as error:
+            raise RuntimeError(f"a report worker process died without a result ({error})") from None
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        for outcome in outcomes:
+            if "oserror" in outcome:
+                raise OSError(*outcome["oserror"])
+            if "error" in outcome:
+                raise RuntimeError(f"a report worker failed: {outcome['error']}\n{outcome['trace']}")
+        return self.received([outcome["done"] for outcome in outcomes])
 
 
 @dataclass(frozen=True)
@@ -661,6 +790,24 @@ def aggregate_rows(results: dict) -> list[dict]:
         }
         for a in results.get("aggregates", ())
     ]
+
+
+# The run page's two long tables, written here rather than by the template: Jinja's per-cell
+# lookups and Markup objects were most of a run page's time (thousands of pages in a large store).
+TASK_ROW = (
+    '<tr><td>{benchmark}</td><td>{task}</td><td>{metric}</td>\n<td class="num" data-sort="{value}">{value}</td>'
+    '<td class="num" data-sort="{stderr}">{stderr}</td><td class="num" data-sort="{n}">{n}</td></tr>\n'
+)
+AGGREGATE_ROW = (
+    '<tr><td>{benchmark}</td><td>{name}</td><td>{metric}</td><td class="num">{value}</td><td class="num">{stderr}</td>'
+    '<td class="num">{n_tasks}</td><td class="num">{n_items}</td><td>{method}</td></tr>\n'
+)
+HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})  # as markupsafe
+
+
+def table_rows(template: str, rows: list[dict]) -> Markup:
+    """``template`` filled with each row's values, every value HTML-escaped (as autoescaping does)."""
+    return Markup("".join(template.format_map({k: str(v).translate(HTML_ESCAPES) for k, v in row.items()}) for row in rows))
 
 
 def _percent(value) -> str:

@@ -182,19 +182,24 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): stamp.sub(b"", p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_pages_rendered_by_several_processes_equal_those_of_one(tmp_path, monkeypatch):
+def test_pages_and_figures_rendered_by_other_processes_equal_those_of_one(tmp_path, monkeypatch):
     store = standard_store(tmp_path / "store")
     serial = build_report(store, tmp_path / "serial").parent
     monkeypatch.setattr(site, "RUNS_PER_WORKER", 1)
     monkeypatch.setattr(site, "usable_cpus", lambda: 3)
-    forked = []
-    real = site.render_forked
+    forked, jobs = [], []
+    real, real_jobs = site.render_forked, site.fork_jobs
     monkeypatch.setattr(site, "render_forked", lambda *args: forked.append(args[2]) or real(*args))
+    monkeypatch.setattr(site, "fork_jobs", lambda *args: jobs.append((args[0].name, len(args[1]))) or real_jobs(*args))
     parallel = build_report(store, tmp_path / "parallel").parent
-    assert forked == [3]
+    assert forked == [3] and jobs == [(".render", 3), (".figures", 1)]
     expected, got = _tree(serial), _tree(parallel)
-    assert got.keys() == expected.keys() and ".render" not in "".join(got)
+    assert got.keys() == expected.keys() and ".render" not in "".join(got) and ".figures" not in "".join(got)
+    pages = site.PAGES_FILE
     assert [name for name in expected if got[name] != expected[name]] == []
+    # the figures' entries (files, titles) came back from the drawing process: a rebuild reuses them
+    plotted = {p: json.loads(tree[pages])[site.PLOTS_KEY] for p, tree in (("serial", expected), ("parallel", got))}
+    assert plotted["parallel"] == plotted["serial"] and plotted["serial"]["loss"]["files"] == ["plots/training_loss.svg"]
 
 
 def test_a_disk_error_in_a_render_process_is_one_line_and_keeps_the_previous_site(tmp_path, monkeypatch):
@@ -214,6 +219,32 @@ def test_a_disk_error_in_a_render_process_is_one_line_and_keeps_the_previous_sit
     monkeypatch.setattr(site.Site, "reuse", lambda self, run_id, key: None)
     with pytest.raises(MlbenchError, match=r"No space left on device\); choose a writable --out"):
         build_report(store, index.parent)
+    assert _tree(index.parent) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "store"]
+
+
+def test_a_disk_error_in_the_figure_process_is_one_line_and_keeps_the_previous_site(tmp_path, monkeypatch):
+    import errno
+
+    from reports import plots
+
+    store = standard_store(tmp_path / "store")
+    index = build_report(store, tmp_path / "site")
+    before = _tree(index.parent)
+    (store / rid(1) / "DONE").touch()  # the figures are drawn again
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(site, "RUNS_PER_WORKER", 1)
+    monkeypatch.setattr(site, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(plots, "loss_overview", full)
+    jobs = []
+    real_jobs = site.fork_jobs
+    monkeypatch.setattr(site, "fork_jobs", lambda *args: jobs.append(args[0].name) or real_jobs(*args))
+    with pytest.raises(MlbenchError, match=r"No space left on device\); choose a writable --out"):
+        build_report(store, index.parent)
+    assert ".figures" in jobs
     assert _tree(index.parent) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "store"]
 
