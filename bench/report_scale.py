@@ -10,8 +10,13 @@ folders are read) and with one (after `mlbench store rebuild`), builds the repor
 reuses the pages whose inputs did not change) and prints the wall times, the number of files and
 the bytes written.
 
+With ``--before REV`` the report is also built by the code of git revision REV (exported to a
+temporary folder), alternating with this checkout's at the same moment, so the two are measured under
+the same load; ``--json FILE`` writes every figure, with the load averages, to FILE.
+
     python bench/report_scale.py                 # 2,000 runs in a temporary folder
     python bench/report_scale.py --runs 500 --keep /tmp/scale   # keep store and site to look at
+    python bench/report_scale.py --before 839532d --json bench/results/report_scale.json
 """
 
 from __future__ import annotations
@@ -123,26 +128,33 @@ def write_run(store: Path, number: int, point: dict, rng: random.Random) -> None
     (folder / "DONE").write_text(json.dumps({"finished": "2026-01-02T00:00:00", "headline": headline}))
 
 
-def time_cli(store: Path, *command: str) -> str:
-    """Wall and CPU seconds of `mlbench COMMAND --store STORE` in a new interpreter, as a person runs
-    it (on a shared machine the CPU time is the steadier figure)."""
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+REPO = Path(__file__).resolve().parents[1]
+BUILD = "import sys; from pathlib import Path; from reports.site import build_report; build_report(Path(sys.argv[1]), Path(sys.argv[2]))"
+
+
+def timed(command: list[str], code: Path) -> dict:
+    """Wall and CPU seconds (the process and its children: the report's render processes) of one
+    command in a new interpreter with ``code`` first on the path, as a person runs it (on a shared
+    machine the CPU time is the steadier figure), and the load average just before it."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "metalora.cli", *command, "--store", str(store)], check=False,
-                            cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *command], check=False, cwd=code, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0 or not result.stdout:
-        raise SystemExit(f"mlbench {' '.join(command)} failed: {result.stderr}")
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {result.stderr}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return f"{elapsed:.2f} s wall, {cpu:.2f} s CPU"
+    return {"wall_s": round(elapsed, 2), "cpu_s": round(cpu, 2), "load_1min": round(load, 2)}
 
 
-def cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cli(store: Path, code: Path, *command: str) -> dict:
+    return timed(["-m", "metalora.cli", *command, "--store", str(store)], code)
+
+
+def said(figures: dict) -> str:
+    return f"{figures['wall_s']:.2f} s wall, {figures['cpu_s']:.2f} s CPU (load {figures['load_1min']:.1f})"
 
 
 def size_of(folder: Path) -> tuple[int, int]:
@@ -150,41 +162,80 @@ def size_of(folder: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def export_revision(revision: str, into: Path) -> Path:
+    """The code of ``revision`` (what the report imports) in a folder of its own."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "metalora", "eval_tasks", "reports"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def revision_of(revision: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--keep", type=Path, help="write store/ and site/ here and keep them")
+    parser.add_argument("--before", help="also build the report with the code of this git revision, alternating")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     args = parser.parse_args()
-    from reports.site import build_report  # after sys.path is set
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="report-scale-"))
     store = root / "store"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "metalora", "eval_tasks", "reports"],
+                           check=False, capture_output=True, text=True).stdout.strip()
+    figures: dict = {
+        "runs": args.runs, "cpus": os.cpu_count(), "machine": os.uname().machine,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "code": {"after": revision_of("HEAD") + (" with uncommitted changes" if dirty else "")},
+        "ls": {}, "report": {},
+    }
+    codes = {"after": REPO}
     try:
+        if args.before:
+            figures["code"]["before"] = revision_of(args.before)
+            codes = {"before": export_revision(args.before, root / "before-code"), "after": REPO}
         if not store.is_dir():
             rng = random.Random(0)
             started = time.perf_counter()
             for number, point in enumerate(plan(args.runs), start=1):
                 write_run(store, number, point, rng)
             print(f"synthetic store: {args.runs} runs written in {time.perf_counter() - started:.1f} s")
-        print(f"mlbench ls over {args.runs} runs, no index (folders read): {time_cli(store, 'ls')}")
-        print(f"mlbench store rebuild over {args.runs} runs: {time_cli(store, 'store', 'rebuild')}")
+        (store / "index.sqlite").unlink(missing_ok=True)
+        ls = figures["ls"]
+        ls["no_index"] = cli(store, REPO, "ls")
+        print(f"mlbench ls over {args.runs} runs, no index (folders read): {said(ls['no_index'])}")
+        ls["store_rebuild"] = cli(store, REPO, "store", "rebuild")
+        print(f"mlbench store rebuild over {args.runs} runs: {said(ls['store_rebuild'])}")
         for attempt in ("first", "second"):
-            print(f"mlbench ls over {args.runs} runs with the index, {attempt}: {time_cli(store, 'ls')}")
-        for attempt in ("first", "second"):
-            cpu_before = cpu_seconds()
-            started = time.perf_counter()
-            index = build_report(store, root / "site")
-            elapsed = time.perf_counter() - started
-            files, size = size_of(index.parent)
-            print(f"report over {args.runs} runs, {attempt} build: {elapsed:.1f} s wall, "
-                  f"{cpu_seconds() - cpu_before:.1f} s CPU (with its render processes), {files} files, {size / 1e6:.1f} MB")
-        for part in sorted(index.parent.iterdir()):
+            ls[f"with_index_{attempt}"] = cli(store, REPO, "ls")
+            print(f"mlbench ls over {args.runs} runs with the index, {attempt}: {said(ls[f'with_index_{attempt}'])}")
+        for attempt in ("first", "second"):  # the second reuses what did not change since the first
+            for name, code in codes.items():  # before and after alternate: the same load for both
+                site = root / f"site-{name}"
+                build = timed(["-c", BUILD, str(store), str(site)], code)
+                files, size = size_of(site)
+                build |= {"files": files, "mb": round(size / 1e6, 1)}
+                figures["report"].setdefault(name, {})[attempt] = build
+                print(f"report over {args.runs} runs, {name} ({figures['code'][name]}), {attempt} build: "
+                      f"{said(build)}, {files} files, {size / 1e6:.1f} MB")
+        for part in sorted((root / "site-after").iterdir()):
             if part.is_dir():
                 count, bytes_ = size_of(part)
                 print(f"  {part.name}/: {count} files, {bytes_ / 1e6:.1f} MB")
+        figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            print(f"figures written to {args.json}")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+        else:
+            shutil.rmtree(root / "before-code", ignore_errors=True)
 
 
 if __name__ == "__main__":
