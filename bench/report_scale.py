@@ -214,6 +214,8 @@ def main() -> None:
         for attempt in ("first", "second"):
             ls[f"with_index_{attempt}"] = cli(store, REPO, "ls")
             print(f"mlbench ls over {args.runs} runs with the index, {attempt}: {said(ls[f'with_index_{attempt}'])}")
+        for name in codes:
+            shutil.rmtree(root / f"site-{name}", ignore_errors=True)  # a first build starts from nothing
         for attempt in ("first", "second"):  # the second reuses what did not change since the first
             for name, code in codes.items():  # before and after alternate: the same load for both
                 site = root / f"site-{name}"
