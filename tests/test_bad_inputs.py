@@ -284,7 +284,12 @@ def run_bad(case: Bad, tmp_path: Path, model: Path, shared_data: Path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_model_dir, data_root):
+def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_model_dir, data_root, monkeypatch):
+    from metalora.runs import worker
+
+    loaded = []  # every check that can be made is made before the model loads
+    real = worker.load_model
+    monkeypatch.setattr(worker, "load_model", lambda *args, **kwargs: loaded.append(args) or real(*args, **kwargs))
     result, before, fill = run_bad(case, tmp_path, tiny_model_dir, data_root.path)
     output = f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
     assert result.exit_code == 2, output
@@ -292,6 +297,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_model_dir, data_ro
     assert len(lines) == 1 and lines[0].startswith("mlbench: error: "), output
     assert case.expect.format(**fill) in lines[0], output
     assert "Traceback" not in result.stdout + result.stderr
+    assert loaded == [], f"the model was loaded before the error: {output}"
     after = tree(tmp_path)
     assert before <= after, f"deleted: {before - after}"  # nothing outside the output is deleted
     # Nothing half-written and no run left behind: at most an empty store's index appears.

@@ -35,6 +35,13 @@ def test_a_diverging_loss_stops_training_and_the_run_is_failed_with_its_reason(t
     assert row.status == "failed" and "training diverged: the loss became nan at step 2" in row.error
     folder = store / row.run_id
     assert not (folder / "DONE").exists() and not (folder / "eval").exists() and not (folder / "adapter").exists()
+    # never reported: the report lists it as failed, with the reason, and ranks nothing
+    from reports.site import build_report
+
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert "1 run, 0 finished." in html
+    runs = html.split('id="runs-table"')[1]
+    assert '>failed: <span class="reason">training diverged: the loss became nan at step 2' in runs
 
 
 def _fail_replace(monkeypatch, matches):
