@@ -12,11 +12,13 @@ of the arg-max choice); then ``correct`` (by the benchmark's primary metric) and
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from metalora.files import atomic_path
+from metalora.jsonlines import all_objects
 
 
 def sample_record(
@@ -72,4 +74,6 @@ def write_records(path: Path, records: list[dict]) -> None:
 
 def read_records(path: Path) -> list[dict]:
     with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+        text = handle.read()
+    parsed = all_objects(text)
+    return parsed if parsed is not None else [json.loads(line) for line in io.StringIO(text)]  # names the bad line

@@ -45,6 +45,7 @@ from pathlib import Path
 from eval_tasks.records import read_records
 from metalora.errors import MlbenchError
 from metalora.files import storage_error, write_atomic, write_json
+from metalora.jsonlines import all_objects
 
 STORE_ENV = "MLBENCH_STORE"
 DEFAULT_STORE = "runs"
@@ -836,8 +837,11 @@ def _optional_json(path: Path, problems: list[str]):
 def _training_log(path: Path, problems: list[str]) -> tuple[dict, ...]:
     if not path.is_file():
         return ()
+    text = path.read_text(encoding="utf-8")
+    if text.isascii() and (parsed := all_objects(text)) is not None:  # as json.dumps writes it
+        return tuple(parsed)
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
