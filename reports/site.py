@@ -342,7 +342,13 @@ class Site:
     def start_figures(self, settings: list[Setting]) -> Pending | Children:
         """The figures, drawn by a forked process beside this one's work when the store is large
         (matplotlib's drawing is a large part of a first build); returns what ``result`` gives them."""
-        if len(self.store.runs) < 2 * RUNS_PER_WORKER or usable_cpus() < 2 or not hasattr(os, "fork"):
+        cached = self.previous_pages.get(PLOTS_KEY)
+        unchanged = (  # every figure is reused from the previous site: nothing to draw
+            self.previous is not None
+            and isinstance(cached, dict)
+            and all(isinstance(entry, dict) and entry.get("key") == self.data_key for entry in cached.values())
+        )
+        if unchanged or len(self.store.runs) < 2 * RUNS_PER_WORKER or usable_cpus() < 2 or not hasattr(os, "fork"):
             return Pending(lambda: self.figures(settings))
 
         def draw() -> dict:

@@ -200,6 +200,9 @@ def test_pages_and_figures_rendered_by_other_processes_equal_those_of_one(tmp_pa
     # the figures' entries (files, titles) came back from the drawing process: a rebuild reuses them
     plotted = {p: json.loads(tree[pages])[site.PLOTS_KEY] for p, tree in (("serial", expected), ("parallel", got))}
     assert plotted["parallel"] == plotted["serial"] and plotted["serial"]["loss"]["files"] == ["plots/training_loss.svg"]
+    jobs.clear()
+    build_report(store, tmp_path / "parallel")  # nothing changed: no page to render, no figure to draw
+    assert jobs == []
 
 
 def test_a_disk_error_in_a_render_process_is_one_line_and_keeps_the_previous_site(tmp_path, monkeypatch):
