@@ -11,17 +11,12 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
-
-matplotlib.use("Agg")  # files only: never open a window, never need a display
-from matplotlib import rc_context
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE
@@ -52,7 +47,22 @@ class Plot:
     description: str
 
 
-def _save(figure: Figure, folder: Path, name: str) -> str:
+@contextmanager
+def _drawing() -> Iterator[type]:
+    """matplotlib's Figure class under the report's settings. matplotlib is imported here, when a
+    figure is drawn: it is most of the report's start-up, and a rebuild that reuses every figure (or a
+    process that only renders run pages) never needs it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never open a window, never need a display
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context(RC):
+        yield Figure
+
+
+def _save(figure, folder: Path, name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / f"{name}.svg", format="svg", metadata={"Date": None}, bbox_inches="tight")
     return f"{folder.name}/{name}.svg"
@@ -110,7 +120,7 @@ def budget_curves(settings: Sequence[Setting], folder: Path) -> list[Plot]:
                     )
                 )
                 continue
-            with rc_context(RC):
+            with _drawing() as Figure:
                 figure = Figure(figsize=(6.4, 4.0))
                 axes = figure.add_subplot()
                 ordered = sorted(series.items())
@@ -158,7 +168,7 @@ def task_heatmap(table, benchmark: str, folder: Path) -> Plot | None:
         return None
     rows = [f"{name} · {model}" for name, model in zip(table["name"], table["model"])]
     values = table[tasks].to_numpy(dtype=float)
-    with rc_context(RC):
+    with _drawing() as Figure:
         figure = Figure(figsize=(max(6.0, 0.32 * len(tasks) + 3), max(2.0, 0.35 * len(rows) + 1.8)))
         axes = figure.add_subplot()
         image = axes.imshow(values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
@@ -175,7 +185,7 @@ def ablation_plot(ablation: Ablation, folder: Path) -> Plot | None:
     keys = [k for k in HEADLINE if any(over_seeds(s, COLUMNS[k].value) for _, s in ablation.points)]
     if not keys:
         return None
-    with rc_context(RC):
+    with _drawing() as Figure:
         figure = Figure(figsize=(3.4 * len(keys), 3.2))
         for index, key in enumerate(keys, start=1):
             axes = figure.add_subplot(1, len(keys), index)
@@ -210,7 +220,9 @@ def loss_overview(settings: Sequence[Setting], folder: Path) -> Plot | None:
     if not trained:
         return None
     methods = sorted({s.method for s in trained})
-    with rc_context(RC):
+    with _drawing() as Figure:
+        from matplotlib.ticker import MaxNLocator
+
         figure = Figure(figsize=(4.2 * len(methods), 3.4))
         for index, method in enumerate(methods, start=1):
             axes = figure.add_subplot(1, len(methods), index)
@@ -257,7 +269,7 @@ def language_bars(table, folder: Path) -> list[Plot]:
         languages = list(dict.fromkeys(part["language"]))
         names = list(dict.fromkeys(part["name"] + " · " + part["model"]))
         width = 0.8 / len(names)
-        with rc_context(RC):
+        with _drawing() as Figure:
             figure = Figure(figsize=(max(6.0, 0.6 * len(languages) * max(1, len(names) / 2)), 3.8))
             axes = figure.add_subplot()
             for offset, name in enumerate(names):

@@ -273,3 +273,28 @@ def test_a_rebuild_without_changes_reuses_the_figures_and_a_changed_run_redraws_
     (store / rid(10) / "DONE").touch()
     build_report(store, index.parent)
     assert {"budget_curves", "task_heatmap", "loss_overview"} <= set(drawn)
+
+
+def test_matplotlib_is_imported_only_to_draw(tmp_path):
+    """Most of the report's start-up: a rebuild that reuses every figure, and the processes that
+    render run pages, never import it; drawing a figure does."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from reports import plots, site\n"
+        "from tests.report_fixtures import standard_store\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        f"store = standard_store(Path({str(tmp_path / 'store')!r}))\n"
+        "s = site.Site(site.load_store(store), Path({out!r}))\n"
+        "s.render_run_pages(s.store.runs[0])\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "plots.loss_overview(site.group_settings(s.store.finished), Path({out!r}) / 'plots')\n"
+        "print('matplotlib' in sys.modules)\n"
+    ).replace("{out!r}", repr(str(tmp_path / "site")))
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\n"
