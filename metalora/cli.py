@@ -449,8 +449,10 @@ def _sweep_here(plan, run_store, execution, out: Console, verbose: bool = False)
               f"{len(failed)} failed",
               highlight=False)
     if failed:  # the sweep went on past them; its exit status still says that not all is well
-        out.print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)}; 'mlbench show RUN_ID' gives each reason",
-                  highlight=False)
+        # a run that failed before any work is not stored: its reason is only the line above
+        kept = [run_id for run_id in failed if run_store.run_dir(run_id).is_dir()]
+        out.print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)}; each reason is above"
+                  + (f", and 'mlbench show RUN_ID' gives it for {', '.join(kept)}" if kept else ""), highlight=False)
         raise typer.Exit(1)
 
 

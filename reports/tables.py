@@ -20,7 +20,7 @@ from eval_tasks.registry import BENCHMARKS
 from reports.ablations import Ablation
 from reports.columns import COLUMNS, HEADLINE, MULTILINGUAL_BENCHMARKS, Column, task_values
 from reports.cost import COST_COLUMNS, cost_fields, cost_text
-from reports.defaults import non_defaults
+from reports.defaults import setting_changes
 from reports.reference import REFERENCE_ROWS
 from reports.settings import BASE, Setting
 from reports.stats import Interval, mean_ci
@@ -56,7 +56,7 @@ def setting_fields(setting: Setting) -> dict:
         "method": setting.method,
         "shots": setting.shots,
         "variant": setting.label,
-        "changed": non_defaults(setting.identity, setting.profile),
+        "changed": setting_changes(setting.runs[0].differs_from_defaults, setting.identity, setting.profile),
         "profile": setting.profile,
         "comparable": setting.comparable,
         "published": all(run.published is not None for run in setting.runs),

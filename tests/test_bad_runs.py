@@ -1,16 +1,23 @@
 """Faults during a run: a diverging loss and a full disk end as one line, a failed run with its
-reason, and nothing partial; a sweep's plan reads each data file once; numbers as people write them."""
+reason, and nothing partial; a run that fails before any work leaves nothing in the store; a
+sweep's plan reads each data file once; numbers as people write them."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from metalora.cli import app
+from metalora.errors import MlbenchError
+from metalora.runs.runconfig import ExecutionOptions, build_run_config
+from metalora.runs.runner import execute_run, prepare_run
 from metalora.runs.store import RunStore
+from tests.conftest import _byte_tokenizer, make_tiny_llama
 
 
 def run_args(model: Path, data: Path, store: Path, *extra: str) -> list[str]:
@@ -138,3 +145,49 @@ def test_a_sweep_goes_on_past_a_failed_run_and_exits_non_zero(tmp_path, tiny_mod
     rows = {row.status: row for row in RunStore(store).rows()}
     assert sorted(rows) == ["done", "failed"]
     assert "training diverged" in rows["failed"].error and (store / rows["done"].run_id / "DONE").is_file()
+    failed = rows["failed"].run_id
+    assert result.output.splitlines()[-1] == (
+        f"1 run failed: {failed}; each reason is above, and 'mlbench show RUN_ID' gives it for {failed}")
+
+
+def _save_model(folder: Path, seed: int) -> None:
+    make_tiny_llama(seed=seed).save_pretrained(folder)
+    _byte_tokenizer().save_pretrained(folder)
+
+
+def test_a_run_whose_weights_change_before_it_trains_leaves_nothing_in_the_store(tmp_path, data_root):
+    """Claimed, then refused before its first step: no folder, no index row (it used to stay as a
+    failed run that had done nothing)."""
+    model = tmp_path / "model"
+    _save_model(model, seed=0)
+    execution = ExecutionOptions(device="cpu", data_root=str(data_root.path))
+    config = build_run_config({"model": str(model), "method": "lora", "tasks": ["strategyqa"], "shots": 10,
+                               "benchmarks": ["mgsm"], "eval_limit": 1, "rank": 2, "batch_size": 2,
+                               "profile": "smoke"})
+    prepared = prepare_run(config, execution)
+    _save_model(model, seed=1)  # other weights in the same folder after the plan
+    store = RunStore(tmp_path / "store")
+    with pytest.raises(MlbenchError, match=f"changed after run {prepared.run_id} was planned"):
+        execute_run(prepared, store, execution)
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == []  # no run folder (nor a trash one)
+    assert store.rows() == []
+
+
+def test_a_base_run_whose_evaluation_data_vanished_leaves_nothing_in_the_store(tmp_path, tiny_model_dir, data_root):
+    root = tmp_path / "data"
+    root.mkdir()
+    for entry in data_root.path.iterdir():  # the shared data, but a copy of MGSM that can go missing
+        if entry.name == "mgsm":
+            shutil.copytree(entry, root / "mgsm")
+        else:
+            (root / entry.name).symlink_to(entry)
+    execution = ExecutionOptions(device="cpu", data_root=str(root))
+    prepared = prepare_run(build_run_config({"model": str(tiny_model_dir), "method": "base", "benchmarks": ["mgsm"],
+                                             "eval_limit": 1, "profile": "smoke"}), execution)
+    (root / "mgsm" / "mgsm_de.tsv").unlink()  # gone between the plan and the evaluation
+    store = RunStore(tmp_path / "store")
+    with pytest.raises(MlbenchError, match="mgsm_de.tsv"):
+        execute_run(prepared, store, execution)
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == []  # no run folder (nor a trash one)
+    assert store.rows() == []
+

@@ -224,6 +224,26 @@ def test_row_lists_every_setting_that_differs_from_the_protocol_defaults(built):
     assert ">Differs from defaults</button>" in html and f">{changed}<" in html
 
 
+def test_row_shows_what_the_run_recorded_it_changed_method_options_included(tmp_path):
+    """A run's own record (config.json's differs_from_defaults) names its method's options too; a run
+    recorded before it existed is read as before (shared options only)."""
+    store = tmp_path / "store"
+    shared = {"target_modules": ["gate_proj"], "steps": 10, "lr_schedule": "cosine", "batch_size": 4,
+              "max_seq_len": 256}  # what the fixture's config changes (its epochs 1 is a pre-budget-rule field)
+    write_run(store, rid(1), method="metalora", method_options={"inner_steps": 5}, correct={"bbh": bbh(2, 3)},
+              differs_from_defaults={**shared, "inner_steps": 5})
+    write_run(store, rid(2), method="lora", correct={"bbh": bbh(2, 3)})  # no record: an older run
+    frame = tables.leaderboard(group_settings(load_store(store).finished))
+    assert dict(zip(frame["method"], frame["changed"])) == {
+        "metalora": "target_modules=[gate_proj], steps=10, lr_schedule=cosine, batch_size=4, max_seq_len=256, "
+                    "inner_steps=5",
+        "lora": "target_modules=[gate_proj], steps=10, epochs=1, lr_schedule=cosine, batch_size=4, max_seq_len=256",
+    }
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert (">target_modules=[gate_proj], steps=10, lr_schedule=cosine, batch_size=4, max_seq_len=256, inner_steps=5<"
+            in leaderboard_row(html, ">metalora<"))
+
+
 def test_budget_knobs_of_other_rules_are_not_listed_as_changes():
     from metalora.runs.runconfig import build_run_config
     from reports.defaults import non_defaults

@@ -262,6 +262,24 @@ AroundRun = Callable[[int, int, PreparedRun], AbstractContextManager]
 OUTCOME_LINES = {"skipped": "skipped: already finished, not redone", "busy": "busy: another worker has it"}
 
 
+@dataclass
+class _Work:
+    """Whether a claimed run has done any work: trained (begun now, or a checkpoint, log or adapter
+    of an earlier attempt) or evaluated (a benchmark begun, or results of an earlier attempt). A
+    run that fails before any (its weights changed, its evaluation data vanished, a logger would not
+    start) leaves nothing in the store: the failure is its setting's, said on the terminal."""
+
+    folder: Path
+    started: bool = False
+
+    def begin(self) -> None:
+        self.started = True
+
+    def any(self) -> bool:
+        kept = (files.CHECKPOINT_DIR, files.TRAINING_LOG_FILE, files.ADAPTER_DIR, files.RESULTS_FILE)
+        return self.started or any((self.folder / name).exists() for name in kept)
+
+
 def failure_reason(error: BaseException) -> str:
     """One line saying why a run failed: a user-facing error as it is, anything else with its type."""
     return str(error) if isinstance(error, MlbenchError) else f"{type(error).__name__}: {error}"
@@ -358,12 +376,13 @@ def execute_run(
         if not store.claim(run_id, config.to_dict()):
             return "skipped" if store.is_done(run_id) else "busy"
         folder = store.run_dir(run_id)
+        work = _Work(folder)
         try:
             tracker = open_tracker(options.log_to, run_id, folder, config.to_dict())
             try:
                 with store.holding(run_id):
                     _execute_claimed(prepared, store, folder, options, loaded, report, on_step, worker.task_cache,
-                                     tracker, reused, meter, on_benchmark)
+                                     tracker, reused, meter, on_benchmark, work)
             finally:
                 if tracker is not None:
                     tracker.close()
@@ -371,7 +390,13 @@ def execute_run(
             store.release(run_id)  # interrupted, not failed: the next run resumes it
             raise
         except BaseException as error:
-            store.fail(run_id, failure_reason(error))
+            try:
+                if not work.any():
+                    store.discard(run_id)  # failed before any work: no folder, no index row
+            except MlbenchError:  # it could not be deleted: it stays, as a failed run
+                pass
+            if store.run_dir(run_id).is_dir():
+                store.fail(run_id, failure_reason(error))
             raise
     except BaseException:
         worker.models.release()  # a run that stopped half-way may have left its adapter attached
@@ -395,9 +420,16 @@ def _items(limit: int | None) -> str:
 
 def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_step, task_cache=None,
                      tracker: Tracker | None = None, reused: bool = False, meter: RunMeter | None = None,
-                     on_benchmark=None) -> None:
+                     on_benchmark=None, work: _Work | None = None) -> None:
     meter = meter or RunMeter(loaded.device)
+    work = work or _Work(folder)
     run_id, config = prepared.run_id, prepared.config
+
+    def benchmark_event(name: str, timing: dict | None) -> None:
+        work.begin()  # a benchmark begins: the run is working
+        if on_benchmark is not None:
+            on_benchmark(name, timing)
+
     if not (folder / files.CONFIG_FILE).is_file():
         files.write_config(folder, run_id, config.to_dict(), prepared.data_hashes, prepared.root.describe(),
                            differs_from_defaults=differs_from_defaults(config))
@@ -430,6 +462,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
                 tracker.log_step(record)
 
         trainer = get_method(config.method).trainer(config.options)
+        work.begin()
         with meter.phase("training"):
             adapter = trainer.fit(loaded.model, loaded.tokenizer, prepared.budgets, config.train, step_callback,
                                   checkpointer)
@@ -452,7 +485,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
     if plan.evaluate:
         report(f"evaluating on {', '.join(plan.evaluate)}{_items(config.eval_limit)}")
         _evaluate_into(folder, run_id, adapter, loaded, request, plan, prepared.root, options, task_cache, meter,
-                       on_benchmark)
+                       benchmark_event)
     results = json.loads((folder / files.RESULTS_FILE).read_text())
     files.write_cost(folder, meter.sections())
     store.finish(run_id, headline_metrics(results))

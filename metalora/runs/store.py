@@ -590,6 +590,17 @@ class RunStore:
             raise MlbenchError(f"run {run_id}: {folder / CONFIG_FILE} is damaged or missing ({detail}); "
                                f"'mlbench rm {run_id}' removes the run") from None
 
+    def discard(self, run_id: str) -> None:
+        """Delete a run this worker claimed that failed before doing any work (no training step, no
+        evaluation): a failure of its setting, not of a run, so the store keeps nothing of it (no
+        folder, no index row). Another worker's claim is left alone."""
+        folder = self.run_dir(run_id)
+        claim = read_claim(folder)
+        if claim is not None and not claim.ours:
+            return
+        if folder.is_dir():
+            self.remove(run_id)
+
     def remove(self, run_id: str) -> None:
         """Delete a run's folder and its index row. The folder is first renamed to a hidden name, so
         an interrupted delete never leaves something that looks like a run."""
@@ -723,6 +734,9 @@ class RunRecord:
     cost: dict | None = None  # cost.json, where recorded
     error: str | None = None  # why the run failed, where recorded
     published: dict | None = None  # the PUBLISHED marker of a run copied by ``mlbench publish``
+    # config.json's options that differ from the protocol's defaults (runconfig.differs_from_defaults);
+    # None for runs recorded before it existed
+    differs_from_defaults: dict | None = None
 
     @property
     def done(self) -> bool:
@@ -814,6 +828,8 @@ def read_run(folder: Path) -> RunRecord:
         cost=cost if isinstance(cost, dict) else None,
         error=_failure_reason(folder, failed),
         published=published if isinstance(published, dict) else None,
+        differs_from_defaults=document.get("differs_from_defaults")
+        if isinstance(document.get("differs_from_defaults"), dict) else None,
     )
 
 

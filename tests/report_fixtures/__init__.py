@@ -114,6 +114,7 @@ def write_run(
     done: bool = True,
     sample_text: str = "",
     losses: Sequence[float] = (),
+    differs_from_defaults: Mapping | None = None,
 ) -> Path:
     folder = store / run_id
     (folder / SAMPLES_DIR).mkdir(parents=True)
@@ -157,6 +158,7 @@ def write_run(
         {"bbh/boolean_expressions.json": "ab" * 32},
         "/data",
         created=f"2025-01-01T00:00:{int(run_id[-2:], 16) % 60:02d}",
+        differs_from_defaults=differs_from_defaults,
     )
     write_env(
         folder,
