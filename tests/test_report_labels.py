@@ -117,6 +117,26 @@ def test_series_styles_differ():
     assert len({(s["marker"], s["linestyle"]) for s in [series_style(i) for i in range(32)]}) == 8
 
 
+def test_loss_plot_steps_are_whole_numbers(tmp_path, monkeypatch):
+    from reports import plots
+
+    drawn = []
+
+    def keep(figure, folder, name):  # the figure itself, to read its axes
+        drawn.append(figure)
+        return f"{folder.name}/{name}.svg"
+
+    monkeypatch.setattr(plots, "_save", keep)
+    settings = group_settings(load_store(standard_store(tmp_path / "store")).finished)
+    assert plots.loss_overview(settings, tmp_path / "plots") is not None
+    axes = drawn[0].axes
+    assert [a.get_title() for a in axes] == ["lora", "metalora"]  # 3-step logs: 1.0, 1.25, ... unless told
+    for a in axes:
+        low, high = a.get_xlim()
+        ticks = [t for t in a.get_xticks() if low <= t <= high]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def marks_of(store: Path) -> dict[str, str]:
     settings = group_settings(load_store(store).finished)
     comparisons = paired_comparisons(settings, (), BootstrapConfig(resamples=1000))
