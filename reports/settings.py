@@ -156,14 +156,12 @@ def group_settings(runs: Iterable[Run]) -> list[Setting]:
         groups[key].append(run)
         identities[key] = ident
     labels = _labels(identities)
-    ablations = _ablations(identities)
     settings = [
         Setting(
             key,
             identities[key],
             tuple(sorted(members, key=lambda r: (r.seed is None, r.seed or 0))),
-            labels[key],
-            ablations[key],
+            *labels[key],
         )
         for key, members in groups.items()
     ]
@@ -210,40 +208,31 @@ def _families(identities: dict[str, dict[str, str]]) -> dict[str | None, list[li
     return named
 
 
-def _differences(identities, members, method) -> dict[str, list[str]]:
-    """Each member's keys that differ from their reference (``reference_values``)."""
-    own = [identities[m] for m in members]
-    # Every method option is compared with its default, whatever the siblings ran.
-    keys = sorted(ablation_keys(identities) | set(method_defaults(method)))
-    references = reference_values(method, own, keys)
-    return {m: [key for key in keys if identities[m].get(key) != references[key]] for m in members}
-
-
-def _labels(identities: dict[str, dict[str, str]]) -> dict[str, str]:
+def _labels(identities: dict[str, dict[str, str]]) -> dict[str, tuple[str, str]]:
+    """Each setting's (label, ablation): the keys that differ from their reference
+    (``reference_values``), and of those all but the budget-shaped options that are the same for
+    every setting at the setting's budget."""
+    ablation = ablation_keys(identities)
     labels = {}
     for method, families in _families(identities).items():
-        for members in families:
-            for member, keys in _differences(identities, members, method).items():
-                labels[member] = _text(identities[member], keys)
-    return labels
-
-
-def _ablations(identities: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The label without the budget-shaped options that are the same across the setting's budget."""
-    ablations = {}
-    for method, families in _families(identities).items():
+        # Every method option is compared with its default, whatever the siblings ran.
+        keys = sorted(ablation | set(method_defaults(method)))
         shaped = {f"{METHOD_OPTION}{key}" for key in BUDGET_SHAPED.get(method or "", ())}
         for members in families:
-            differences = _differences(identities, members, method)
+            references = reference_values(method, [identities[m] for m in members], keys)
             budgets: dict[tuple, list[str]] = defaultdict(list)
             for member in members:
                 budgets[_bucket(identities[member], SHOWN)].append(member)
             for budget in budgets.values():
                 varied = {k for k in shaped if len({identities[m].get(k) for m in budget}) > 1}
                 for member in budget:
-                    keys = [k for k in differences[member] if k not in shaped or k in varied]
-                    ablations[member] = _text(identities[member], keys)
-    return ablations
+                    ident = identities[member]
+                    differ = [key for key in keys if ident.get(key) != references[key]]
+                    labels[member] = (
+                        _text(ident, differ),
+                        _text(ident, [k for k in differ if k not in shaped or k in varied]),
+                    )
+    return labels
 
 
 def _text(ident: dict[str, str], keys: Sequence[str]) -> str:
