@@ -248,30 +248,23 @@ def _run_output(run_id: str, store, out: Console, verbose: bool, timings: dict):
 
 def _kept(store, run_id: str) -> str:
     """One line: what an interrupted run kept, and how to resume it."""
+    from metalora.runs import store as files
+    from metalora.training.checkpoint import FolderCheckpointer
+
     folder = store.run_dir(run_id)
-    checkpoint = folder / "checkpoint" / "checkpoint.safetensors"
+    checkpoint = FolderCheckpointer(folder / files.CHECKPOINT_DIR, every=0)
     again = "run the same command again to"
-    if (folder / "eval" / "results.json").is_file():
+    if (folder / files.RESULTS_FILE).is_file():
         return f"run {run_id} kept its evaluation results; {again} finish it"
-    if (folder / "adapter" / "adapter.json").is_file():
+    if (folder / files.ADAPTER_DIR / "adapter.json").is_file():
         return f"run {run_id} kept its trained adapter; {again} evaluate it without retraining"
-    if checkpoint.is_file():
-        step = _checkpoint_step(checkpoint)
+    if checkpoint.path.is_file():
+        step = checkpoint.saved_step()
         at = f" at step {step}" if step is not None else ""
         return f"run {run_id} kept its training checkpoint{at}; {again} resume from there"
     if folder.is_dir():
         return f"run {run_id} had not reached its first checkpoint, nothing of it was kept; {again} start it over"
     return f"run {run_id} had not started, nothing was written; {again} start it"
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as reader:
-            return int(json.loads(reader.metadata()["mlbench"])["step"])
-    except Exception:  # noqa: BLE001 - a checkpoint being written when interrupted: say no step
-        return None
 
 
 def describe(config) -> str:

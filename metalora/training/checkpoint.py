@@ -99,11 +99,24 @@ class FolderCheckpointer:
         # Serialised in memory and written by Python: a full disk is an OSError (one line, no file).
         write_atomic(self.path, save(tensors, metadata={"mlbench": json.dumps(metadata)}))
 
+    def _metadata(self) -> dict:
+        with safe_open(str(self.path), framework="pt") as reader:
+            return json.loads(reader.metadata()["mlbench"])
+
+    def saved_step(self) -> int | None:
+        """The step of the saved checkpoint, from its metadata alone; None without one, or for a
+        file that cannot be read."""
+        if not self.path.is_file():
+            return None
+        try:
+            return int(self._metadata()["step"])
+        except Exception:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            return None
+
     def load(self) -> TrainState | None:
         if not self.path.is_file():
             return None
-        with safe_open(str(self.path), framework="pt") as reader:
-            metadata = json.loads(reader.metadata()["mlbench"])
+        metadata = self._metadata()
         tensors = load_file(str(self.path))
 
         def group(prefix: str) -> dict[str, torch.Tensor]:
