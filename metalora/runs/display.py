@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from metalora.runs.store import COST_FILE
+
 LOG_FILE = "run.log"  # third-party output of the run, in its folder
 
 
@@ -179,7 +181,7 @@ def summary(record, timings: dict[str, float], log: Path | None) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else []
     for row in rows:
         lines.append(f"  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}} {row[3]}  ({row[4]})")
-    timings = dict(timings) or _recorded_time(record.path)
+    timings = dict(timings) or _recorded_time(record.cost)
     parts = [(key, label) for key, label in (("model_load_s", "model load"), ("training_s", "training"),
                                               ("eval_s", "evaluation"), ("total_s", "total"))]
     said = [f"{label} {seconds(_total(timings[key]))}" for key, label in parts if timings.get(key) is not None]
@@ -196,14 +198,17 @@ def _total(value) -> float:
     return sum(value.values()) if isinstance(value, dict) else float(value)
 
 
-def _recorded_time(folder: Path) -> dict:
-    """The durations cost.json recorded (a run finished earlier), or nothing."""
-    try:
-        cost = json.loads((Path(folder) / "cost.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def _recorded_time(cost) -> dict:
+    """The durations a run's cost.json recorded (a run finished earlier), or nothing."""
     recorded = cost.get("time") if isinstance(cost, dict) else None
     return {k: v for k, v in recorded.items() if isinstance(v, (int, float, dict))} if isinstance(recorded, dict) else {}
+
+
+def _read_cost(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / COST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def recorded_durations(store_root: Path) -> dict[tuple[str, str, str], list[float]]:
@@ -216,7 +221,7 @@ def recorded_durations(store_root: Path) -> dict[tuple[str, str, str], list[floa
             config = json.loads((done.parent / "config.json").read_text()).get("config", {})
         except (OSError, ValueError, AttributeError):
             continue
-        total = _recorded_time(done.parent).get("total_s")
+        total = _recorded_time(_read_cost(done.parent)).get("total_s")
         if isinstance(total, (int, float)) and total > 0 and isinstance(config, dict):
             key = (str(config.get("method")), str(config.get("profile")), str(config.get("model")))
             found.setdefault(key, []).append(float(total))
