@@ -106,6 +106,8 @@ def console() -> Console:
 
 
 StoreOption = typer.Option(None, "--store", help="Run store folder (default: $MLBENCH_STORE or ./runs).")
+SiteOption = typer.Option(Path("site"), "--out", help="Output folder for the static site.")
+PublishOutOption = typer.Option(..., "--out", help="Folder to write, e.g. results/qwen2.5-coder-1.5b.")
 DataRootOption = typer.Option(None, "--data-root", help="Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
 
 
@@ -363,11 +365,12 @@ def _wait_for_other_worker(run_store, run_id: str, wait: bool, out: Console) -> 
 
 def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, launcher: str, workers: int | None,
           gpus: int | None, partition: str | None, time_min: int, gpus_per_job: int, array_parallelism: int,
-          runs_per_job: int, **given):
+          runs_per_job: int, workers_per_gpu: int, **given):
     """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
 
     Example: mlbench sweep configs/table2.yaml --dry-run
     On 4 GPUs of this host: mlbench sweep configs/table2.yaml --gpus 4
+    Four workers sharing one GPU: mlbench sweep configs/table2.yaml --gpus 1 --workers-per-gpu 4
     On SLURM: mlbench sweep configs/table2.yaml --launcher slurm --partition gpu --time-min 120
     """
     from metalora.runs.launch import LaunchOptions
@@ -378,7 +381,7 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     store, verbose = given.pop("store"), given.pop("verbose")
     execution = execution_options(given)
     launch = LaunchOptions(launcher, workers, gpus, partition, time_min, gpus_per_job, array_parallelism,
-                           runs_per_job).validate()
+                           runs_per_job, workers_per_gpu).validate()
     if gpus is not None and execution.device not in (None, "cuda"):
         raise MlbenchError(f"--gpus gives each worker one GPU of its own; leave out --device {execution.device}")
     loaded = load_sweep(config, {"profile": profile} if profile else None)
@@ -505,6 +508,8 @@ _SWEEP_FLAGS = [
                 "local (the slurm path through submitit's local executor)."),
     _sweep_flag("workers", Optional[int], None, "Worker processes on this host (default 1).",),  # noqa: UP045
     _sweep_flag("gpus", Optional[int], None, "One worker per GPU of this host (GPU i for worker i)."),  # noqa: UP045
+    _sweep_flag("workers_per_gpu", int, 1, "Worker processes sharing each GPU (with --gpus, and in each cluster "
+                "job); small models leave a GPU mostly idle, so several overlap."),
     _sweep_flag("partition", Optional[str], None, "SLURM partition."),  # noqa: UP045
     _sweep_flag("time_min", int, 240, "A job's time limit in minutes (slurm, local)."),
     _sweep_flag("gpus_per_job", int, 1, "GPUs per job (slurm, local); a job with several runs one worker per GPU."),
@@ -843,7 +848,7 @@ def data_check(data_root: str | None = DataRootOption):
 @user_errors
 def report(
     store: Path | None = StoreOption,
-    out: Path = typer.Option(Path("site"), "--out", help="Output folder for the static site."),
+    out: Path = SiteOption,
 ):
     """Build the static HTML leaderboard and report from the run store. Example: mlbench report --out site"""
     from reports.output import existing_store
@@ -856,7 +861,7 @@ def report(
 @app.command()
 @user_errors
 def publish(
-    out: Path = typer.Option(..., "--out", help="Folder to write, e.g. results/qwen2.5-coder-1.5b."),
+    out: Path = PublishOutOption,
     store: Path | None = StoreOption,
     model: str | None = typer.Option(None, "--model", help="Publish only the runs of this model (as recorded)."),
 ):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from metalora.cli import app
-from metalora.runs.launch import LaunchOptions, assignments, chunks, make_executor
+from metalora.runs.launch import LaunchOptions, assignments, chunks, job_command, make_executor
 from metalora.runs.progress import Progress
 from metalora.runs.store import RunStore
 from tests.test_store_sweep import write_sweep
@@ -29,6 +29,20 @@ def test_each_worker_takes_its_share_then_the_others_from_their_ends():
     assert assignments(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e", "d", "b"], ["b", "d", "e", "c", "a"]]
     assert assignments(["a", "b", "c"], 3) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     assert chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_workers_per_gpu_share_the_gpus_round_robin():
+    shared = LaunchOptions(gpus=2, workers_per_gpu=3)
+    assert shared.worker_count == 6
+    assert [shared.worker_gpu(index) for index in range(6)] == [0, 1, 0, 1, 0, 1]
+    assert LaunchOptions(gpus=4).worker_count == 4 and LaunchOptions(workers=3).worker_count == 3
+    assert LaunchOptions(workers=3).worker_gpu(1) is None  # CPU workers see no GPU
+    # A cluster job runs the worker command itself, with host workers when it has more than one.
+    worker = ["python", "-m", "metalora.cli", "sweep", "grid.yaml"]
+    assert job_command(worker, LaunchOptions("local")) == [*worker, "--only"]
+    assert job_command(worker, LaunchOptions("local", gpus_per_job=2)) == [*worker, "--gpus", "2", "--only"]
+    assert job_command(worker, LaunchOptions("local", workers_per_gpu=3)) == [
+        *worker, "--gpus", "1", "--workers-per-gpu", "3", "--only"]
 
 
 def test_progress_line_and_eta():
@@ -48,6 +62,8 @@ def test_progress_line_and_eta():
     (["--partition", "gpu"], "--partition: for the cluster launchers only (--launcher slurm or local)"),
     (["--launcher", "pbs"], "--launcher must be one of host, slurm, local, got 'pbs'"),
     (["--launcher", "slurm", "--workers", "2"], "--workers and --gpus are for this host"),
+    (["--workers-per-gpu", "2"], "--workers-per-gpu 2 needs --gpus N (the GPUs to share); without GPUs use --workers N"),
+    (["--workers-per-gpu", "0"], "--workers-per-gpu must be a positive whole number, got 0"),
     (["--launcher", "slurm"], "--launcher slurm needs SLURM's sbatch and srun on this machine"),
 ])
 def test_bad_launch_options_are_one_line_before_any_work(tmp_path, tiny_model_dir, flags, message):

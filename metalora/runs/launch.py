@@ -8,8 +8,11 @@ is claimed in the store before it trains (``RunStore.claim``), a finished run ha
 two workers, two launchers or a launcher and a plain ``mlbench sweep`` never train one run twice.
 
 - ``host``: ``--workers N`` processes on this machine; ``--gpus N`` is N workers, worker i seeing
-  only GPU i (``CUDA_VISIBLE_DEVICES``). Worker i takes every N-th run that is not done, then
-  helps with the others' runs from the end of their lists, so the workers rarely meet.
+  only GPU i (``CUDA_VISIBLE_DEVICES``), or N x K with ``--workers-per-gpu K`` (worker i on GPU
+  i mod N): a run of a small model leaves a GPU mostly idle (its time goes to Python and kernel
+  launches), so several processes on one GPU overlap their overheads. Worker i takes every M-th
+  run that is not done (M workers), then helps with the others' runs from the end of their lists,
+  so the workers rarely meet.
 - ``slurm``: the runs that are not done, in chunks of ``--runs-per-job``, as one submitit job
   array (partition, time limit, GPUs per job, array parallelism); a job with several GPUs runs
   host workers inside it.
@@ -48,17 +51,22 @@ class LaunchOptions:
     gpus_per_job: int = 1
     array_parallelism: int = 16  # jobs of the array running at once
     runs_per_job: int = 1
+    workers_per_gpu: int = 1  # worker processes sharing each GPU (host; and inside each cluster job)
 
     def validate(self) -> LaunchOptions:
         if self.launcher not in LAUNCHERS:
             raise MlbenchError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
-        for name in ("workers", "gpus", "time_min", "gpus_per_job", "array_parallelism", "runs_per_job"):
+        for name in ("workers", "gpus", "time_min", "gpus_per_job", "array_parallelism", "runs_per_job",
+                     "workers_per_gpu"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 flag = "--" + name.replace("_", "-")
                 raise MlbenchError(f"{flag} must be a positive whole number, got {value!r}")
         if self.gpus is not None and self.workers is not None and self.workers != self.gpus:
             raise MlbenchError(f"--gpus {self.gpus} starts one worker per GPU; leave out --workers {self.workers}")
+        if self.launcher == "host" and self.workers_per_gpu != 1 and self.gpus is None:
+            raise MlbenchError(f"--workers-per-gpu {self.workers_per_gpu} needs --gpus N (the GPUs to share); "
+                               "without GPUs use --workers N")
         if self.launcher == "host":
             cluster_only = [f"--{f.name.replace('_', '-')}" for f in fields(self)
                             if f.name in ("partition", "time_min", "gpus_per_job", "array_parallelism", "runs_per_job")
@@ -77,7 +85,11 @@ class LaunchOptions:
 
     @property
     def worker_count(self) -> int:
-        return self.gpus or self.workers or 1
+        return self.gpus * self.workers_per_gpu if self.gpus else self.workers or 1
+
+    def worker_gpu(self, index: int) -> int | None:
+        """The GPU worker ``index`` sees (round robin, so the first N workers take one GPU each)."""
+        return index % self.gpus if self.gpus else None
 
 
 def assignments(run_ids: Sequence[str], workers: int) -> list[list[str]]:
@@ -148,7 +160,7 @@ def run_host_workers(
     try:
         for index, share in enumerate(assignments(list(run_ids), workers)):
             log = folder / f"worker-{index}.log"
-            gpu = index if options.gpus is not None else None
+            gpu = options.worker_gpu(index)
             with open(log, "w", encoding="utf-8") as stream:
                 process = subprocess.Popen([*command, "--only", ",".join(share)], stdout=stream,
                                            stderr=subprocess.STDOUT, env=worker_env(gpu, threads))
@@ -203,6 +215,14 @@ def make_executor(options: LaunchOptions, folder: Path, name: str):
     return executor
 
 
+def job_command(command: Sequence[str], options: LaunchOptions) -> list[str]:
+    """What one cluster job runs, before its run ids: the worker command, itself launching host
+    workers when the job has several GPUs or shares its GPU among several workers."""
+    shared = options.workers_per_gpu > 1
+    return [*command, *(["--gpus", str(options.gpus_per_job)] if options.gpus_per_job > 1 or shared else []),
+            *(["--workers-per-gpu", str(options.workers_per_gpu)] if shared else []), "--only"]
+
+
 def submit_jobs(
     command: Sequence[str], run_ids: Sequence[str], store: RunStore, options: LaunchOptions, folder: Path,
     report: Report, wait: bool = True, poll_s: float = 5.0,
@@ -212,8 +232,8 @@ def submit_jobs(
 
     executor = make_executor(options, folder / "submitit", f"mlbench-{folder.name.split('-')[0]}")
     cluster = executor.cluster
-    job_command = [*command, *(["--gpus", str(options.gpus_per_job)] if options.gpus_per_job > 1 else []), "--only"]
-    function = submitit.helpers.CommandFunction(job_command, cwd=os.getcwd(), env=worker_env(None, None))
+    function = submitit.helpers.CommandFunction(job_command(command, options), cwd=os.getcwd(),
+                                                env=worker_env(None, None))
     groups = chunks(list(run_ids), options.runs_per_job)
     jobs = executor.map_array(function, [",".join(group) for group in groups])
     report(f"submitted {len(jobs)} {cluster} job(s) for {len(run_ids)} runs"
