@@ -37,14 +37,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench module, run as a script
 
-from eval_speed import _describe, _items, _revision, _timed, agreement  # noqa: E402
+from eval_speed import _describe, _items, _revision, _timed, agreement
 
-from eval_tasks.fastlm import FastLM  # noqa: E402
-from eval_tasks.harness import choose_subtasks, hash_data_files, resolve_benchmarks  # noqa: E402
-from eval_tasks.task_cache import TaskCache, TaskKey  # noqa: E402
-from metalora.data.root import resolve_data_root  # noqa: E402
-from metalora.models import load_model  # noqa: E402
-from metalora.provenance import package_versions  # noqa: E402
+from eval_tasks.fastlm import FastLM
+from eval_tasks.harness import choose_subtasks, hash_data_files, resolve_benchmarks
+from eval_tasks.task_cache import TaskCache, TaskKey
+from metalora.data.root import resolve_data_root
+from metalora.models import load_model
+from metalora.provenance import package_versions
 
 
 def compare_batch_sizes(name: str, requests, make_fast, batch_sizes: list[int], device: str) -> dict:
