@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from metalora.runs.runconfig import ExecutionOptions, build_run_config
+from metalora.runs.runconfig import (
+    CPU_EVAL_BATCH_SIZE,
+    GPU_EVAL_BATCH_SIZE,
+    ExecutionOptions,
+    build_run_config,
+)
 from metalora.runs.runner import execute_runs, prepare_run
 from metalora.runs.store import RunStore
 from metalora.runs.worker import ModelKey, ModelPool, Worker, weights_checksum
@@ -48,6 +53,15 @@ def _run_files(folder: Path) -> dict:
     return files
 
 
+def test_the_evaluation_batch_size_defaults_by_device_unless_given():
+    assert ExecutionOptions().eval_batch_for("cpu") == CPU_EVAL_BATCH_SIZE
+    assert ExecutionOptions().eval_batch_for("cuda:1") == ExecutionOptions().eval_batch_for("cuda") == GPU_EVAL_BATCH_SIZE
+    assert GPU_EVAL_BATCH_SIZE > CPU_EVAL_BATCH_SIZE
+    given = ExecutionOptions(eval_batch_size="16").validate()
+    assert given.eval_batch_for("cpu") == given.eval_batch_for("cuda") == 16
+    assert ExecutionOptions(eval_batch_size="auto").validate().eval_batch_for("cuda") == "auto"
+
+
 def test_runs_in_one_worker_equal_each_run_alone(tmp_path, tiny_model_dir, data_root):
     # LoRA-kind (merged for evaluation), HydraLoRA (attached live) and the base model, in one worker.
     execution, prepared = _prepared(tiny_model_dir, data_root, ["metalora", "hydralora", "base"])
@@ -59,6 +73,11 @@ def test_runs_in_one_worker_equal_each_run_alone(tmp_path, tiny_model_dir, data_
     assert worker.task_cache.stats.misses == 2 and worker.task_cache.stats.hits == 4  # 2 benchmarks x 3 runs
     reused = [json.loads((shared.run_dir(p.run_id) / "env.json").read_text())["base_model_reused"] for p in prepared]
     assert reused == [False, True, True]
+    # No batch size given: the CPU default, recorded where the run's numbers are.
+    for run in prepared:
+        folder = shared.run_dir(run.run_id)
+        assert json.loads((folder / "env.json").read_text())["eval_batch_size"] == CPU_EVAL_BATCH_SIZE == 8
+        assert json.loads((folder / "eval" / "results.json").read_text())["settings"]["batch_size"] == 8
 
     # Each run evaluated its own adapter: per-item scores differ between the three.
     samples = [_run_files(shared.run_dir(p.run_id))["xcopa.jsonl.gz"] for p in prepared]

@@ -96,12 +96,21 @@ class RunConfig:
         return data
 
 
+# A run of a small model on a GPU is overhead-bound: per batch, the host's work costs more than the
+# model's, so rows per batch set the items/s (bench/eval_batch.py measures it; README gives the
+# figures). A CPU is compute-bound, where a bigger batch only pads more.
+CPU_EVAL_BATCH_SIZE = 8
+GPU_EVAL_BATCH_SIZE = 64
+
+
 @dataclass(frozen=True)
 class ExecutionOptions:
     """How to execute, not what: none of these change a number, so none is in the run id."""
 
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available).")
-    eval_batch_size: int | str = option(8, "Evaluation batch size, or 'auto'.")
+    eval_batch_size: int | str | None = option(
+        None, f"Evaluation batch size, or 'auto' (default: {CPU_EVAL_BATCH_SIZE} on a CPU, {GPU_EVAL_BATCH_SIZE} on a GPU)."
+    )
     checkpoint_every: int = option(DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps.")
     data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
     # Equal answers up to float rounding (eval_tasks/fastlm.py); recorded in eval/results.json.
@@ -124,6 +133,8 @@ class ExecutionOptions:
                 f"--checkpoint-every must be a positive number of steps, got {self.checkpoint_every}"
             )
         batch = self.eval_batch_size
+        if batch is None:
+            return self
         if isinstance(batch, str) and batch != "auto":
             try:
                 batch = int(batch)
@@ -132,6 +143,12 @@ class ExecutionOptions:
         if batch != "auto" and (not isinstance(batch, int) or batch < 1):
             raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {batch!r}")
         return replace(self, eval_batch_size=batch)
+
+    def eval_batch_for(self, device: str) -> int | str:
+        """The evaluation batch size on ``device``: the one given, else the device's default."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return CPU_EVAL_BATCH_SIZE if str(device).startswith("cpu") else GPU_EVAL_BATCH_SIZE
 
 
 def _plain(value):
