@@ -307,3 +307,109 @@ def test_second_order_refuses_the_batched_inner_loop():
 
     with pytest.raises(MlbenchError, match="variant second_order runs only with inner_loop=sequential"):
         MetaOptions(variant="second_order", inner_loop="batched").validate()
+
+
+def unequal_episode(tokenizer, support=3, query=2):
+    """Three tasks of different prompt and answer lengths, support and query sets of different sizes."""
+    from metalora.data.budgets import TaskBudget
+    from metalora.data.example import Example
+
+    medium = [Example("medium", f"a longer prompt, item {i}: ", "yz" * (1 + i % 3)) for i in range(6)]
+    long = [Example("long", f"a much longer prompt for item number {i} of this task: ", "xyz" * 4) for i in range(6)]
+    tasks = toy_tasks(1, per_task=6) + [TaskBudget("medium", medium, []), TaskBudget("long", long, [])]
+    batches = []
+    for task in tasks:
+        encoded = [encode_example(tokenizer, example, 96) for example in task.examples]
+        batches.append(
+            (collate(encoded[:support], tokenizer.pad_token_id), collate(encoded[support : support + query], tokenizer.pad_token_id))
+        )
+    return batches
+
+
+@pytest.mark.parametrize("weighting", ["task", "token"])
+@pytest.mark.parametrize("variant", ["first_order", "phase2_only", "reptile", "phase1_only"])
+def test_stacked_inner_loop_equals_sequential(tokenizer, variant, weighting):
+    """All tasks' inner steps as ordinary passes over every task's rows, each task's rows through
+    its own adapter copy: the sequential directions and losses, with tasks of different lengths
+    (padded to one width) and support and query sets of different sizes."""
+    batches = unequal_episode(tokenizer)
+    assert len({support["input_ids"].shape[1] for support, _ in batches}) == 3  # the padding is exercised
+    results = {}
+    for inner_loop in ("sequential", "stacked"):
+        model = lora_model()
+        model.train()  # dropout is 0: training mode changes nothing but is what the trainer uses
+        options = MetaOptions(inner_steps=2, inner_lr=0.3, variant=variant, inner_loop=inner_loop)
+        results[inner_loop] = meta_update_direction(model, shared_params(model), batches, options, weighting)
+    (sequential, seq_stats), (stacked, stacked_stats) = results["sequential"], results["stacked"]
+    for name in sequential:
+        torch.testing.assert_close(stacked[name], sequential[name], atol=1e-7, rtol=1e-5)
+    for key in ("support_loss", "query_loss"):
+        if seq_stats[key] is None:
+            assert stacked_stats[key] is None and variant == "phase2_only"
+        else:
+            assert stacked_stats[key] == pytest.approx(seq_stats[key], rel=1e-6)
+    # the directions are not all zero, so the comparison has teeth
+    assert max(value.abs().max().item() for value in sequential.values()) > 1e-3
+
+
+def test_stacked_inner_loop_leaves_the_model_as_it_was(tokenizer):
+    """The per-task hooks come off and the layers' own adapter is back after the stacked pass."""
+    model = lora_model()
+    batch = unequal_episode(tokenizer)[0][0]
+    before = batch_loss(model, batch)
+    meta_update_direction(model, shared_params(model), unequal_episode(tokenizer), MetaOptions(inner_loop="stacked"))
+    assert torch.equal(batch_loss(model, batch), before)
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_stacked_inner_loop_with_checkpointing_equals_without(tokenizer):
+    """Activation checkpointing recomputes each layer in the backward pass with the stacked copies
+    still in place: the same directions (bit for bit on CPU) and losses."""
+    from metalora.training.recompute import activation_checkpointing
+
+    batches = unequal_episode(tokenizer)
+    options = MetaOptions(inner_steps=2, inner_lr=0.3, inner_loop="stacked")
+    results = []
+    for enabled in (False, True):
+        model = lora_model()
+        model.train()
+        with activation_checkpointing(model, enabled):
+            results.append(meta_update_direction(model, shared_params(model), batches, options))
+    (plain, plain_stats), (recomputed, recomputed_stats) = results
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], atol=0, rtol=0)
+    assert plain_stats == recomputed_stats
+    MetaOptions(inner_loop="stacked").check_train(TrainConfig(gradient_checkpointing=True))  # not refused
+
+
+def test_stacked_inner_loop_refuses_unequal_row_counts(tokenizer):
+    batches = unequal_episode(tokenizer)
+    batches[1] = ({key: value[:2] for key, value in batches[1][0].items()}, batches[1][1])
+    with pytest.raises(ValueError, match=r"needs equally many rows per task, got \[2, 3\]"):
+        model = lora_model()
+        meta_update_direction(model, shared_params(model), batches, MetaOptions(inner_loop="stacked"))
+
+
+def test_second_order_refuses_the_stacked_inner_loop():
+    from metalora.errors import MlbenchError
+
+    with pytest.raises(MlbenchError, match="variant second_order runs only with inner_loop=sequential"):
+        MetaOptions(variant="second_order", inner_loop="stacked").validate()
+
+
+def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer):
+    """The whole trainer (sampling, fresh LoRA init, outer AdamW, two meta-iterations) with the
+    stacked inner loop gives the sequential adapter and losses."""
+    tasks = toy_tasks(3, per_task=8)
+    config = TrainConfig(rank=4, alpha=8, dropout=0.0, budget_rule="matched_updates", steps=2, lr=0.05, seed=3, max_seq_len=64)
+    adapters = {
+        inner_loop: MetaLoraTrainer(
+            MetaOptions(inner_steps=2, support_size=3, query_size=2, inner_lr=0.5, inner_loop=inner_loop)
+        ).fit(make_tiny_llama(), tokenizer, tasks, config)
+        for inner_loop in ("sequential", "stacked")
+    }
+    sequential, stacked = adapters["sequential"], adapters["stacked"]
+    for name, value in sequential.state.items():
+        torch.testing.assert_close(stacked.state[name], value, atol=1e-6, rtol=1e-5)
+    for key in ("loss", "support_loss", "query_loss", "examples", "tokens"):
+        assert [r[key] for r in stacked.training_log] == pytest.approx([r[key] for r in sequential.training_log], rel=1e-6)

@@ -44,7 +44,7 @@ def base(data_root):
         ({"tasks_per_iteration": 6}, "tasks_per_iteration is 6 but only 5 tasks are trained; use at most 5"),
         ({"inner_steps": -1}, "inner_steps must be a non-negative integer, got -1"),
         ({"variant": "third_order"}, "unknown MeTA-LoRA variant 'third_order'; choose from first_order"),
-        ({"inner_loop": "parallel"}, "inner_loop must be one of sequential, batched, got 'parallel'"),
+        ({"inner_loop": "parallel"}, "inner_loop must be one of sequential, batched, stacked, got 'parallel'"),
         ({"k": 3}, "unknown option(s) k; allowed: alpha, batch_size, benchmarks"),
         ({"method": "hydralora", "num_heads": 0}, "num_heads must be a positive integer, got 0"),
         ({"rank": 0}, "rank must be a positive integer, got 0"),

@@ -35,6 +35,7 @@ from metalora.training.batching import (
     collate,
     lm_loss,
     merge_batches,
+    row_losses,
     target_tokens,
 )
 from metalora.training.budget import UpdateShape, training_cost
@@ -42,6 +43,7 @@ from metalora.training.loop import run_steps
 from metalora.training.lora import lora_shape, new_lora_model
 from metalora.training.recompute import activation_checkpointing, swapped_parameters
 from metalora.training.sampling import EpisodeSampler
+from metalora.training.stacked_lora import concat_task_batches, stacked_adapters, stacked_copies
 from metalora.training.supervised import encode_tasks, make_scheduler, parameter_count
 from metalora.training.trainer import MethodSpec, Trainer, model_device, preserve_requires_grad
 from metalora.training.weighting import task_weights
@@ -166,21 +168,63 @@ def batched_task_steps(model, shared: Params, episode, variant: Variant, steps: 
     if not variant.inner_loop:
         ids, labels = stack_batches([merge_batches(support, query) for support, query in episode])
         grads, losses = per_task(theta, ids, labels)
-        return {name: combine(grads[name]) for name in shared}, None, losses.tolist()
+        return {name: combine(grads[name]) for name in shared}, None, losses
     support_ids, support_labels = stack_batches([support for support, _ in episode])
     first_losses = None
     for _ in range(steps):
         grads, losses = per_task(theta, support_ids, support_labels)
         first_losses = losses if first_losses is None else first_losses
         theta = {name: value - lr * grads[name] for name, value in theta.items()}
-    support_losses = None if first_losses is None else first_losses.tolist()
+    support_losses = first_losses
     query_ids, query_labels = stack_batches([query for _, query in episode])
     grads, losses = per_task(theta, query_ids, query_labels)
     if variant.outer == "query_gradient":
-        return {name: combine(grads[name]) for name in shared}, support_losses, losses.tolist()
+        return {name: combine(grads[name]) for name in shared}, support_losses, losses
     theta = {name: value - lr * grads[name] for name, value in theta.items()}  # the query step
     direction = {name: combine(shared[name].detach().unsqueeze(0) - theta[name]) for name in shared}
-    return direction, support_losses, losses.tolist()
+    return direction, support_losses, losses
+
+
+def stacked_losses_and_grads(
+    model: torch.nn.Module, params: Params, batch: dict, tasks: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Each task's loss (its mean over its own target tokens, as ``batch_loss`` gives for its rows
+    alone) with task t's rows computed by adapter copy t of ``params`` ((tasks, *shape) tensors),
+    and the gradient of their sum: its slice t is task t's own gradient, one forward/backward."""
+    with stacked_adapters(model, params, tasks):
+        sums, counts = row_losses(model, batch)
+        losses = sums.view(tasks, -1).sum(1) / counts.view(tasks, -1).sum(1).clamp(min=1)
+        return losses.detach(), torch.autograd.grad(losses.sum(), list(params.values()))
+
+
+def stacked_task_steps(model, shared: Params, episode, variant: Variant, steps: int, lr: float, weights: torch.Tensor):
+    """Every task's inner loop at once in ordinary passes over all tasks' rows, each task's rows
+    through its own adapter copy (``metalora.training.stacked_lora``): per inner step one forward
+    and one backward for all tasks, instead of one small pass per task. Same maths as the
+    sequential steps (tests compare them); ``weights`` combine the tasks' directions. Returns the
+    direction and the first support losses and query losses as (tasks,) tensors (or None)."""
+    count = len(episode)
+
+    def combine(per_task: torch.Tensor) -> torch.Tensor:  # (tasks, ...) -> the weighted sum over tasks
+        return (weights.to(per_task.dtype).view(-1, *[1] * (per_task.dim() - 1)) * per_task).sum(0)
+
+    theta = stacked_copies(shared, count)
+    if not variant.inner_loop:
+        batch = concat_task_batches([merge_batches(support, query) for support, query in episode])
+        losses, grads = stacked_losses_and_grads(model, theta, batch, count)
+        return {name: combine(grad) for name, grad in zip(theta, grads)}, None, losses
+    support_batch = concat_task_batches([support for support, _ in episode])
+    first_losses = None
+    for _ in range(steps):
+        losses, grads = stacked_losses_and_grads(model, theta, support_batch, count)
+        first_losses = losses if first_losses is None else first_losses
+        theta = {name: (value - lr * grad).detach().requires_grad_() for (name, value), grad in zip(theta.items(), grads)}
+    query_losses, grads = stacked_losses_and_grads(model, theta, concat_task_batches([q for _, q in episode]), count)
+    if variant.outer == "query_gradient":
+        return {name: combine(grad) for name, grad in zip(theta, grads)}, first_losses, query_losses
+    theta = {name: (value - lr * grad).detach() for (name, value), grad in zip(theta.items(), grads)}  # the query step
+    direction = {name: combine(shared[name].detach().unsqueeze(0) - theta[name]) for name in shared}
+    return direction, first_losses, query_losses
 
 
 @dataclass(frozen=True)
@@ -194,7 +238,7 @@ class Variant:
     # under token weighting: the query's target tokens); "adapted_weights": theta moves toward the
     # weights adapted on support and query (weight: all the task's target tokens)
     outer: str = "query_gradient"
-    batchable: bool = True  # can run with inner_loop="batched"
+    batchable: bool = True  # can run with inner_loop="batched" or "stacked" (all tasks at once)
 
     def passes(self, inner_steps: int, support: int, query: int) -> int:
         """Example (or token) passes of one task visit with ``support`` and ``query`` examples (or
@@ -228,7 +272,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType(
     }
 )
 OUTER_OPTIMIZERS = ("adamw", "sgd")
-INNER_LOOPS = ("sequential", "batched")
+INNER_LOOPS = ("sequential", "batched", "stacked")
 
 
 @dataclass(frozen=True)
@@ -240,10 +284,14 @@ class MetaOptions:
     tasks_per_iteration: int | None = option(None, "metalora: tasks per meta-iteration (default: all).")
     variant: str = option("first_order", "metalora: " + " | ".join(VARIANTS) + ".")
     outer_optimizer: str = option("adamw", "metalora: " + " | ".join(OUTER_OPTIMIZERS) + ".")
-    # "batched" runs all tasks' inner loops as one vmapped pass per step (faster on a GPU, where
-    # small passes are overhead-bound); "sequential" runs them one task after another.
+    # "sequential" runs the tasks' inner loops one task after another; "batched" and "stacked"
+    # run all tasks' inner steps at once (faster on a GPU, where small passes are overhead-bound):
+    # "batched" as one vmapped pass per step, "stacked" as one ordinary pass over all tasks' rows
+    # with per-task adapter copies applied by batched matmuls (no vmap; checkpointing works).
     inner_loop: str = option(
-        "sequential", "metalora: " + " | ".join(INNER_LOOPS) + " (batched: one vmapped pass for all tasks)."
+        "sequential",
+        "metalora: " + " | ".join(INNER_LOOPS) + " (batched: one vmapped pass for all tasks; stacked: one "
+        "ordinary pass for all tasks, each task's rows through its own adapter copy).",
     )
 
     @property
@@ -262,7 +310,7 @@ class MetaOptions:
             raise MlbenchError(f"unknown MeTA-LoRA variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
         require_choice("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
         require_choice("inner_loop", self.inner_loop, INNER_LOOPS)
-        if self.inner_loop == "batched" and not VARIANTS[self.variant].batchable:
+        if self.inner_loop != "sequential" and not VARIANTS[self.variant].batchable:
             raise MlbenchError(f"variant {self.variant} runs only with inner_loop=sequential")
         if not isinstance(self.inner_steps, int) or isinstance(self.inner_steps, bool) or self.inner_steps < 0:
             raise MlbenchError(f"inner_steps must be a non-negative integer, got {self.inner_steps!r}")
@@ -324,10 +372,12 @@ def meta_update_direction(
     tokens = torch.tensor([variant.weight_tokens(support, query) for support, query in episode])
     weights = task_weights(tokens, weighting)
     steps = options.effective_inner_steps
-    if options.inner_loop == "batched":
-        direction, support, query = batched_task_steps(
+    if options.inner_loop in ("batched", "stacked"):
+        steps_of = batched_task_steps if options.inner_loop == "batched" else stacked_task_steps
+        direction, support, query = steps_of(
             model, shared, episode, variant, steps, options.inner_lr, weights.to(model_device(model))
         )
+        support, query = _losses_to_host(support, query)
     else:
         results = [variant.task_step(model, shared, s, q, steps, options.inner_lr) for s, q in episode]
         direction = {
@@ -346,6 +396,22 @@ def episode_consumption(episode: Sequence[tuple[dict, dict]], options: MetaOptio
         "examples": sum(variant.passes(steps, len(s["input_ids"]), len(q["input_ids"])) for s, q in episode),
         "tokens": sum(variant.passes(steps, batch_tokens(s), batch_tokens(q)) for s, q in episode),
     }
+
+
+def _losses_to_host(*losses: torch.Tensor | list | None) -> list[list[float] | None]:
+    """(tasks,) loss tensors as lists of floats, in one device-to-host copy."""
+    present = [value for value in losses if isinstance(value, torch.Tensor)]
+    if not present:
+        return [value for value in losses]
+    flat = torch.cat([value.reshape(-1) for value in present]).tolist()
+    result, start = [], 0
+    for value in losses:
+        if isinstance(value, torch.Tensor):
+            result.append(flat[start : start + value.numel()])
+            start += value.numel()
+        else:
+            result.append(value)
+    return result
 
 
 def _mean_or_none(values: Sequence[float] | None) -> float | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from metalora.data.example import Example
-from metalora.training.weighting import IGNORE_INDEX, weighted_lm_loss
+from metalora.training.weighting import IGNORE_INDEX, combine_row_losses, token_losses
 
 
 @dataclass(frozen=True)
@@ -107,5 +107,10 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def batch_loss(model, batch: dict, weighting: str = "task") -> torch.Tensor:
     """The batch's loss under ``weighting`` (``metalora.training.weighting``): by default the mean
     over each task's target tokens, then over the tasks of the batch. One task: the token mean."""
+    return combine_row_losses(*row_losses(model, batch), batch.get("task_ids"), weighting)
+
+
+def row_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sums of next-token cross-entropy over target tokens, and per-row target counts."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return weighted_lm_loss(logits, batch["labels"], batch.get("task_ids"), weighting)
+    return token_losses(logits, batch["labels"])

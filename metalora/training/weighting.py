@@ -52,8 +52,15 @@ def weighted_lm_loss(
     """The batch's loss under ``weighting``; rows of one ``task_ids`` value form one task (all rows
     one task when ``task_ids`` is None)."""
     row_sums, row_counts = token_losses(logits, labels)
+    return combine_row_losses(row_sums, row_counts, task_ids, weighting)
+
+
+def combine_row_losses(
+    row_sums: torch.Tensor, row_counts: torch.Tensor, task_ids: torch.Tensor | None = None, weighting: str = "task"
+) -> torch.Tensor:
+    """Per-row loss sums and target counts (``token_losses``) -> the batch's loss under ``weighting``."""
     if task_ids is None:
-        task_ids = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
+        task_ids = torch.zeros(row_counts.shape[0], dtype=torch.long, device=row_counts.device)
     _, groups = torch.unique(task_ids, return_inverse=True)
     count = int(groups.max().item()) + 1
     sums = torch.zeros(count, dtype=row_sums.dtype, device=row_sums.device).index_add(0, groups, row_sums)
