@@ -7,8 +7,9 @@ import torch
 
 from metalora.errors import MlbenchError
 from metalora.methods import METHODS, adapter_kinds, make_trainer
+from metalora.runs.runconfig import ExecutionOptions
 from metalora.training.adapters import load_adapter
-from metalora.training.checkpoint import FolderCheckpointer
+from metalora.training.checkpoint import FolderCheckpointer, TrainState
 from metalora.training.config import TrainConfig
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
@@ -98,6 +99,28 @@ def stop_at(step):
             raise Interrupt()
 
     return callback
+
+
+def test_checkpoints_are_due_by_steps_or_by_time_since_the_last_save(tmp_path):
+    now = [100.0]
+    by_time = FolderCheckpointer(tmp_path / "t", every_s=60, clock=lambda: now[0])
+    assert [step for step in range(1, 50) if by_time.due(step, 50)] == []  # no time has passed
+    now[0] = 159.9
+    assert not by_time.due(7, 50)
+    now[0] = 160.0
+    assert by_time.due(8, 50) and not by_time.due(50, 50)  # never after the last step
+    by_time.save(TrainState(8, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []}, {}, {}, [], {}))
+    assert not by_time.due(9, 50)  # the interval counts from the save
+    now[0] = 219.0
+    assert not by_time.due(10, 50)
+    now[0] = 220.0
+    assert by_time.due(11, 50)
+    by_steps = FolderCheckpointer(tmp_path / "s", every=4, clock=lambda: 1e9)
+    assert [step for step in range(1, 13) if by_steps.due(step, 12)] == [4, 8]
+    assert not any(FolderCheckpointer(tmp_path / "n", every=0).due(step, 12) for step in range(1, 13))
+    assert ExecutionOptions().checkpoint_schedule() == (None, 60.0)
+    assert ExecutionOptions(checkpoint_every="500").checkpoint_schedule() == (500, None)
+    assert ExecutionOptions(checkpoint_every="2.5s").checkpoint_schedule() == (None, 2.5)
 
 
 @pytest.mark.parametrize("method", TRAINED)

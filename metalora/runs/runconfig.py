@@ -43,7 +43,8 @@ DEFAULT_BENCHMARKS = ("heldout", "bbh", "bbh_mc", "mmlu")  # the training tasks'
 # What a run evaluates, not what it trains: left out of the run id, so changing them adds
 # evaluations to the same run instead of training a new one.
 EVALUATION_FIELDS = ("benchmarks", "eval_limit", "max_gen_tokens")
-DEFAULT_CHECKPOINT_EVERY = 10
+# A kill loses at most this much training (metalora/training/checkpoint.py says why time, not steps).
+DEFAULT_CHECKPOINT_EVERY = "60s"
 
 
 # TrainConfig fields that change how training computes, never its result: recorded, not in the run id.
@@ -111,7 +112,9 @@ class ExecutionOptions:
     eval_batch_size: int | str | None = option(
         None, f"Evaluation batch size, or 'auto' (default: {CPU_EVAL_BATCH_SIZE} on a CPU, {GPU_EVAL_BATCH_SIZE} on a GPU)."
     )
-    checkpoint_every: int = option(DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps.")
+    checkpoint_every: int | str = option(
+        DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps (500), or every N seconds (60s)."
+    )
     data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
     # Equal answers up to float rounding (eval_tasks/fastlm.py); recorded in eval/results.json.
     eval_backend: str = option("fast", "fast (mlbench's FastLM, tasks built once per worker) | hflm (lm-eval's HFLM).")
@@ -128,10 +131,7 @@ class ExecutionOptions:
             raise MlbenchError(
                 f"--eval-backend must be one of {', '.join(EVAL_BACKENDS)}, got {self.eval_backend!r}"
             )
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
-            raise MlbenchError(
-                f"--checkpoint-every must be a positive number of steps, got {self.checkpoint_every}"
-            )
+        self.checkpoint_schedule()  # one line if malformed
         batch = self.eval_batch_size
         if batch is None:
             return self
@@ -143,6 +143,21 @@ class ExecutionOptions:
         if batch != "auto" and (not isinstance(batch, int) or batch < 1):
             raise MlbenchError(f"--eval-batch-size must be a positive integer or 'auto', got {batch!r}")
         return replace(self, eval_batch_size=batch)
+
+    def checkpoint_schedule(self) -> tuple[int | None, float | None]:
+        """``--checkpoint-every`` as (steps, seconds), one of them None: ``500`` or ``60s``."""
+        value = self.checkpoint_every
+        text = str(value).strip().lower()
+        seconds = text.endswith("s")
+        try:
+            number = float(text[:-1]) if seconds else int(text)
+        except ValueError:
+            number = 0
+        if isinstance(value, bool) or number <= 0:
+            raise MlbenchError(
+                f"--checkpoint-every must be a positive number of steps (e.g. 500) or of seconds (e.g. 60s), got {value!r}"
+            )
+        return (None, number) if seconds else (int(number), None)
 
     def eval_batch_for(self, device: str) -> int | str:
         """The evaluation batch size on ``device``: the one given, else the device's default."""

@@ -450,7 +450,8 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         adapter = load_adapter(adapter_dir, adapter_kinds())
     elif config.trains:
         total = prepared.budget.updates if prepared.budget else 0
-        checkpointer = FolderCheckpointer(folder / files.CHECKPOINT_DIR, options.checkpoint_every)
+        every_steps, every_s = options.checkpoint_schedule()
+        checkpointer = FolderCheckpointer(folder / files.CHECKPOINT_DIR, every_steps, every_s)
         resumed = checkpointer.load()
         if resumed is not None:
             report(f"resuming training after step {resumed.step}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,18 +73,33 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 class FolderCheckpointer:
-    """Saves a ``TrainState`` every ``every`` steps into ``folder``; loads the latest one."""
+    """Saves a ``TrainState`` into ``folder`` every ``every`` steps and/or once ``every_s`` seconds
+    have passed since the last save (or since it was made); loads the latest one.
 
-    def __init__(self, folder: str | os.PathLike, every: int):
+    A save costs the same whatever a step costs (a SmolLM2-135M LoRA with its AdamW state is a
+    36.6 MB file, written and synced), so a step count alone is wrong at both ends: every 10 steps
+    is a save every second on a GPU, where it would cost more than the training, and a save every
+    few minutes on a CPU. A time interval bounds the training a kill loses instead.
+    """
+
+    def __init__(self, folder: str | os.PathLike, every: int | None = None, every_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.folder = Path(folder)
-        self.every = every
+        self.every = every or None  # 0: never by step count
+        self.every_s = every_s
+        self._clock = clock
+        self._last_save = clock()
 
     @property
     def path(self) -> Path:
         return self.folder / CHECKPOINT_FILE
 
     def due(self, step: int, total_steps: int) -> bool:
-        return step % self.every == 0 and step < total_steps
+        """Whether to save after ``step`` (never after the last: the adapter is saved then)."""
+        if step >= total_steps:
+            return False
+        by_steps = self.every is not None and step % self.every == 0
+        return by_steps or (self.every_s is not None and self._clock() - self._last_save >= self.every_s)
 
     def save(self, state: TrainState) -> None:
         optimizer_tensors, optimizer_rest = _split_optimizer(state.optimizer)
@@ -98,6 +115,7 @@ class FolderCheckpointer:
         }
         # Serialised in memory and written by Python: a full disk is an OSError (one line, no file).
         write_atomic(self.path, save(tensors, metadata={"mlbench": json.dumps(metadata)}))
+        self._last_save = self._clock()
 
     def _metadata(self) -> dict:
         with safe_open(str(self.path), framework="pt") as reader:
