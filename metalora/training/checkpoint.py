@@ -77,7 +77,7 @@ class FolderCheckpointer:
     have passed since the last save (or since it was made); loads the latest one.
 
     A save costs the same whatever a step costs (a SmolLM2-135M LoRA with its AdamW state is a
-    36.6 MB file, written and synced), so a step count alone is wrong at both ends: every 10 steps
+    36.7 MB file (bench/checkpoint_cost.py), written and synced), so a step count alone is wrong at both ends: every 10 steps
     is a save every second on a GPU, where it would cost more than the training, and a save every
     few minutes on a CPU. A time interval bounds the training a kill loses instead.
     """
