@@ -384,7 +384,7 @@ def test_stacked_inner_loop_with_checkpointing_equals_without(tokenizer):
 
 def test_stacked_inner_loop_refuses_unequal_row_counts(tokenizer):
     batches = unequal_episode(tokenizer)
-    batches[1] = ({key: value[:2] for key, value in batches[1][0].items()}, batches[1][1])
+    batches[1] = (unequal_episode(tokenizer, support=2)[1][0], batches[1][1])
     with pytest.raises(ValueError, match=r"needs equally many rows per task, got \[2, 3\]"):
         model = lora_model()
         meta_update_direction(model, shared_params(model), batches, MetaOptions(inner_loop="stacked"))

@@ -37,6 +37,7 @@ from metalora.training.batching import (
     merge_batches,
     row_losses,
     target_tokens,
+    to_device,
 )
 from metalora.training.budget import UpdateShape, training_cost
 from metalora.training.loop import run_steps
@@ -70,7 +71,7 @@ def loss_and_grads(
 
 def adapt(
     model: torch.nn.Module, theta: Params, support: dict, steps: int, lr: float, *, create_graph: bool
-) -> tuple[Params, list[float]]:
+) -> tuple[Params, list[torch.Tensor]]:
     """Phase I: ``steps`` plain SGD steps on the support set, starting from ``theta``.
 
     With ``create_graph`` the steps stay differentiable with respect to ``theta`` (second order);
@@ -79,7 +80,7 @@ def adapt(
     losses = []
     for _ in range(steps):
         loss, grads = loss_and_grads(model, theta, support, create_graph=create_graph)
-        losses.append(loss.item())
+        losses.append(loss.detach())  # read on the host once per meta-iteration, not per step
         theta = {name: value - lr * grad for (name, value), grad in zip(theta.items(), grads)}
         if not create_graph:
             theta = {name: value.detach().requires_grad_() for name, value in theta.items()}
@@ -93,17 +94,18 @@ def detached_copy(shared: Params) -> Params:
 @dataclass(frozen=True)
 class TaskStep:
     """One task's contribution to the shared update: a direction the outer optimizer follows as
-    if it were a gradient, and the losses seen."""
+    if it were a gradient, and the losses seen (scalar tensors, read on the host once per
+    meta-iteration)."""
 
     direction: Params
-    support_losses: list[float]
-    query_loss: float | None
+    support_losses: list[torch.Tensor]
+    query_loss: torch.Tensor | None
 
 
 def first_order_step(model, shared, support, query, steps, lr) -> TaskStep:
     theta, support_losses = adapt(model, detached_copy(shared), support, steps, lr, create_graph=False)
     loss, grads = loss_and_grads(model, theta, query)
-    return TaskStep(dict(zip(theta, grads)), support_losses, loss.item())
+    return TaskStep(dict(zip(theta, grads)), support_losses, loss.detach())
 
 
 def second_order_step(model, shared, support, query, steps, lr) -> TaskStep:
@@ -113,7 +115,7 @@ def second_order_step(model, shared, support, query, steps, lr) -> TaskStep:
         theta, support_losses = adapt(model, start, support, steps, lr, create_graph=True)
         loss = params_loss(model, theta, query)
         grads = torch.autograd.grad(loss, list(shared.values()))
-    return TaskStep(dict(zip(shared, grads)), support_losses, loss.item())
+    return TaskStep(dict(zip(shared, grads)), support_losses, loss.detach())
 
 
 def reptile_step(model, shared, support, query, steps, lr) -> TaskStep:
@@ -129,7 +131,7 @@ def multitask_step(model, shared, support, query, steps, lr) -> TaskStep:
     """No inner loop: the gradient at theta of the loss on support and query sets together."""
     theta = detached_copy(shared)
     loss, grads = loss_and_grads(model, theta, merge_batches(support, query))
-    return TaskStep(dict(zip(theta, grads)), [], loss.item())
+    return TaskStep(dict(zip(theta, grads)), [], loss.detach())
 
 
 def stack_batches(batches: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,16 +377,18 @@ def meta_update_direction(
     if options.inner_loop in ("batched", "stacked"):
         steps_of = batched_task_steps if options.inner_loop == "batched" else stacked_task_steps
         direction, support, query = steps_of(
-            model, shared, episode, variant, steps, options.inner_lr, weights.to(model_device(model))
+            model, shared, episode, variant, steps, options.inner_lr, to_device(weights, model_device(model))
         )
         support, query = _losses_to_host(support, query)
     else:
         results = [variant.task_step(model, shared, s, q, steps, options.inner_lr) for s, q in episode]
         direction = {
-            name: sum(float(w) * result.direction[name] for w, result in zip(weights, results)) for name in shared
+            # w: a 0-dim host tensor, read on the host by the multiplication (no device wait)
+            name: sum(w * result.direction[name] for w, result in zip(weights, results)) for name in shared
         }
         support = [result.support_losses[0] for result in results if result.support_losses]
         query = [result.query_loss for result in results if result.query_loss is not None]
+        support, query = _losses_to_host(*(torch.stack(losses) if losses else None for losses in (support, query)))
     return direction, {"support_loss": _mean_or_none(support), "query_loss": _mean_or_none(query)}
 
 
@@ -398,19 +402,18 @@ def episode_consumption(episode: Sequence[tuple[dict, dict]], options: MetaOptio
     }
 
 
-def _losses_to_host(*losses: torch.Tensor | list | None) -> list[list[float] | None]:
-    """(tasks,) loss tensors as lists of floats, in one device-to-host copy."""
-    present = [value for value in losses if isinstance(value, torch.Tensor)]
-    if not present:
-        return [value for value in losses]
-    flat = torch.cat([value.reshape(-1) for value in present]).tolist()
+def _losses_to_host(*losses: torch.Tensor | None) -> list[list[float] | None]:
+    """(tasks,) loss tensors as lists of floats, in one device-to-host copy: the meta-iteration's
+    only wait for the device (the token counts behind the weights come from the host)."""
+    present = [value.reshape(-1) for value in losses if value is not None]
+    flat = torch.cat(present).tolist() if present else []
     result, start = [], 0
     for value in losses:
-        if isinstance(value, torch.Tensor):
+        if value is None:
+            result.append(None)
+        else:
             result.append(flat[start : start + value.numel()])
             start += value.numel()
-        else:
-            result.append(value)
     return result
 
 

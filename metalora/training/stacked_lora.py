@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metalora.training.weighting import IGNORE_INDEX
+from metalora.training.batching import concat_batches
 
 
 @dataclass(frozen=True)
@@ -94,21 +94,13 @@ def _add_task_updates(site: _Site, params: Mapping[str, torch.Tensor], tasks: in
 
 
 def concat_task_batches(batches: Sequence[dict]) -> dict:
-    """One batch of every task's rows, task after task, right-padded to the longest width (pads:
-    id 0, mask 0, label -100; under causal attention right pads change no real token's logits).
-    Every task must bring the same number of rows (the episode sampler draws equal sets)."""
+    """One batch of every task's rows, task after task, right-padded to the longest width
+    (``concat_batches``). Every task must bring the same number of rows (the episode sampler draws
+    equal sets), so the rows reshape to (tasks, rows, ...)."""
     rows = {batch["input_ids"].shape[0] for batch in batches}
     if len(rows) != 1:
         raise ValueError(f"the stacked inner loop needs equally many rows per task, got {sorted(rows)}")
-    width = max(batch["input_ids"].shape[1] for batch in batches)
-    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
-
-    def padded(key: str) -> torch.Tensor:
-        return torch.cat(
-            [torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill[key]) for b in batches]
-        )
-
-    return {key: padded(key) for key in fill}
+    return concat_batches(batches)
 
 
 def stacked_copies(shared: Mapping[str, torch.Tensor], tasks: int) -> dict[str, torch.Tensor]:

@@ -56,13 +56,21 @@ def weighted_lm_loss(
 
 
 def combine_row_losses(
-    row_sums: torch.Tensor, row_counts: torch.Tensor, task_ids: torch.Tensor | None = None, weighting: str = "task"
+    row_sums: torch.Tensor,
+    row_counts: torch.Tensor,
+    task_ids: torch.Tensor | None = None,
+    weighting: str = "task",
+    groups: torch.Tensor | None = None,
+    count: int | None = None,
 ) -> torch.Tensor:
-    """Per-row loss sums and target counts (``token_losses``) -> the batch's loss under ``weighting``."""
-    if task_ids is None:
-        task_ids = torch.zeros(row_counts.shape[0], dtype=torch.long, device=row_counts.device)
-    _, groups = torch.unique(task_ids, return_inverse=True)
-    count = int(groups.max().item()) + 1
+    """Per-row loss sums and target counts (``token_losses``) -> the batch's loss under ``weighting``.
+    ``groups`` (each row's rank among the distinct task ids) and their ``count``, when the caller
+    knows them, save finding them on the device (a device-to-host copy)."""
+    if groups is None or count is None:
+        if task_ids is None:
+            task_ids = torch.zeros(row_counts.shape[0], dtype=torch.long, device=row_counts.device)
+        _, groups = torch.unique(task_ids, return_inverse=True)
+        count = int(groups.max().item()) + 1
     sums = torch.zeros(count, dtype=row_sums.dtype, device=row_sums.device).index_add(0, groups, row_sums)
     tokens = torch.zeros(count, dtype=row_counts.dtype, device=row_counts.device).index_add(0, groups, row_counts)
     weights = task_weights(tokens, weighting).to(sums.dtype)
