@@ -1,15 +1,16 @@
 """Training throughput of every method, side by side in one process, with MeTA-LoRA / LoRA ratios.
 
 One JSON line per method, then one summary line (``"summary": true``) with the ratios the issue's
-targets are stated in (MeTA-LoRA examples/s >= 0.9x LoRA's, peak memory <= 1.5x):
+targets are stated in (MeTA-LoRA examples/s >= 0.9x LoRA's, peak memory <= 1.5x), for every
+MeTA-LoRA mode listed and, under ``"best_metalora"``, for the fastest of them (by examples/s),
+named. ``metalora:stacked`` / ``metalora:batched`` are MeTA-LoRA with that ``inner_loop``.
 
 - ``examples_per_s``: distinct training examples an optimizer step consumes, per second (LoRA and
   HydraLoRA: the batch; MeTA-LoRA: tasks x (support + query) per meta-iteration).
 - ``example_passes_per_s``: forward+backward passes over examples per second (MeTA-LoRA counts
   each of its k inner steps on the support set again).
-- ``tokens_per_s``: non-padding tokens through forward passes per second (counted from the
-  attention mask; the batched inner loop runs without one under vmap, so ``metalora:batched``
-  takes the sequential run's count: same seed, same episodes; list it after ``metalora``).
+- ``tokens_per_s``: non-padding tokens through forward passes per second (the trainers' own count
+  in their step log, from the encoded examples: MeTA-LoRA counts each inner step's support set).
 - ``peak_memory_gib``: the device's peak allocated memory during that method's training.
 
 Each method runs ``--steps`` optimizer steps and is then stopped (the trainer is configured for far
@@ -114,25 +115,6 @@ def lengthen(budgets: list[TaskBudget], tokenizer, seq_len: int) -> list[TaskBud
     return longer
 
 
-class TokenCounter:
-    """Counts non-padding tokens of every forward pass by wrapping the model's forward."""
-
-    def __init__(self, model):
-        self.tokens = 0
-        self.model, self.original = model, model.forward
-
-        def counting_forward(*args, **kwargs):
-            mask = kwargs.get("attention_mask")
-            if mask is not None:
-                self.tokens += int(mask.sum())
-            return self.original(*args, **kwargs)
-
-        model.forward = counting_forward
-
-    def remove(self) -> None:
-        self.model.forward = self.original
-
-
 def per_step_examples(method: str, options, batch_size: int, tasks: int) -> tuple[int, int]:
     """(distinct examples, example passes) of one optimizer step."""
     if method != "metalora":
@@ -161,7 +143,7 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def measure(method: str, model, tokenizer, budgets, args, device: str, counted: dict) -> dict:
+def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
     name, _, inner_loop = method.partition(":")
     trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
     config = train_config(args)
@@ -171,6 +153,7 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
     times: list[float] = []
     last = [0.0]
     losses: list[float] = []
+    tokens: list[int] = []
 
     def on_step(record, *_):
         if device.startswith("cuda"):
@@ -178,11 +161,11 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
         now = time.perf_counter()
         times.append(now - last[0])
         losses.append(record["loss"])
+        tokens.append(record["tokens"])
         last[0] = now
         if len(times) >= args.steps:
             raise _Enough
 
-    counter = TokenCounter(model)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -197,19 +180,17 @@ def measure(method: str, model, tokenizer, budgets, args, device: str, counted: 
     except (RuntimeError, MlbenchError) as error:  # e.g. a combination a method refuses; the others still run
         return record | {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     finally:
-        counter.remove()
         if args.gradient_checkpointing and not native_checkpointing:
             model.gradient_checkpointing_disable()
     timed = times[args.warmup:] if len(times) > args.warmup else times
     step_s = sum(timed) / len(timed)
-    tokens = (counter.tokens / len(times)) if counter.tokens else counted.get(name, float("nan"))
-    counted.setdefault(name, tokens)
+    tokens_per_step = sum(tokens[-len(timed):]) / len(timed)
     examples, passes = per_step_examples(name, trainer.options, args.batch_size, len(budgets))
     return record | {
         "steps": len(times), "timed_steps": len(timed), "seconds_per_step": round(step_s, 4),
-        "examples_per_step": examples, "example_passes_per_step": passes, "tokens_per_step": tokens,
+        "examples_per_step": examples, "example_passes_per_step": passes, "tokens_per_step": tokens_per_step,
         "examples_per_s": round(examples / step_s, 2), "example_passes_per_s": round(passes / step_s, 2),
-        "tokens_per_s": round(tokens / step_s, 1),
+        "tokens_per_s": round(tokens_per_step / step_s, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda") else None,
         "last_loss": round(losses[-1], 4),
     }
@@ -233,12 +214,21 @@ def ratios(results: dict[str, dict]) -> dict:
     return out
 
 
+def best_metalora(results: dict[str, dict], ratio: dict) -> dict | None:
+    """The fastest MeTA-LoRA mode listed (by examples/s) and its ratios to LoRA."""
+    modes = [m for m, figures in results.items() if m.startswith("metalora") and "error" not in figures]
+    if not modes:
+        return None
+    fastest = max(modes, key=lambda m: results[m]["examples_per_s"])
+    return {"method": fastest, **ratio.get(f"{fastest}/lora", {})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="weights to train (and the tokenizer for --shape)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random-init Llama of this shape instead of the weights")
-    parser.add_argument("--methods", default="lora,hydralora,metalora,metalora:batched",
-                        help="comma-separated; metalora:batched is MeTA-LoRA with inner_loop=batched")
+    parser.add_argument("--methods", default="lora,hydralora,metalora,metalora:stacked,metalora:batched",
+                        help="comma-separated; metalora:MODE is MeTA-LoRA with inner_loop=MODE (stacked, batched)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--shots", type=int, default=50)
@@ -281,13 +271,15 @@ def main() -> None:
         "versions": package_versions(("torch", "transformers", "peft")),
     }
     print(json.dumps({"setup": header}), flush=True)
-    results, counted = {}, {}
+    results = {}
     for method in args.methods.split(","):
         get_method(method.partition(":")[0])  # an unknown name fails here, in one line
-        results[method] = measure(method, model, tokenizer, budgets, args, device, counted)
+        results[method] = measure(method, model, tokenizer, budgets, args, device)
         print(json.dumps(results[method]), flush=True)
         gc.collect()
-    print(json.dumps({"summary": True, "setup": header, "methods": results, "ratios": ratios(results),
+    ratio = ratios(results)
+    print(json.dumps({"summary": True, "setup": header, "methods": results, "ratios": ratio,
+                      "best_metalora": best_metalora(results, ratio),
                       "targets": {"metalora/lora examples_per_s at least": TARGETS["examples_per_s"],
                                   "metalora/lora peak_memory at most": TARGETS["peak_memory"]}}), flush=True)
 
