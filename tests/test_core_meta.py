@@ -413,3 +413,18 @@ def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer):
         torch.testing.assert_close(stacked.state[name], value, atol=1e-6, rtol=1e-5)
     for key in ("loss", "support_loss", "query_loss", "examples", "tokens"):
         assert [r[key] for r in stacked.training_log] == pytest.approx([r[key] for r in sequential.training_log], rel=1e-6)
+
+
+def test_stacked_inner_loop_applies_dropout_and_is_seeded(tokenizer):
+    """With dropout the stacked pass draws its own masks (one over all tasks' rows, so other draws
+    than the sequential loop's): the same seed gives the same adapter, and dropout really acts."""
+    tasks = toy_tasks(3, per_task=8)
+
+    def train(dropout):
+        config = TrainConfig(rank=4, alpha=8, dropout=dropout, budget_rule="matched_updates", steps=2, lr=0.05, seed=3, max_seq_len=64)
+        options = MetaOptions(inner_steps=1, support_size=3, query_size=2, inner_lr=0.5, inner_loop="stacked")
+        return MetaLoraTrainer(options).fit(make_tiny_llama(), tokenizer, tasks, config)
+
+    first, second, without = train(0.3), train(0.3), train(0.0)
+    assert all(torch.equal(first.state[name], second.state[name]) for name in first.state)
+    assert not all(torch.allclose(first.state[name], without.state[name], atol=1e-6) for name in first.state)
