@@ -28,7 +28,7 @@ from typing import Literal
 from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
 from eval_tasks.model_state import evaluation_state, model_fingerprint
 from eval_tasks.records import sample_record, write_records
-from eval_tasks.references import compute_references
+from eval_tasks.references import benchmark_references
 from eval_tasks.registry import EVAL_TASKS_DIR, BenchmarkSpec, get_benchmark
 from eval_tasks.results import EvalResult, TaskScore, aggregate_benchmark, mean, mean_stderr, small_tasks
 from eval_tasks.task_cache import TaskCache, TaskKey, seed_like_lm_eval
@@ -104,10 +104,17 @@ def evaluate(
     chosen = choose_subtasks(specs, subtasks or {})
     options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend)
     data_files = hash_data_files(specs, chosen, data_root)
-    references = compute_references(specs, chosen, data_root, options.limit)
+    task_cache = task_cache or TaskCache()
+    references = {
+        spec.name: task_cache.references(
+            _task_key(spec, chosen[spec.name], data_root, data_files, options),
+            lambda spec=spec: benchmark_references(spec, chosen[spec.name], data_root, options.limit),
+        )
+        for spec in specs
+    }
 
     cache_key = model_fingerprint(model, tokenizer) if options.response_cache_dir else None
-    context = _RunContext(options, data_root, data_files, cache_key, task_cache or TaskCache())
+    context = _RunContext(options, data_root, data_files, cache_key, task_cache)
     timing = {}
     with evaluation_state(model, tokenizer, merge_lora=options.merge_lora) as merged:
         outputs = {}
@@ -261,10 +268,7 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     def run(spec: BenchmarkSpec, subtasks: Sequence[str]) -> dict:
         gen_tokens = options.gen_tokens(spec)
         gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
-        names = [spec.task_name(subtask) for subtask in subtasks]
-        files = {name: context.data_files[name] for subtask in subtasks for name in spec.data_files(subtask)
-                 if name in context.data_files}  # fmt: skip
-        key = TaskKey.make(spec.name, names, context.data_root, files, options.limit, gen_kwargs)
+        key = _task_key(spec, subtasks, context.data_root, context.data_files, options)
         tasks = context.task_cache.tasks(key, context.data_root, gen_kwargs)
         seed_like_lm_eval()
         return lm_eval_evaluate(
@@ -272,6 +276,18 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
         )
 
     return run
+
+
+def _task_key(
+    spec: BenchmarkSpec, subtasks: Sequence[str], root: DataRoot, data_files: Mapping[str, str], options: EvalOptions
+) -> TaskKey:
+    """The task cache's key for one benchmark: its tasks, their data files' hashes and the options
+    that change its requests."""
+    gen_tokens = options.gen_tokens(spec)
+    files = {name: data_files[name] for subtask in subtasks for name in spec.data_files(subtask)
+             if name in data_files}  # fmt: skip
+    names = [spec.task_name(subtask) for subtask in subtasks]
+    return TaskKey.make(spec.name, names, root, files, options.limit, {"max_gen_toks": gen_tokens} if gen_tokens else None)
 
 
 # Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.

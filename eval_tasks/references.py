@@ -138,10 +138,3 @@ def benchmark_references(
         }
         for row in REFERENCE_ROWS
     }
-
-
-def compute_references(
-    specs: Sequence[BenchmarkSpec], chosen: Mapping[str, Sequence[str]], root: DataRoot, limit: int | None
-) -> dict[str, dict]:
-    """``references`` of results.json for the benchmarks and tasks an evaluation ran."""
-    return {spec.name: benchmark_references(spec, chosen[spec.name], root, limit) for spec in specs}

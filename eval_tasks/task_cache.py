@@ -6,7 +6,9 @@ documents and 56,168 requests, minutes of CPU. A sweep worker evaluates many ada
 benchmarks, so a ``TaskCache`` builds each (benchmark, tasks, data, limit, generation settings)
 once and hands later evaluations the same task objects with fresh copies of the same requests.
 It also keeps one tokenization memo per tokenizer (``FastLM`` fills it), so each prompt is
-tokenized once per worker.
+tokenized once per worker, and each benchmark's reference rows (``eval_tasks/references.py``
+reloads every task's whole data to compute them: on a CPU that took longer than evaluating a
+warm ``heldout`` or BBH + MMLU at 1-10 items per task).
 
 How the reuse fits lm-eval: ``lm_eval.evaluator.evaluate`` calls ``task.build_all_requests`` and
 then fills each request's responses. A cached task gets that method replaced, on the task object
@@ -20,11 +22,12 @@ The cache is an ordinary object owned by the caller (a worker creates one and pa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -68,6 +71,7 @@ class TaskKey:
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    reference_hits: int = 0
 
 
 class TaskCache:
@@ -77,6 +81,7 @@ class TaskCache:
         self._tasks: dict[TaskKey, dict] = {}
         self._managers: dict[str, object] = {}
         self._encodings: dict[str, dict] = {}
+        self._references: dict[TaskKey, dict] = {}
         self.stats = CacheStats()
 
     def manager(self, data_root: DataRoot):
@@ -106,6 +111,16 @@ class TaskCache:
             task.build_all_requests = partial(_fresh_requests, task, requests)
         self._tasks[key] = loaded
         return loaded
+
+    def references(self, key: TaskKey, compute: Callable[[], dict]) -> dict:
+        """A benchmark's reference rows for ``key`` (``compute()`` once per key); a copy each time,
+        so a caller's changes never reach the next evaluation."""
+        cached = self._references.get(key)
+        if cached is None:
+            cached = self._references[key] = compute()
+        else:
+            self.stats.reference_hits += 1
+        return copy.deepcopy(cached)
 
     def encodings(self, tokenizer) -> dict:
         """The string -> token ids memo for ``tokenizer`` (same vocabulary and settings, same memo)."""

@@ -76,7 +76,7 @@ def test_a_cached_evaluation_scores_exactly_as_a_fresh_one(tmp_path, tokenizer, 
                         max_gen_tokens=3, subtasks=subtasks, task_cache=cache)  # fmt: skip
 
     first, second = run(), run()
-    assert (cache.stats.hits, cache.stats.misses) == (2, 2)
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.reference_hits) == (2, 2, 2)
     fresh = evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=2, batch_size=2,
                      max_gen_tokens=3, subtasks=subtasks)  # fmt: skip
     for result in (second, fresh):
@@ -84,4 +84,8 @@ def test_a_cached_evaluation_scores_exactly_as_a_fresh_one(tmp_path, tokenizer, 
             (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in first.tasks
         ]
         assert result.aggregates == first.aggregates
+        assert result.references == first.references
+    assert first.references["bbh"]["always_position"]["per_task"].keys() == {"boolean_expressions"}
+    second.references["bbh"]["random"]["macro"] = -1.0  # a caller's change stays its own
+    assert run().references == first.references
     assert len(cache.encodings(tokenizer)) > 0  # FastLM tokenized through the cache's memo
