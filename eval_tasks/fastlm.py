@@ -55,6 +55,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 
 from eval_tasks.greedy import GreedyDecoder, Stopping
 from eval_tasks.pair_split import continuation_tokens, splits_at_lines, tail_start
+from eval_tasks.stops import Triggers, stop_triggers, token_texts
 
 # Generation-config fields that change greedy decoding away from a plain argmax; with any of them
 # set to something other than these values the stock HFLM path runs instead.
@@ -106,6 +107,8 @@ class FastLM(HFLM):
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
         self._splits_at_lines = splits_at_lines(self.tokenizer)
+        self._token_texts: tuple[str, ...] | None | bool = False  # False: not read yet
+        self._triggers: dict[str, Triggers | None] = {}
 
     # ----- tokenization -------------------------------------------------------------------------
 
@@ -407,6 +410,7 @@ class FastLM(HFLM):
                 (stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2) for stop in until
             ),
             max_new=max_new,
+            triggers=tuple(self._stop_triggers(stop) for stop in until),
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
                                 static=self.static_generation)
@@ -415,6 +419,14 @@ class FastLM(HFLM):
         for index, tokens in zip(order, generated, strict=True):
             texts[index] = postprocess_generated_text(self.tok_decode(tokens), until, None)
         return texts
+
+    def _stop_triggers(self, stop: str) -> Triggers | None:
+        """``eval_tasks/stops.py``: which tokens make the stop check decode (once per stop string)."""
+        if stop not in self._triggers:
+            if self._token_texts is False:
+                self._token_texts = token_texts(self.tokenizer)
+            self._triggers[stop] = stop_triggers(stop, self._token_texts)
+        return self._triggers[stop]
 
 
 def _greedy(kwargs: dict) -> bool:

@@ -2,7 +2,9 @@
 
 A row is done at an EOS token, after ``max_new`` tokens, or as soon as one of the stop strings
 appears in the decoded last ``len(stop tokens) + 2`` generated tokens (lm-eval's own check, never
-reaching into the prompt). Done rows leave the batch once they are a quarter of it (each removal
+reaching into the prompt). With a stop's ``Triggers`` (``eval_tasks/stops.py``) the window is
+decoded only while it holds a token that can carry the stop's last character: the same answer
+without a decode per row and step. Done rows leave the batch once they are a quarter of it (each removal
 copies the cache), and waiting prompts take their places: with a static batch every batch runs as
 long as its longest answer, so a few answers that run to the cap would keep a whole batch busy.
 
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from eval_tasks.stops import Triggers
+
 Forward = Callable[
     ..., object
 ]  # (input_ids, attention_mask=, position_ids=, past_key_values=, ...) -> output
@@ -37,6 +41,10 @@ class Stopping:
     eos: frozenset[int]
     stops: tuple[tuple[str, int], ...]  # (stop string, tokens to look back)
     max_new: int
+    triggers: tuple[Triggers | None, ...] = ()  # per stop (None or none given: decode every step)
+
+    def trigger(self, index: int) -> Triggers | None:
+        return self.triggers[index] if self.triggers else None
 
 
 @dataclass
@@ -67,6 +75,7 @@ class GreedyDecoder:
         if self.static:
             return self._run_static(prompts, stopping)
         outputs: list[list[int]] = [[] for _ in prompts]
+        marks = _marks(prompts, stopping)
         waiting = 0  # prompts[waiting:] have not started; callers pass them longest first
         batch: _Batch | None = None
         while batch is not None or waiting < len(prompts):
@@ -75,7 +84,7 @@ class GreedyDecoder:
                 count = min(self.rows - live, len(prompts) - waiting)
                 batch = self._join(batch, self._prefill(prompts, range(waiting, waiting + count)))
                 waiting += count
-            chosen = self._choose(batch, outputs, stopping)
+            chosen = self._choose(batch, outputs, stopping, marks)
             if 4 * sum(batch.done) >= len(batch.prompts):
                 keep = [slot for slot, done in enumerate(batch.done) if not done]
                 if not keep:
@@ -88,31 +97,45 @@ class GreedyDecoder:
 
     def _run_static(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         outputs: list[list[int]] = [[] for _ in prompts]
+        marks = _marks(prompts, stopping)
         for start in range(0, len(prompts), self.rows):
             batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))), drop_full_mask=True)
             while True:
-                chosen = self._choose(batch, outputs, stopping)
+                chosen = self._choose(batch, outputs, stopping, marks)
                 if all(batch.done):
                     break
                 done = torch.tensor(batch.done, device=chosen.device)
                 batch = self._step(batch, chosen.masked_fill(done, self.pad_id))
         return outputs
 
-    def _choose(self, batch: _Batch, outputs: list[list[int]], stopping: Stopping) -> torch.Tensor:
+    def _choose(
+        self, batch: _Batch, outputs: list[list[int]], stopping: Stopping, marks: list[list[int]]
+    ) -> torch.Tensor:
         """The greedy token of every row; appended to the outputs of rows still generating, which
         are marked done when it ends them."""
         chosen = batch.logits.argmax(dim=-1)
         for slot, token in enumerate(chosen.tolist()):
             if not batch.done[slot]:
-                tokens = outputs[batch.prompts[slot]]
+                prompt = batch.prompts[slot]
+                tokens = outputs[prompt]
                 tokens.append(token)
-                batch.done[slot] = self._finished(tokens, token, stopping)
+                batch.done[slot] = self._finished(tokens, token, stopping, marks[prompt])
         return chosen
 
-    def _finished(self, tokens: list[int], token: int, stopping: Stopping) -> bool:
+    def _finished(self, tokens: list[int], token: int, stopping: Stopping, marks: list[int]) -> bool:
+        """lm-eval's rule: EOS, the cap, or a stop string in the decoded last ``lookback`` tokens.
+        ``marks[k]``: the length of ``tokens`` when it last ended in a trigger of stop ``k``; a
+        window without a trigger cannot hold the stop string, so it is not decoded."""
         if token in stopping.eos or len(tokens) >= stopping.max_new:
             return True
-        return any(stop in self.tokenizer.decode(tokens[-lookback:]) for stop, lookback in stopping.stops)
+        end = len(tokens)
+        for index, (stop, lookback) in enumerate(stopping.stops):
+            triggers = stopping.trigger(index)
+            if triggers is None or token in triggers:
+                marks[index] = end
+            if end - marks[index] < lookback and stop in self.tokenizer.decode(tokens[-lookback:]):
+                return True
+        return False
 
     def _prefill(self, prompts: Sequence[Sequence[int]], indices: range, drop_full_mask: bool = False) -> _Batch:
         from transformers import DynamicCache
@@ -185,6 +208,11 @@ class GreedyDecoder:
         ).logits[:, -1]
         batch.positions = batch.positions + 1
         return batch
+
+
+def _marks(prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
+    # Far enough back that no window reaches it: no trigger seen yet.
+    return [[-stopping.max_new - lookback for _, lookback in stopping.stops] for _ in prompts]
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
