@@ -45,7 +45,7 @@ tokens tie to rounding.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -88,7 +88,8 @@ class FastLM(HFLM):
 
     ``encodings`` is an optional string -> token ids memo that outlives this object (the task
     cache keeps one per tokenizer), so a sweep tokenizes every prompt once; a 1-tuple key
-    ``(string,)`` holds the string's tokens without special tokens.
+    ``(string,)`` holds the string's tokens without special tokens. ``vocabulary_texts`` gives
+    ``eval_tasks.stops.token_texts`` of the tokenizer (the task cache keeps them per tokenizer too).
     """
 
     def __init__(
@@ -99,10 +100,12 @@ class FastLM(HFLM):
         *,
         encodings: dict | None = None,
         static_generation: bool = False,
+        vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
         **hflm_options,
     ):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
         self._encodings = {} if encodings is None else encodings
+        self._vocabulary_texts = vocabulary_texts or (lambda: token_texts(self.tokenizer))
         self.static_generation = static_generation
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
@@ -424,7 +427,7 @@ class FastLM(HFLM):
         """``eval_tasks/stops.py``: which tokens make the stop check decode (once per stop string)."""
         if stop not in self._triggers:
             if self._token_texts is False:
-                self._token_texts = token_texts(self.tokenizer)
+                self._token_texts = self._vocabulary_texts()
             self._triggers[stop] = stop_triggers(stop, self._token_texts)
         return self._triggers[stop]
 

@@ -260,7 +260,9 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     from eval_tasks.fastlm import FastLM
 
     options = context.options
-    lm = FastLM(model, tokenizer, options.batch_size, encodings=context.task_cache.encodings(tokenizer))
+    cache = context.task_cache
+    lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
+                vocabulary_texts=lambda: cache.token_texts(tokenizer))  # fmt: skip
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")

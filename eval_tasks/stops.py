@@ -16,7 +16,6 @@ or a token id the tokenizer does not know means decoding at every step, as befor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,11 +35,10 @@ class Triggers:
 def token_texts(tokenizer) -> tuple[str, ...] | None:
     """Each token id's own decoded text (special tokens included, no clean-up), or None when the
     tokenizer is not a byte-level BPE one (module docstring)."""
+    from tokenizers import decoders
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    decoder = json.loads(backend.to_str()).get("decoder") or {}
-    if decoder.get("type") != "ByteLevel":
+    if backend is None or type(backend.decoder) is not decoders.ByteLevel:
         return None
     size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
     return tuple(backend.decode_batch([[token] for token in range(size)], skip_special_tokens=False))

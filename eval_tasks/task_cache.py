@@ -82,6 +82,10 @@ class TaskCache:
         self._managers: dict[str, object] = {}
         self._encodings: dict[str, dict] = {}
         self._references: dict[TaskKey, dict] = {}
+        self._token_texts: dict[str, tuple[str, ...] | None] = {}
+        # (id, size, special tokens) -> (the tokenizer, its tokenizer_key): hashing a vocabulary
+        # takes 0.2-0.5 s, once per tokenizer object is enough (held here, so its id stays its own).
+        self._keys: dict[tuple, tuple[object, str]] = {}
         self.stats = CacheStats()
 
     def manager(self, data_root: DataRoot):
@@ -124,7 +128,25 @@ class TaskCache:
 
     def encodings(self, tokenizer) -> dict:
         """The string -> token ids memo for ``tokenizer`` (same vocabulary and settings, same memo)."""
-        return self._encodings.setdefault(tokenizer_key(tokenizer), {})
+        return self._encodings.setdefault(self.tokenizer_key(tokenizer), {})
+
+    def token_texts(self, tokenizer) -> tuple[str, ...] | None:
+        """``eval_tasks.stops.token_texts`` of ``tokenizer``, once per vocabulary."""
+        from eval_tasks.stops import token_texts
+
+        key = self.tokenizer_key(tokenizer)
+        if key not in self._token_texts:
+            self._token_texts[key] = token_texts(tokenizer)
+        return self._token_texts[key]
+
+    def tokenizer_key(self, tokenizer) -> str:
+        """``tokenizer_key``, computed once per tokenizer object while its size and special tokens
+        stay as they were."""
+        cheap = (id(tokenizer), len(tokenizer), _special_settings(tokenizer))
+        known = self._keys.get(cheap)
+        if known is None or known[0] is not tokenizer:
+            known = self._keys[cheap] = (tokenizer, tokenizer_key(tokenizer))
+        return known[1]
 
 
 def build_tasks(manager, names: Sequence[str], limit: int | None, gen_kwargs: Mapping | None) -> dict:
@@ -164,10 +186,14 @@ def tokenizer_key(tokenizer) -> str:
     """sha256 of a tokenizer's class, vocabulary and special-token settings."""
     digest = hashlib.sha256(type(tokenizer).__qualname__.encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    digest.update(_special_settings(tokenizer).encode())
+    return digest.hexdigest()
+
+
+def _special_settings(tokenizer) -> str:
     special = {
         "special": tokenizer.special_tokens_map,
         "bos": getattr(tokenizer, "add_bos_token", None),
         "eos": getattr(tokenizer, "add_eos_token", None),
     }
-    digest.update(json.dumps(special, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    return json.dumps(special, sort_keys=True, default=str)

@@ -59,8 +59,14 @@ def test_tokenizations_are_kept_per_tokenizer(tokenizer):
     memo = cache.encodings(tokenizer)
     assert cache.encodings(_byte_tokenizer()) is memo  # another object, the same vocabulary
     other = _byte_tokenizer()
-    other.add_tokens(["<extra>"])
+    assert cache.encodings(other) is memo
+    other.add_tokens(["<extra>"])  # the same object, changed since: its key is computed again
     assert cache.encodings(other) is not memo
+    assert cache.encodings(other) is cache.encodings(other)
+    other.add_special_tokens({"pad_token": "<extra>"})
+    assert cache.encodings(other) is not cache.encodings(_byte_tokenizer())
+    texts = cache.token_texts(tokenizer)
+    assert cache.token_texts(_byte_tokenizer()) is texts and len(texts) == 257 and texts[ord("a") - 33] == "a"
 
 
 def test_a_cached_evaluation_scores_exactly_as_a_fresh_one(tmp_path, tokenizer, data_root):
