@@ -27,7 +27,8 @@ post-processing of generations. Only *how* the model is run changes:
 - Greedy generation (``generate_until``). Requests sorted by length, a plain greedy loop over a
   key/value cache (``eval_tasks/greedy.py``): each row stops at EOS, at ``max_gen_toks`` or as soon
   as one of its stop sequences appears (checked like lm-eval: on the decoded last tokens of the
-  generation); finished rows leave the batch and waiting prompts take their places. HFLM instead
+  generation; decoded only while those hold a token that can end the stop string,
+  ``eval_tasks/stops.py``); finished rows leave the batch and waiting prompts take their places. HFLM instead
   runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
   does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
   penalties and the like) is handed to HFLM unchanged. With ``static_generation=True`` the loop
