@@ -399,20 +399,22 @@ def test_second_order_refuses_the_stacked_inner_loop():
 
 def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer):
     """The whole trainer (sampling, fresh LoRA init, outer AdamW, two meta-iterations) with the
-    stacked inner loop gives the sequential adapter and losses."""
+    stacked inner loop gives the sequential adapter and losses. In float64: the outer AdamW divides
+    each gradient element by its own magnitude, so float32 rounding in near-zero elements (the
+    packed rows reduce in another order) reaches 1e-5 after two updates."""
     tasks = toy_tasks(3, per_task=8)
     config = TrainConfig(rank=4, alpha=8, dropout=0.0, budget_rule="matched_updates", steps=2, lr=0.05, seed=3, max_seq_len=64)
     adapters = {
         inner_loop: MetaLoraTrainer(
             MetaOptions(inner_steps=2, support_size=3, query_size=2, inner_lr=0.5, inner_loop=inner_loop)
-        ).fit(make_tiny_llama(), tokenizer, tasks, config)
+        ).fit(make_tiny_llama(dtype=torch.float64), tokenizer, tasks, config)
         for inner_loop in ("sequential", "stacked")
     }
     sequential, stacked = adapters["sequential"], adapters["stacked"]
     for name, value in sequential.state.items():
-        torch.testing.assert_close(stacked.state[name], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(stacked.state[name], value, atol=1e-12, rtol=1e-10)
     for key in ("loss", "support_loss", "query_loss", "examples", "tokens"):
-        assert [r[key] for r in stacked.training_log] == pytest.approx([r[key] for r in sequential.training_log], rel=1e-6)
+        assert [r[key] for r in stacked.training_log] == pytest.approx([r[key] for r in sequential.training_log], rel=1e-12)
 
 
 def test_stacked_inner_loop_applies_dropout_and_is_seeded(tokenizer):

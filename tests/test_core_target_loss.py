@@ -20,9 +20,14 @@ SHAPE = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["gate_proj", 
 def full_logits(monkeypatch):
     """Every loss as before the target-only head: the model's full logits, given the 2D mask."""
     monkeypatch.setattr(batching, "decoder_and_head", lambda model: None)
-    monkeypatch.setattr(
-        batching, "model_inputs", lambda model, batch: {key: batch[key] for key in ("input_ids", "attention_mask")}
-    )
+    packed = batching.model_inputs  # a packed batch's mask and positions are its meaning, not an optimisation
+
+    def plain(model, batch):
+        if "segments" in batch:
+            return packed(model, batch)
+        return {key: batch[key] for key in ("input_ids", "attention_mask")}
+
+    monkeypatch.setattr(batching, "model_inputs", plain)
 
 
 def randomized(model, seed=1):

@@ -42,9 +42,10 @@ from metalora.training.batching import (
 from metalora.training.budget import UpdateShape, training_cost
 from metalora.training.loop import run_steps
 from metalora.training.lora import lora_shape, new_lora_model
+from metalora.training.packing import pack_task_batches
 from metalora.training.recompute import activation_checkpointing, swapped_parameters
 from metalora.training.sampling import EpisodeSampler
-from metalora.training.stacked_lora import concat_task_batches, stacked_adapters, stacked_copies
+from metalora.training.stacked_lora import stacked_adapters, stacked_copies
 from metalora.training.supervised import encode_tasks, make_scheduler, parameter_count
 from metalora.training.trainer import MethodSpec, Trainer, model_device, preserve_requires_grad
 from metalora.training.weighting import task_weights
@@ -212,16 +213,16 @@ def stacked_task_steps(model, shared: Params, episode, variant: Variant, steps: 
 
     theta = stacked_copies(shared, count)
     if not variant.inner_loop:
-        batch = concat_task_batches([merge_batches(support, query) for support, query in episode])
+        batch = pack_task_batches([merge_batches(support, query) for support, query in episode])
         losses, grads = stacked_losses_and_grads(model, theta, batch, count)
         return {name: combine(grad) for name, grad in zip(theta, grads)}, None, losses
-    support_batch = concat_task_batches([support for support, _ in episode])
+    support_batch = pack_task_batches([support for support, _ in episode])
     first_losses = None
     for _ in range(steps):
         losses, grads = stacked_losses_and_grads(model, theta, support_batch, count)
         first_losses = losses if first_losses is None else first_losses
         theta = {name: (value - lr * grad).detach().requires_grad_() for (name, value), grad in zip(theta.items(), grads)}
-    query_losses, grads = stacked_losses_and_grads(model, theta, concat_task_batches([q for _, q in episode]), count)
+    query_losses, grads = stacked_losses_and_grads(model, theta, pack_task_batches([q for _, q in episode]), count)
     if variant.outer == "query_gradient":
         return {name: combine(grad) for name, grad in zip(theta, grads)}, first_losses, query_losses
     theta = {name: (value - lr * grad).detach() for (name, value), grad in zip(theta.items(), grads)}  # the query step

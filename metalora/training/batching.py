@@ -46,11 +46,13 @@ def encode_example(tokenizer, example: Example, max_seq_len: int) -> Encoded:
 class BatchCounts:
     """What a batch counts, known on the host when it is collated (no device-to-host copy later):
     tokens one pass processes (prompts and targets, no padding), target tokens the loss covers
-    (the first token is never a target: nothing predicts it), and each row's task id."""
+    (the first token is never a target: nothing predicts it), each row's task id and each row's
+    length without padding (what packing rows together needs)."""
 
     tokens: int
     targets: int
     task_ids: tuple[int, ...]
+    lengths: tuple[int, ...] = ()
 
 
 def collate(
@@ -79,7 +81,8 @@ def collate(
         cols += targets
     tasks = tuple(task_ids) if task_ids is not None else (0,) * len(batch)
     rank = {task: index for index, task in enumerate(sorted(set(tasks)))}
-    counts = BatchCounts(sum(len(item.input_ids) for item in batch), len(rows), tasks)
+    lengths = tuple(len(item.input_ids) for item in batch)
+    counts = BatchCounts(sum(lengths), len(rows), tasks, lengths)
     tensors = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -128,7 +131,8 @@ def concat_batches(batches: Sequence[dict]) -> dict:
     tasks = tuple(task for count in counts for task in count.task_ids)
     if len(set(tasks)) == 1:  # one task throughout (MeTA-LoRA's sets): its group is 0 everywhere
         merged["task_groups"] = torch.cat([batch["task_groups"] for batch in batches])
-    merged["counts"] = BatchCounts(sum(c.tokens for c in counts), sum(c.targets for c in counts), tasks)
+    lengths = tuple(length for count in counts for length in count.lengths)
+    merged["counts"] = BatchCounts(sum(c.tokens for c in counts), sum(c.targets for c in counts), tasks, lengths)
     return merged
 
 
@@ -190,9 +194,15 @@ def model_inputs(model, batch: dict) -> dict:
     padding mask, (rows, 1, length, length)), built from what the host knows: given a 2D mask,
     transformers reads it back to decide whether it can drop it, a wait for the device in every
     forward pass. (Without padding transformers still reads the positions back once, to look for
-    packed sequences; real batches of mixed lengths almost always have padding.)"""
+    packed sequences; real batches of mixed lengths almost always have padding.) A packed batch
+    (``metalora.training.packing``) gets its block-diagonal causal mask and its position ids."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    sdpa = getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if "segments" in batch:
+        from metalora.training.packing import packed_inputs  # packing builds on this module
+
+        return packed_inputs(batch, implementation, getattr(base, "dtype", torch.float32))
+    sdpa = implementation == "sdpa"
     if not sdpa or "counts" not in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     rows, width = batch["input_ids"].shape

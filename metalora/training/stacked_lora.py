@@ -3,7 +3,8 @@
 Multi-LoRA serving systems (S-LoRA, punica) run one batch whose rows belong to different adapters:
 the frozen base layer runs once over every row, and each row gets its own adapter's update through
 batched matmuls. Here the rows of task t are its own block of ``rows`` consecutive rows, every task
-has the same number of rows and one padded width, so a layer input ``x`` of shape
+has the same number of rows and one padded width (``metalora.training.packing``: one packed row per
+task), so a layer input ``x`` of shape
 (tasks * rows, length, in) reshapes to (tasks, rows * length, in) and task t's update is
 
     x_t @ A_t^T @ B_t^T * scaling        (A_t: (r, in), B_t: (out, r), stacked as (tasks, r, in) ...)
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from metalora.training.batching import concat_batches
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,6 @@ def _add_task_updates(site: _Site, params: Mapping[str, torch.Tensor], tasks: in
         return (output + update.reshape(output.shape) * site.scaling).to(output.dtype)
 
     return hook
-
-
-def concat_task_batches(batches: Sequence[dict]) -> dict:
-    """One batch of every task's rows, task after task, right-padded to the longest width
-    (``concat_batches``). Every task must bring the same number of rows (the episode sampler draws
-    equal sets), so the rows reshape to (tasks, rows, ...)."""
-    rows = {batch["input_ids"].shape[0] for batch in batches}
-    if len(rows) != 1:
-        raise ValueError(f"the stacked inner loop needs equally many rows per task, got {sorted(rows)}")
-    return concat_batches(batches)
 
 
 def stacked_copies(shared: Mapping[str, torch.Tensor], tasks: int) -> dict[str, torch.Tensor]:
