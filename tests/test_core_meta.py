@@ -16,6 +16,7 @@ from metalora.methods.meta import (
 from metalora.training.adapters import LoraAdapter
 from metalora.training.batching import batch_loss, collate, encode_example, target_tokens
 from metalora.training.config import TrainConfig
+from metalora.training.packing import pack_task_batches
 from metalora.training.sampling import EpisodeSampler
 from tests.conftest import make_tiny_llama
 from tests.helpers import toy_tasks
@@ -315,7 +316,7 @@ def unequal_episode(tokenizer, support=3, query=2):
     from metalora.data.example import Example
 
     medium = [Example("medium", f"a longer prompt, item {i}: ", "yz" * (1 + i % 3)) for i in range(6)]
-    long = [Example("long", f"a much longer prompt for item number {i} of this task: ", "xyz" * 4) for i in range(6)]
+    long = [Example("long", f"a much longer prompt for item number {7**i} of this task: ", "xyz" * 4) for i in range(6)]
     tasks = toy_tasks(1, per_task=6) + [TaskBudget("medium", medium, []), TaskBudget("long", long, [])]
     batches = []
     for task in tasks:
@@ -334,6 +335,7 @@ def test_stacked_inner_loop_equals_sequential(tokenizer, variant, weighting):
     (padded to one width) and support and query sets of different sizes."""
     batches = unequal_episode(tokenizer)
     assert len({support["input_ids"].shape[1] for support, _ in batches}) == 3  # the padding is exercised
+    assert all("segments" in pack_task_batches(sets) for sets in zip(*batches))  # and the packing
     results = {}
     for inner_loop in ("sequential", "stacked"):
         model = lora_model()
@@ -397,12 +399,19 @@ def test_second_order_refuses_the_stacked_inner_loop():
         MetaOptions(variant="second_order", inner_loop="stacked").validate()
 
 
-def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer):
+def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer, monkeypatch):
     """The whole trainer (sampling, fresh LoRA init, outer AdamW, two meta-iterations) with the
     stacked inner loop gives the sequential adapter and losses. In float64: the outer AdamW divides
     each gradient element by its own magnitude, so float32 rounding in near-zero elements (the
     packed rows reduce in another order) reaches 1e-5 after two updates."""
-    tasks = toy_tasks(3, per_task=8)
+    tasks = [
+        TaskBudget(task.name, [Example(e.task, "x" * i + e.prompt, e.target) for i, e in enumerate(task.examples)], [])
+        for task in toy_tasks(3, per_task=8)
+    ]  # examples of unequal lengths, so the stacked passes are packed
+    from metalora.methods import meta
+
+    packed = []
+    monkeypatch.setattr(meta, "pack_task_batches", lambda sets: packed.append(pack_task_batches(sets)) or packed[-1])
     config = TrainConfig(rank=4, alpha=8, dropout=0.0, budget_rule="matched_updates", steps=2, lr=0.05, seed=3, max_seq_len=64)
     adapters = {
         inner_loop: MetaLoraTrainer(
@@ -410,6 +419,7 @@ def test_trainer_with_stacked_inner_loop_equals_sequential(tokenizer):
         ).fit(make_tiny_llama(dtype=torch.float64), tokenizer, tasks, config)
         for inner_loop in ("sequential", "stacked")
     }
+    assert len(packed) == 4 and all("segments" in batch for batch in packed)  # 2 iterations x (support, query)
     sequential, stacked = adapters["sequential"], adapters["stacked"]
     for name, value in sequential.state.items():
         torch.testing.assert_close(stacked.state[name], value, atol=1e-12, rtol=1e-10)

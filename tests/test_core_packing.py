@@ -93,3 +93,14 @@ def test_packed_mask_is_block_diagonal_causal(tokenizer):
             assert keys == same and keys  # every row sees itself (padding too: no fully masked row)
     with pytest.raises(ValueError, match="packed batches need attention taking a 4D mask"):
         packed_inputs(packed, "flash_attention_2", torch.float32)
+
+
+def test_examples_of_equal_length_stay_padded_rows(tokenizer):
+    """Packing would save no token slot and square the attention's length: the padded rows."""
+    batches = []
+    for task in range(2):
+        examples = [Example(f"t{task}", f"task {task} item {row}: ", "ab") for row in range(3)]
+        batches.append(collate([encode_example(tokenizer, example, 64) for example in examples], tokenizer.pad_token_id))
+    packed = pack_task_batches(batches)
+    assert "segments" not in packed and packed["input_ids"].shape == (6, batches[0]["input_ids"].shape[1])
+    assert torch.equal(packed["input_ids"], torch.cat([batch["input_ids"] for batch in batches]))

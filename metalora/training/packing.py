@@ -33,7 +33,9 @@ def pack_task_batches(batches: Sequence[dict]) -> dict:
     """Collated batches (one per task, equally many rows each) as one batch of one packed row per
     task: input ids, labels, target positions and each position's example (``segments``, -1 on
     padding) and position id. Built on the device from the collated tensors and what the host knows
-    of their lengths (``BatchCounts.lengths``): one host-to-device copy, no read back."""
+    of their lengths (``BatchCounts.lengths``): one host-to-device copy, no read back. Where packing
+    would hold as many token slots as right-padding (every example as long as the longest), the
+    right-padded rows (``concat_batches``) instead."""
     rows = {batch["input_ids"].shape[0] for batch in batches}
     if len(rows) != 1:
         raise ValueError(f"the stacked inner loop needs equally many rows per task, got {sorted(rows)}")
@@ -44,6 +46,8 @@ def pack_task_batches(batches: Sequence[dict]) -> dict:
         lengths = tuple(merged["attention_mask"].sum(1).tolist())
     tasks, width = len(batches), merged["input_ids"].shape[1]
     packed = max(sum(lengths[t * per_task : (t + 1) * per_task]) for t in range(tasks))
+    if packed >= per_task * width:  # nothing to gain (examples of equal length): keep the padded rows,
+        return merged  # whose attention covers per_task * width**2 scores, not (per_task * width)**2
     pad_slot = tasks * per_task * width  # one slot past the flattened batch: the pad value
     index = torch.full((tasks, packed), pad_slot, dtype=torch.long)
     segments = torch.full((tasks, packed), -1, dtype=torch.long)
