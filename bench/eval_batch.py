@@ -30,20 +30,16 @@ import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench module, run as a script
 
-from eval_speed import _describe, _items, _revision, _timed, agreement
+from eval_speed import BenchSetup, _describe, _items, _revision, _timed, agreement
 
 from eval_tasks.fastlm import FastLM
-from eval_tasks.harness import choose_subtasks, hash_data_files, resolve_benchmarks
-from eval_tasks.task_cache import TaskCache, TaskKey
-from metalora.data.root import resolve_data_root
-from metalora.models import load_model
+from eval_tasks.task_cache import TaskCache
 from metalora.provenance import package_versions
 
 
@@ -91,14 +87,8 @@ def main() -> None:
     if not batch_sizes or min(batch_sizes) < 1:
         parser.error("--batch-sizes must list positive whole numbers, e.g. 8,64,256")
 
-    root = resolve_data_root(args.data_root)
-    benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
-    specs = resolve_benchmarks(benchmarks)
-    chosen = choose_subtasks(specs, {})
-    data_files = hash_data_files(specs, chosen, root)
-    started = time.perf_counter()
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    load_s = time.perf_counter() - started
+    bench = BenchSetup.load(args)
+    loaded, load_s = bench.loaded, bench.load_s
     model, tokenizer, device = loaded.model.eval(), loaded.tokenizer, loaded.device
     print(f"model {args.model} on {device} ({loaded.dtype}), loaded in {load_s:.1f} s; batch sizes {batch_sizes}")
 
@@ -107,13 +97,8 @@ def main() -> None:
 
     cache = TaskCache()
     results = {}
-    for spec in specs:
-        gen_tokens = (args.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
-        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
-        names = [spec.task_name(subtask) for subtask in chosen[spec.name]]
-        key = TaskKey.make(spec.name, names, root, data_files, args.limit, gen_kwargs)
-        tasks = cache.tasks(key, root, gen_kwargs)
-        requests = [request for task in tasks["tasks"].values() for request in task.instances]
+    for spec in bench.specs:
+        requests = bench.requests(spec, cache, args)
         by_kind: dict[str, list] = {}
         for request in requests:  # heldout mixes multiple-choice and generative tasks
             by_kind.setdefault(request.request_type, []).append(request)

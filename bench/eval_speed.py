@@ -37,6 +37,7 @@ import platform
 import subprocess
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +48,42 @@ from eval_tasks.task_cache import TaskCache, TaskKey
 from metalora.data.root import resolve_data_root
 from metalora.models import load_model
 from metalora.provenance import package_versions
+
+
+@dataclass(frozen=True)
+class BenchSetup:
+    """What every evaluation bench starts from: the data root, the benchmarks' specs and chosen
+    tasks, the data files' hashes and the loaded model (``--data-root --benchmarks --model
+    --dtype --device``)."""
+
+    root: object
+    benchmarks: list[str]
+    specs: list
+    chosen: dict
+    data_files: dict
+    loaded: object
+    load_s: float
+
+    @classmethod
+    def load(cls, args) -> BenchSetup:
+        root = resolve_data_root(args.data_root)
+        benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
+        specs = resolve_benchmarks(benchmarks)
+        chosen = choose_subtasks(specs, {})
+        data_files = hash_data_files(specs, chosen, root)
+        started = time.perf_counter()
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        return cls(root, benchmarks, specs, chosen, data_files, loaded, time.perf_counter() - started)
+
+    def requests(self, spec, cache: TaskCache, args) -> list:
+        """The benchmark's lm-eval requests (``--limit`` items per task, ``--max-gen-tokens``), built
+        through ``cache`` as a run builds them."""
+        gen_tokens = (args.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
+        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
+        names = [spec.task_name(subtask) for subtask in self.chosen[spec.name]]
+        key = TaskKey.make(spec.name, names, self.root, self.data_files, args.limit, gen_kwargs)
+        tasks = cache.tasks(key, self.root, gen_kwargs)
+        return [request for task in tasks["tasks"].values() for request in task.instances]
 
 
 def _sync(device: str) -> None:
@@ -264,15 +301,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # lm-eval's per-task notices
 
-    root = resolve_data_root(args.data_root)
-    benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
-    specs = resolve_benchmarks(benchmarks)
-    chosen = choose_subtasks(specs, {})
-    data_files = hash_data_files(specs, chosen, root)
-
-    started = time.perf_counter()
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    load_s = time.perf_counter() - started
+    bench = BenchSetup.load(args)
+    root, specs, loaded, load_s = bench.root, bench.specs, bench.loaded, bench.load_s
+    benchmarks = bench.benchmarks
     model, tokenizer, device = loaded.model.eval(), loaded.tokenizer, loaded.device
     print(
         f"model {args.model} on {device} ({loaded.dtype}), loaded in {load_s:.1f} s; batch size {args.batch_size}"
@@ -294,12 +325,7 @@ def main() -> None:
     cache = TaskCache()
     results = {}
     for spec in specs:
-        gen_tokens = (args.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
-        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
-        names = [spec.task_name(subtask) for subtask in chosen[spec.name]]
-        key = TaskKey.make(spec.name, names, root, data_files, args.limit, gen_kwargs)
-        tasks, build_s, _ = _timed("cpu", lambda key=key, gen=gen_kwargs: cache.tasks(key, root, gen))
-        requests = [request for task in tasks["tasks"].values() for request in task.instances]
+        requests, build_s, _ = _timed("cpu", lambda spec=spec: bench.requests(spec, cache, args))
         print(
             f"{spec.name:>10}: built {len(requests)} requests in {build_s:.1f} s ({len(requests) / build_s:.0f}/s)"
         )
