@@ -8,11 +8,11 @@ import traceback
 import pytest
 import torch
 
+from metalora.data.budgets import TaskBudget
+from metalora.data.example import Example
 from metalora.methods import make_trainer
 from metalora.training.config import TrainConfig
 from tests.conftest import make_tiny_llama
-from metalora.data.budgets import TaskBudget
-from metalora.data.example import Example
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero")
 CASES = {
