@@ -254,7 +254,7 @@ def _kept(store, run_id: str) -> str:
     from metalora.training.checkpoint import FolderCheckpointer
 
     folder = store.run_dir(run_id)
-    checkpoint = FolderCheckpointer(folder / files.CHECKPOINT_DIR, every=0)
+    checkpoint = FolderCheckpointer(folder / files.CHECKPOINT_DIR)
     again = "run the same command again to"
     if (folder / files.RESULTS_FILE).is_file():
         return f"run {run_id} kept its evaluation results; {again} finish it"

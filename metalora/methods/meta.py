@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 
 import torch
@@ -135,6 +136,12 @@ def multitask_step(model, shared, support, query, steps, lr) -> TaskStep:
     return TaskStep(dict(zip(theta, grads)), [], loss.detach())
 
 
+def weighted_task_sum(weights: torch.Tensor, per_task: torch.Tensor) -> torch.Tensor:
+    """(tasks, ...) -> the sum over tasks weighted by ``weights`` (tasks,): how the all-tasks-at-once
+    inner loops combine the tasks' directions."""
+    return (weights.to(per_task.dtype).view(-1, *[1] * (per_task.dim() - 1)) * per_task).sum(0)
+
+
 def stack_batches(batches: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """(tasks, batch, length) input ids and labels, right-padded to one length across tasks."""
     length = max(batch["input_ids"].shape[1] for batch in batches)
@@ -162,9 +169,7 @@ def batched_task_steps(model, shared: Params, episode, variant: Variant, steps: 
         logits = functional_call(model, params, args=(), kwargs={"input_ids": ids}).logits
         return lm_loss(logits, labels)
 
-    def combine(per_task: torch.Tensor) -> torch.Tensor:  # (tasks, ...) -> the weighted sum over tasks
-        return (weights.to(per_task.dtype).view(-1, *[1] * (per_task.dim() - 1)) * per_task).sum(0)
-
+    combine = partial(weighted_task_sum, weights)
     per_task = vmap(grad_and_value(loss_of), randomness="different")
     count = len(episode)
     theta = {name: value.detach().unsqueeze(0).expand(count, *value.shape).clone() for name, value in shared.items()}
@@ -206,11 +211,7 @@ def stacked_task_steps(model, shared: Params, episode, variant: Variant, steps: 
     and one backward for all tasks, instead of one small pass per task. Same maths as the
     sequential steps (tests compare them); ``weights`` combine the tasks' directions. Returns the
     direction and the first support losses and query losses as (tasks,) tensors (or None)."""
-    count = len(episode)
-
-    def combine(per_task: torch.Tensor) -> torch.Tensor:  # (tasks, ...) -> the weighted sum over tasks
-        return (weights.to(per_task.dtype).view(-1, *[1] * (per_task.dim() - 1)) * per_task).sum(0)
-
+    count, combine = len(episode), partial(weighted_task_sum, weights)
     theta = stacked_copies(shared, count)
     if not variant.inner_loop:
         batch = pack_task_batches([merge_batches(support, query) for support, query in episode])
