@@ -1,0 +1,94 @@
+"""Wall time of a whole ``make`` target as a user runs it (``make reproduce-table2``), to its end.
+
+Runs ``make TARGET`` in the repository with a fresh store and site (``STORE=``/``SITE=`` under a
+temporary folder unless ``--workdir`` is given) and records the exit code, the wall seconds, the
+machine (CPU count, GPU names, load average at start and end: a shared machine runs slower), the
+code revision, and a summary of the store it produced: per run its method, shots, profile and
+``cost.json`` phases (model load, training, evaluation, total), and per method the median run wall
+time. Extra make variables pass through (``--var SWEEP_FLAGS=...``). README's "Wall times" figures:
+
+    python bench/make_walltime.py reproduce-table2 --out bench/results/reproduce_table2_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def revision() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return done.stdout.strip()
+    stamp = REPO / "REVISION"  # a git archive copied to a machine without the history
+    return stamp.read_text().strip() if stamp.exists() else "unknown"
+
+
+def gpu_names() -> list[str]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=False)
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def store_summary(store: Path) -> dict:
+    """Per run (folder with a config.json) its setting and recorded phases; per method the median wall."""
+    runs = []
+    for config_path in sorted(store.glob("*/config.json")):
+        folder = config_path.parent
+        config = json.loads(config_path.read_text()).get("config", {})
+        cost_path = folder / "cost.json"
+        time_record = json.loads(cost_path.read_text()).get("time", {}) if cost_path.exists() else {}
+        runs.append({"run_id": folder.name, "method": config.get("method"), "shots": config.get("shots"),
+                     "variant": (config.get("method_options") or {}).get("variant"), "profile": config.get("profile"),
+                     "finished": (folder / "DONE").exists(), "model_load_s": time_record.get("model_load_s"),
+                     "training_s": time_record.get("training_s"), "eval_s": time_record.get("eval_s"),
+                     "total_s": time_record.get("total_s")})
+    by_method: dict[str, list[float]] = {}
+    for run in runs:
+        if run["total_s"] is not None:
+            by_method.setdefault(run["method"], []).append(run["total_s"])
+    return {"runs": runs, "finished": sum(run["finished"] for run in runs),
+            "median_total_s_by_method": {method: round(statistics.median(walls), 1) for method, walls in by_method.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="The make target, e.g. reproduce-table2.")
+    parser.add_argument("--var", action="append", default=[], help="A make variable NAME=VALUE (repeatable).")
+    parser.add_argument("--workdir", type=Path, help="Where the store and site go (default: a temporary folder, removed).")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = args.workdir or Path(scratch)
+        store, site = workdir / "runs", workdir / "site"
+        command = ["make", args.target, f"STORE={store}", f"SITE={site}", *args.var]
+        result = {"command": " ".join(command), "revision": revision(),
+                  "machine": {"cpus": os.cpu_count(), "gpus": gpu_names(), "platform": platform.platform(),
+                              "load_average_start": os.getloadavg()}}
+        started = time.perf_counter()
+        with open(workdir / "make.log", "w") if args.workdir else open(os.devnull, "w") as log:
+            done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        result["exit_code"] = done.returncode
+        result["machine"]["load_average_end"] = os.getloadavg()
+        result["store"] = store_summary(store)
+        result["report_built"] = (site / "index.html").exists()
+    text = json.dumps(result, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
