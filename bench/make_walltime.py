@@ -5,7 +5,9 @@ temporary folder unless ``--workdir`` is given) and records the exit code, the w
 machine (CPU count, GPU names, load average at start and end: a shared machine runs slower), the
 code revision, and a summary of the store it produced: per run its method, shots, profile and
 ``cost.json`` phases (model load, training, evaluation, total), and per method the median run wall
-time. Extra make variables pass through (``--var SWEEP_FLAGS=...``). README's "Wall times" figures:
+time. Extra make variables pass through (``--var SWEEP_FLAGS=...``). With ``--deadline S`` a target
+still running after S seconds gets Ctrl-C (SIGINT to its process group: finished runs are kept) and
+the record says how many runs finished by then. README's "Wall times" figures:
 
     python bench/make_walltime.py reproduce-table2 --out bench/results/reproduce_table2_cpu.json
 """
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("target", help="The make target, e.g. reproduce-table2.")
     parser.add_argument("--var", action="append", default=[], help="A make variable NAME=VALUE (repeatable).")
     parser.add_argument("--workdir", type=Path, help="Where the store and site go (default: a temporary folder, removed).")
+    parser.add_argument("--deadline", type=float, help="Interrupt the target after this many seconds.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -78,9 +82,17 @@ def main() -> None:
                               "load_average_start": os.getloadavg()}}
         started = time.perf_counter()
         with open(workdir / "make.log", "w") if args.workdir else open(os.devnull, "w") as log:
-            done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                process.wait(timeout=args.deadline)
+                result["interrupted_at_deadline"] = False
+            except subprocess.TimeoutExpired:
+                result["interrupted_at_deadline"] = True
+                result["deadline_s"] = args.deadline
+                os.killpg(process.pid, signal.SIGINT)
+                process.wait()
         result["wall_s"] = round(time.perf_counter() - started, 1)
-        result["exit_code"] = done.returncode
+        result["exit_code"] = process.returncode
         result["machine"]["load_average_end"] = os.getloadavg()
         result["store"] = store_summary(store)
         result["report_built"] = (site / "index.html").exists()
