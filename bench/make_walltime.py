@@ -65,7 +65,21 @@ def store_summary(store: Path) -> dict:
             "median_total_s_by_method": {method: round(statistics.median(walls), 1) for method, walls in by_method.items()}}
 
 
+def stop(process: subprocess.Popen, grace_s: float = 120.0) -> None:
+    """Ctrl-C to the target's process group (runs keep what they finished); SIGTERM if it is still there after ``grace_s``."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+
+
 def main() -> None:
+    # A shell's background job (`cmd &`, nohup) starts with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: the target would never see the Ctrl-C. A handler here is reset to the
+    # default in the children, so they can be interrupted.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="The make target, e.g. reproduce-table2.")
     parser.add_argument("--var", action="append", default=[], help="A make variable NAME=VALUE (repeatable).")
@@ -83,14 +97,13 @@ def main() -> None:
         started = time.perf_counter()
         with open(workdir / "make.log", "w") if args.workdir else open(os.devnull, "w") as log:
             process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            result["interrupted_at_deadline"] = False
             try:
                 process.wait(timeout=args.deadline)
-                result["interrupted_at_deadline"] = False
             except subprocess.TimeoutExpired:
                 result["interrupted_at_deadline"] = True
                 result["deadline_s"] = args.deadline
-                os.killpg(process.pid, signal.SIGINT)
-                process.wait()
+                stop(process)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         result["exit_code"] = process.returncode
         result["machine"]["load_average_end"] = os.getloadavg()

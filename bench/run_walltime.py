@@ -45,13 +45,14 @@ def main() -> None:
                            "load_average_start": os.getloadavg()}, "runs": {}}
     with tempfile.TemporaryDirectory() as store:
         for method in args.methods.split(","):
-            command = [sys.executable, "-m", "metalora.cli", "run", "--method", method, "--store", store, *args.extra]
+            arguments = ["run", "--method", method, *args.extra]
+            command = [sys.executable, "-m", "metalora.cli", *arguments, "--store", store]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
             times = next((line for line in done.stderr.splitlines() if line.startswith("  time: ")), "")
             phases = {key: parse_seconds(m.group(1)) for key, pattern in PHASES.items() if (m := re.search(pattern, times))}
-            results["runs"][method] = {"command": " ".join(["mlbench", *command[3:-2]]), "exit_code": done.returncode,
+            results["runs"][method] = {"command": " ".join(["mlbench", *arguments]), "exit_code": done.returncode,
                                        "wall_s": round(wall, 1), "printed": phases,
                                        "output_lines": len((done.stdout + done.stderr).splitlines())}
             print(json.dumps({method: results["runs"][method]}), flush=True)
