@@ -476,7 +476,13 @@ def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, e
     folder = launch_folder(run_store, name)
     report = functools.partial(out.print, highlight=False)
     if launch.launcher == "host":
-        run_host_workers(command, to_run, run_store, launch, folder, report)
+        try:
+            run_host_workers(command, to_run, run_store, launch, folder, report)
+        except KeyboardInterrupt:  # the workers were stopped; each run keeps what it had saved
+            finished = sum(run_store.is_done(run_id) for run_id in to_run)
+            out.print(f"interrupted: {finished} of {len(to_run)} runs finished and are kept; the others resume "
+                      "from their last checkpoint when you run the same command again", highlight=False)
+            raise typer.Exit(code=130) from None
     else:
         try:
             submit_jobs(command, to_run, run_store, launch, folder, report)

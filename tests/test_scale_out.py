@@ -140,6 +140,23 @@ def test_two_workers_run_every_run_once_with_one_workers_results(tmp_path, tiny_
     assert again.exit_code == 0 and "3 already done, 0 to run" in again.output and "nothing to run" in again.output
 
 
+def test_ctrl_c_in_a_multi_worker_sweep_says_what_was_kept_and_how_to_resume(tmp_path, tiny_model_dir, data_root,
+                                                                          monkeypatch):
+    from metalora.runs import launch
+
+    def interrupted(command, run_ids, store, options, folder, report):  # as if Ctrl-C reached the supervisor
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "run_host_workers", interrupted)
+    sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora"], "seed": [0, 1]})
+    result = cli("sweep", str(sweep), "--store", str(tmp_path / "store"), "--workers", "2",
+                 "--data-root", str(data_root.path), "--device", "cpu")
+    assert result.exit_code == 130
+    assert ("interrupted: 0 of 2 runs finished and are kept; the others resume from their last checkpoint when "
+            "you run the same command again") in result.output
+    assert "nothing was written" not in result.output
+
+
 def test_submitit_local_executor_runs_the_runs_in_the_store(tmp_path, tiny_model_dir, data_root):
     sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora"], "seed": [0, 1]})
     store = tmp_path / "store"
