@@ -157,6 +157,22 @@ def test_ctrl_c_in_a_multi_worker_sweep_says_what_was_kept_and_how_to_resume(tmp
     assert "nothing was written" not in result.output
 
 
+def test_workers_get_a_grace_period_to_end_on_their_own_then_are_terminated():
+    import subprocess
+    import sys
+
+    from metalora.runs.launch import _stop_workers
+
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _stop_workers([quick, stuck], grace_s=5)
+    assert quick.returncode == 0  # it finished by itself within the grace period
+    assert stuck.returncode == -15  # SIGTERM after the grace period
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _stop_workers([busy], grace_s=0)  # an error in the supervisor: no grace
+    assert busy.returncode == -15
+
+
 def test_submitit_local_executor_runs_the_runs_in_the_store(tmp_path, tiny_model_dir, data_root):
     sweep = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, {"method": ["lora"], "seed": [0, 1]})
     store = tmp_path / "store"

@@ -168,18 +168,34 @@ def run_host_workers(
             report(f"worker {index}{f' (GPU {gpu})' if gpu is not None else ''}: pid {process.pid}, "
                    f"{len(run_ids[index::workers])} runs of its own, log {log}")
         _follow(processes, SweepProgress(store, run_ids), report, poll_s)
-    except BaseException:
-        for _, process, _ in processes:  # Ctrl-C or an error here: stop the workers we started
-            if process.poll() is None:
-                process.terminate()
-        for _, process, _ in processes:
-            process.wait()
+    except BaseException as error:
+        # A Ctrl-C at the terminal reaches the workers too (one process group): give them a moment to
+        # record their interrupted runs themselves; an error here stops them at once.
+        _stop_workers([process for _, process, _ in processes], WORKER_GRACE_S if isinstance(error, KeyboardInterrupt) else 0)
         raise
     failed = [(index, process.returncode, log) for index, process, log in processes if process.returncode]
     if failed:
         index, code, log = failed[0]
         raise MlbenchError(f"{len(failed)} of {workers} workers failed; worker {index} exited with {code}: "
                            f"{_last_line(log)} (log: {log})")
+
+
+WORKER_GRACE_S = 15.0
+
+
+def _stop_workers(processes: Sequence[subprocess.Popen], grace_s: float) -> None:
+    """Wait up to ``grace_s`` for the workers to end on their own, then terminate the rest and reap them."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait()
 
 
 def _follow(processes, progress: SweepProgress, report: Report, poll_s: float) -> None:
