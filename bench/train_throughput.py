@@ -3,7 +3,9 @@
 One JSON line per method, then one summary line (``"summary": true``) with the ratios the issue's
 targets are stated in (MeTA-LoRA examples/s >= 0.9x LoRA's, peak memory <= 1.5x), for every
 MeTA-LoRA mode listed and, under ``"best_metalora"``, for the fastest of them (by examples/s),
-named. ``metalora:stacked`` / ``metalora:batched`` are MeTA-LoRA with that ``inner_loop``.
+named. ``metalora:stacked`` / ``metalora:batched`` are MeTA-LoRA with that ``inner_loop``; a
+``+ckpt`` suffix (``metalora:stacked+ckpt``, ``lora+ckpt``) turns on activation checkpointing for
+that method only, so a checkpointed mode is measured against plain LoRA in the same run.
 
 - ``examples_per_s``: distinct training examples an optimizer step consumes, per second (LoRA and
   HydraLoRA: the batch; MeTA-LoRA: tasks x (support + query) per meta-iteration).
@@ -132,23 +134,27 @@ class _Enough(Exception):
     """Raised from the step callback once the bench has timed enough steps."""
 
 
-def train_config(args) -> TrainConfig:
+def train_config(args, checkpointing: bool) -> TrainConfig:
     values = {"steps": STEPS_CONFIGURED, "batch_size": args.batch_size,
               "max_seq_len": args.seq_len or args.max_seq_len, "lr": 1e-4}
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     if "budget_rule" in names:  # a fixed number of updates, whatever the budgets
         values["budget_rule"] = "matched_updates"
     if "gradient_checkpointing" in names:
-        values["gradient_checkpointing"] = args.gradient_checkpointing
+        values["gradient_checkpointing"] = checkpointing
     return TrainConfig(**values)
 
 
 def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
-    name, _, inner_loop = method.partition(":")
+    mode, suffix, _ = method.partition("+ckpt")
+    if suffix and _:
+        raise MlbenchError(f"{method}: +ckpt goes at the end, e.g. metalora:stacked+ckpt")
+    checkpointing = args.gradient_checkpointing or bool(suffix)
+    name, _, inner_loop = mode.partition(":")
     trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
-    config = train_config(args)
+    config = train_config(args, checkpointing)
     native_checkpointing = hasattr(config, "gradient_checkpointing")
-    if args.gradient_checkpointing and not native_checkpointing:
+    if checkpointing and not native_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     times: list[float] = []
     last = [0.0]
@@ -169,7 +175,7 @@ def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    record = {"method": method}
+    record = {"method": method, "gradient_checkpointing": checkpointing}
     try:
         last[0] = time.perf_counter()
         trainer.fit(model, tokenizer, budgets, config, on_step)
@@ -180,7 +186,7 @@ def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
     except (RuntimeError, MlbenchError) as error:  # e.g. a combination a method refuses; the others still run
         return record | {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     finally:
-        if args.gradient_checkpointing and not native_checkpointing:
+        if checkpointing and not native_checkpointing:
             model.gradient_checkpointing_disable()
     timed = times[args.warmup:] if len(times) > args.warmup else times
     step_s = sum(timed) / len(timed)
@@ -228,7 +234,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="weights to train (and the tokenizer for --shape)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="random-init Llama of this shape instead of the weights")
     parser.add_argument("--methods", default="lora,hydralora,metalora,metalora:stacked,metalora:batched",
-                        help="comma-separated; metalora:MODE is MeTA-LoRA with inner_loop=MODE (stacked, batched)")
+                        help="comma-separated; metalora:MODE is MeTA-LoRA with inner_loop=MODE (stacked, batched); "
+                             "a +ckpt suffix checkpoints activations for that method only")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     parser.add_argument("--shots", type=int, default=50)
@@ -273,7 +280,7 @@ def main() -> None:
     print(json.dumps({"setup": header}), flush=True)
     results = {}
     for method in args.methods.split(","):
-        get_method(method.partition(":")[0])  # an unknown name fails here, in one line
+        get_method(method.partition("+ckpt")[0].partition(":")[0])  # an unknown name fails here, in one line
         results[method] = measure(method, model, tokenizer, budgets, args, device)
         print(json.dumps(results[method]), flush=True)
         gc.collect()

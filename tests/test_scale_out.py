@@ -165,7 +165,7 @@ def test_workers_get_a_grace_period_to_end_on_their_own_then_are_terminated():
 
     quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    _stop_workers([quick, stuck], grace_s=5)
+    _stop_workers([quick, stuck], grace_s=2)
     assert quick.returncode == 0  # it finished by itself within the grace period
     assert stuck.returncode == -15  # SIGTERM after the grace period
     busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
