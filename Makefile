@@ -11,11 +11,16 @@ MLBENCH_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 export MLBENCH_DATA_DIR
 
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+GPU_COUNT := $(if $(HAS_GPU),$(shell nvidia-smi -L | grep -c '^GPU'))
 MLBENCH := $(VENV)/bin/mlbench
 STORE ?= runs
 SITE ?= site
+# One process leaves an H200 mostly idle on a small model (its host-side work is the limit), so a GPU
+# host runs several sweep workers per GPU: 4 is safe for a 1.5B model (6 ran out of memory there);
+# SmolLM2-135M ran 8 on one H200 (README: Wall times on the GPU). Set WORKERS_PER_GPU to change it.
+WORKERS_PER_GPU ?= 4
 # On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
-SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),,--profile smoke)
+SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),--gpus $(GPU_COUNT) --workers-per-gpu $(WORKERS_PER_GPU),--profile smoke)
 TABLE2 := $(if $(HAS_GPU),configs/table2.yaml,configs/table2-smoke.yaml)
 ABLATIONS := ablation-k ablation-support ablation-phases ablation-order ablation-data ablation-model
 
