@@ -422,7 +422,9 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     if launch.launcher == "host" and launch.worker_count == 1:
         _sweep_here(plan, run_store, execution, out, verbose)
     else:
-        to_run = [run_id for run_id, state in states.items() if state != "done"]  # eval only included
+        from metalora.runs.launch import longest_first
+
+        to_run = longest_first(plan, states)  # eval only included
         _sweep_launched(config, loaded.name, profile, plan, to_run, run_store, execution, launch, out)
 
 

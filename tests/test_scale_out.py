@@ -31,6 +31,22 @@ def test_each_worker_takes_its_share_then_the_others_from_their_ends():
     assert chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
 
 
+def test_launched_sweeps_start_the_runs_with_the_most_training_first():
+    from types import SimpleNamespace
+
+    from metalora.runs.launch import longest_first
+
+    def run(run_id, passes):
+        return SimpleNamespace(run_id=run_id, budget=SimpleNamespace(passes=passes) if passes is not None else None)
+
+    plan = [run("base", None), run("lora10", 1600), run("lora100", 16000), run("done", 20000),
+            run("hydra10", 1600), run("evalonly", 20000), run("full", 20000)]
+    states = {"base": "to run", "lora10": "to run", "lora100": "to run", "done": "done", "hydra10": "to run",
+              "evalonly": "eval only", "full": "to run"}
+    # most passes first; ties (and the untrained) in the file's order; done runs left out
+    assert longest_first(plan, states) == ["full", "lora100", "lora10", "hydra10", "base", "evalonly"]
+
+
 def test_workers_per_gpu_share_the_gpus_round_robin():
     shared = LaunchOptions(gpus=2, workers_per_gpu=3)
     assert shared.worker_count == 6

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -97,6 +97,21 @@ def assignments(run_ids: Sequence[str], workers: int) -> list[list[str]]:
     shares = [list(run_ids[i::workers]) for i in range(workers)]
     return [shares[i] + [run_id for j in range(1, workers) for run_id in reversed(shares[(i + j) % workers])]
             for i in range(workers)]
+
+
+def longest_first(plan: Sequence, states: Mapping[str, str]) -> list[str]:
+    """The runs not done, those with the most training first (example passes under the budget rule).
+
+    Every run evaluates the same benchmarks, so training is what differs: starting the full-data and
+    100-per-task runs first (longest processing time first) keeps a sweep from ending with one
+    worker training a big run while the others wait. Ties, evaluation-only runs and the base model
+    (no training) keep the sweep file's order, after the trained runs.
+    """
+    def passes(prepared) -> int:
+        return prepared.budget.passes if states[prepared.run_id] == "to run" and prepared.budget else 0
+
+    pending = [prepared for prepared in plan if states[prepared.run_id] != "done"]
+    return [prepared.run_id for prepared in sorted(pending, key=passes, reverse=True)]
 
 
 def chunks(run_ids: Sequence[str], size: int) -> list[list[str]]:
