@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from metalora.runs.display import recorded_durations
+from metalora.runs.store import CONFIG_FILE, COST_FILE, DONE_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,22 +48,22 @@ def gpu_names() -> list[str]:
 
 
 def store_summary(store: Path) -> dict:
-    """Per run (folder with a config.json) its setting and recorded phases; per method the median wall."""
+    """Per run (folder with a config.json) its setting and recorded phases; per method the median
+    wall time of its finished runs (``recorded_durations``, what a sweep's dry run estimates from)."""
     runs = []
-    for config_path in sorted(store.glob("*/config.json")):
+    for config_path in sorted(store.glob(f"*/{CONFIG_FILE}")):
         folder = config_path.parent
         config = json.loads(config_path.read_text()).get("config", {})
-        cost_path = folder / "cost.json"
+        cost_path = folder / COST_FILE
         time_record = json.loads(cost_path.read_text()).get("time", {}) if cost_path.exists() else {}
         runs.append({"run_id": folder.name, "method": config.get("method"), "shots": config.get("shots"),
                      "variant": (config.get("method_options") or {}).get("variant"), "profile": config.get("profile"),
-                     "finished": (folder / "DONE").exists(), "model_load_s": time_record.get("model_load_s"),
+                     "finished": (folder / DONE_FILE).exists(), "model_load_s": time_record.get("model_load_s"),
                      "training_s": time_record.get("training_s"), "eval_s": time_record.get("eval_s"),
                      "total_s": time_record.get("total_s")})
     by_method: dict[str, list[float]] = {}
-    for run in runs:
-        if run["total_s"] is not None:
-            by_method.setdefault(run["method"], []).append(run["total_s"])
+    for (method, _profile, _model), walls in recorded_durations(store).items():
+        by_method.setdefault(method, []).extend(walls)
     return {"runs": runs, "finished": sum(run["finished"] for run in runs),
             "median_total_s_by_method": {method: round(statistics.median(walls), 1) for method, walls in by_method.items()}}
 

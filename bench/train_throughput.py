@@ -145,12 +145,18 @@ def train_config(args, checkpointing: bool) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
-    mode, suffix, _ = method.partition("+ckpt")
-    if suffix and _:
+def parse_method(method: str) -> tuple[str, str, bool]:
+    """``metalora:stacked+ckpt`` -> (method name, inner loop or "", whether +ckpt is given)."""
+    mode, suffix, rest = method.partition("+ckpt")
+    if rest:
         raise MlbenchError(f"{method}: +ckpt goes at the end, e.g. metalora:stacked+ckpt")
-    checkpointing = args.gradient_checkpointing or bool(suffix)
     name, _, inner_loop = mode.partition(":")
+    return name, inner_loop, bool(suffix)
+
+
+def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
+    name, inner_loop, own_checkpointing = parse_method(method)
+    checkpointing = args.gradient_checkpointing or own_checkpointing
     trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
     config = train_config(args, checkpointing)
     native_checkpointing = hasattr(config, "gradient_checkpointing")
@@ -280,7 +286,7 @@ def main() -> None:
     print(json.dumps({"setup": header}), flush=True)
     results = {}
     for method in args.methods.split(","):
-        get_method(method.partition("+ckpt")[0].partition(":")[0])  # an unknown name fails here, in one line
+        get_method(parse_method(method)[0])  # an unknown name fails here, in one line
         results[method] = measure(method, model, tokenizer, budgets, args, device)
         print(json.dumps(results[method]), flush=True)
         gc.collect()

@@ -477,12 +477,15 @@ def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, e
     command = worker_command(config, run_store.root, profile, execution)
     folder = launch_folder(run_store, name)
     report = functools.partial(out.print, highlight=False)
+
+    def finished() -> int:
+        return sum(run_store.is_done(run_id) for run_id in to_run)
+
     if launch.launcher == "host":
         try:
             run_host_workers(command, to_run, run_store, launch, folder, report)
         except KeyboardInterrupt:  # the workers were stopped; each run keeps what it had saved
-            finished = sum(run_store.is_done(run_id) for run_id in to_run)
-            out.print(f"interrupted: {finished} of {len(to_run)} runs finished and are kept; the others resume "
+            out.print(f"interrupted: {finished()} of {len(to_run)} runs finished and are kept; the others resume "
                       "from their last checkpoint when you run the same command again", highlight=False)
             raise typer.Exit(code=130) from None
     else:
@@ -492,8 +495,7 @@ def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, e
             out.print("stopped following the jobs; they keep running (mlbench sweep ... --dry-run shows what is done)",
                       highlight=False)
             raise typer.Exit(code=130) from None
-    finished = sum(run_store.is_done(run_id) for run_id in to_run)
-    out.print(f"finished: {finished} of {len(to_run)} runs done now, "
+    out.print(f"finished: {finished()} of {len(to_run)} runs done now, "
               f"{len(plan) - len(to_run)} were already done", highlight=False)
 
 
