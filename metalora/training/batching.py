@@ -92,10 +92,7 @@ def collate(
         "target_rows": torch.tensor(rows, dtype=torch.long),
         "target_cols": torch.tensor(cols, dtype=torch.long),
     }
-    # One host-to-device copy for the whole batch (each copy waits for the device), then views.
-    flat = to_device(torch.cat([tensor.reshape(-1) for tensor in tensors.values()]), device)
-    parts = flat.split([tensor.numel() for tensor in tensors.values()])
-    return {key: part.view(tensor.shape) for (key, tensor), part in zip(tensors.items(), parts)} | {"counts": counts}
+    return tensors_to_device(tensors, device) | {"counts": counts}
 
 
 def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
@@ -104,6 +101,14 @@ def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     if torch.device(device).type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def tensors_to_device(tensors: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Host tensors of one dtype on ``device`` in one host-to-device copy (each copy waits for the
+    device), as views of that one flat tensor, under the same keys."""
+    flat = to_device(torch.cat([tensor.reshape(-1) for tensor in tensors.values()]), device)
+    parts = flat.split([tensor.numel() for tensor in tensors.values()])
+    return {key: part.view(tensor.shape) for (key, tensor), part in zip(tensors.items(), parts)}
 
 
 PADDED = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}  # right pads: no real token sees them

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from metalora.training.batching import BatchCounts, concat_batches, to_device
+from metalora.training.batching import BatchCounts, concat_batches, tensors_to_device
 from metalora.training.weighting import IGNORE_INDEX
 
 # Attention implementations taking a 4D mask as given: SDPA a boolean one, eager an additive one.
@@ -52,7 +52,7 @@ def pack_task_batches(batches: Sequence[dict]) -> dict:
     index = torch.full((tasks, packed), pad_slot, dtype=torch.long)
     segments = torch.full((tasks, packed), -1, dtype=torch.long)
     positions = torch.zeros((tasks, packed), dtype=torch.long)
-    starts = torch.zeros((tasks, packed), dtype=torch.bool)
+    starts = torch.zeros((tasks, packed), dtype=torch.long)  # 1 where an example starts
     offsets = torch.zeros(tasks * per_task, dtype=torch.long)  # each collated row's start in its packed row
     for task in range(tasks):
         offset = 0
@@ -63,14 +63,12 @@ def pack_task_batches(batches: Sequence[dict]) -> dict:
             segments[task, offset : offset + length] = example
             positions[task, offset : offset + length] = torch.arange(length)
             if length:
-                starts[task, offset] = True
+                starts[task, offset] = 1
             offsets[row] = offset
             offset += length
         positions[task, offset:] = torch.arange(packed - offset)
     host = {"index": index, "segments": segments, "positions": positions, "starts": starts, "offsets": offsets}
-    device = merged["input_ids"].device
-    flat = to_device(torch.cat([tensor.reshape(-1).long() for tensor in host.values()]), device)
-    on_device = {key: part.view(tensor.shape) for (key, tensor), part in zip(host.items(), flat.split([t.numel() for t in host.values()]))}
+    on_device = tensors_to_device(host, merged["input_ids"].device)
     index = on_device["index"]
 
     def gather(tensor: torch.Tensor, fill: int) -> torch.Tensor:
