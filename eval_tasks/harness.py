@@ -72,6 +72,11 @@ class EvalOptions:
     def gen_tokens(self, spec: BenchmarkSpec) -> int | None:
         return (self.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
 
+    def gen_kwargs(self, spec: BenchmarkSpec) -> dict | None:
+        """lm-eval's ``gen_kwargs`` for ``spec``: its generation cap, None for a scored benchmark."""
+        gen_tokens = self.gen_tokens(spec)
+        return {"max_gen_toks": gen_tokens} if gen_tokens else None
+
 
 def evaluate(
     model,
@@ -268,10 +273,8 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")
 
     def run(spec: BenchmarkSpec, subtasks: Sequence[str]) -> dict:
-        gen_tokens = options.gen_tokens(spec)
-        gen_kwargs = {"max_gen_toks": gen_tokens} if gen_tokens else None
         key = _task_key(spec, subtasks, context.data_root, context.data_files, options)
-        tasks = context.task_cache.tasks(key, context.data_root, gen_kwargs)
+        tasks = context.task_cache.tasks(key, context.data_root, options.gen_kwargs(spec))
         seed_like_lm_eval()
         return lm_eval_evaluate(
             lm=lm, task_dict=tasks, limit=options.limit, log_samples=True, bootstrap_iters=0
@@ -285,11 +288,10 @@ def _task_key(
 ) -> TaskKey:
     """The task cache's key for one benchmark: its tasks, their data files' hashes and the options
     that change its requests."""
-    gen_tokens = options.gen_tokens(spec)
     files = {name: data_files[name] for subtask in subtasks for name in spec.data_files(subtask)
              if name in data_files}  # fmt: skip
     names = [spec.task_name(subtask) for subtask in subtasks]
-    return TaskKey.make(spec.name, names, root, files, options.limit, {"max_gen_toks": gen_tokens} if gen_tokens else None)
+    return TaskKey.make(spec.name, names, root, files, options.limit, options.gen_kwargs(spec))
 
 
 # Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
@@ -305,7 +307,6 @@ def _run_benchmark(
 
     if cache_key:
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
-    gen_tokens = options.gen_tokens(spec)
     return simple_evaluate(
         model=lm,
         # Tasks by name rather than the group: lm-eval's group figures are not used (results.py).
@@ -315,7 +316,7 @@ def _run_benchmark(
         log_samples=True,
         # Standard errors are computed from the samples (results.py); lm-eval's are skipped.
         bootstrap_iters=0,
-        gen_kwargs={"max_gen_toks": gen_tokens} if gen_tokens else None,
+        gen_kwargs=options.gen_kwargs(spec),
         use_cache=str(_cache_path(options, cache_key)) if cache_key else None,
     )
 
