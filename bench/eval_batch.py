@@ -43,9 +43,11 @@ from eval_tasks.task_cache import TaskCache
 from metalora.provenance import package_versions
 
 
-def compare_batch_sizes(name: str, requests, make_fast, batch_sizes: list[int], device: str) -> dict:
-    """FastLM at each batch size on ``requests`` (a fresh FastLM each, so none reuses another's
-    tokenization memo); agreement is measured against the first batch size's answers."""
+def compare_batch_sizes(name: str, requests, make_fast, batch_sizes: list[int], device: str,
+                        what: str = "batch") -> dict:
+    """FastLM at each batch size (or, with ``what="decode rows"``, each number of rows generating
+    together: ``make_fast`` reads its argument as that) on ``requests`` (a fresh FastLM each, so none
+    reuses another's tokenization memo); agreement is measured against the first value's answers."""
     method = "loglikelihood" if requests[0].request_type == "loglikelihood" else "generate_until"
     kwargs = {"disable_tqdm": True}
     getattr(make_fast(batch_sizes[0]), method)(requests[:2], **kwargs)  # warm-up: kernels, allocator
@@ -62,9 +64,9 @@ def compare_batch_sizes(name: str, requests, make_fast, batch_sizes: list[int], 
             row["speedup"] = reference[1] / seconds
             row |= agreement(method, requests, reference[0], answers)
         figures["by_batch_size"][str(batch_size)] = row
-        versus = f" | x{row['speedup']:.2f} | vs batch {batch_sizes[0]}: {_describe(row)}" if "speedup" in row else ""
+        versus = f" | x{row['speedup']:.2f} | vs {what} {batch_sizes[0]}: {_describe(row)}" if "speedup" in row else ""
         memory = f" | peak {peak / 2**30:.1f} GiB" if peak else ""
-        print(f"{name:>10} batch {batch_size:4d}: {items:6d} items in {seconds:7.2f} s | "
+        print(f"{name:>10} {what} {batch_size:4d}: {items:6d} items in {seconds:7.2f} s | "
               f"{items / seconds:9.2f} items/s{memory}{versus}", flush=True)
     return figures
 
@@ -76,6 +78,9 @@ def main() -> None:
     parser.add_argument("--benchmarks", default="mmlu,bbh_mc,bbh,heldout")
     parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     parser.add_argument("--batch-sizes", default="8,64,256", help="comma-separated; the first is the reference")
+    parser.add_argument("--decode-rows", default=None,
+                        help="comma-separated rows generating together (the first is the reference), at the first "
+                             "batch size; only generative requests are measured")
     parser.add_argument("--max-gen-tokens", type=int, default=None, help="default: each benchmark's own")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
@@ -92,8 +97,17 @@ def main() -> None:
     model, tokenizer, device = loaded.model.eval(), loaded.tokenizer, loaded.device
     print(f"model {args.model} on {device} ({loaded.dtype}), loaded in {load_s:.1f} s; batch sizes {batch_sizes}")
 
-    def make_fast(batch_size: int) -> FastLM:
-        return FastLM(model, tokenizer, batch_size)
+    decode_rows = [int(value) for value in args.decode_rows.split(",") if value.strip()] if args.decode_rows else None
+    if decode_rows is not None:
+        what, values = "decode rows", decode_rows
+
+        def make_fast(rows: int) -> FastLM:
+            return FastLM(model, tokenizer, batch_sizes[0], decode_rows=rows)
+    else:
+        what, values = "batch", batch_sizes
+
+        def make_fast(batch_size: int) -> FastLM:
+            return FastLM(model, tokenizer, batch_size)
 
     cache = TaskCache()
     results = {}
@@ -103,18 +117,20 @@ def main() -> None:
         for request in requests:  # heldout mixes multiple-choice and generative tasks
             by_kind.setdefault(request.request_type, []).append(request)
         for kind, group in by_kind.items():
+            if decode_rows is not None and kind != "generate_until":
+                continue
             label = spec.name if len(by_kind) == 1 else f"{spec.name}:{kind}"
-            results[label] = compare_batch_sizes(label, group, make_fast, batch_sizes, device)
+            results[label] = compare_batch_sizes(label, group, make_fast, values, device, what)
 
-    totals = {str(b): sum(f["by_batch_size"][str(b)]["seconds"] for f in results.values()) for b in batch_sizes}
+    totals = {str(b): sum(f["by_batch_size"][str(b)]["seconds"] for f in results.values()) for b in values}
     items = sum(figures["items"] for figures in results.values())
-    base = totals[str(batch_sizes[0])]
-    print("all benchmarks, items/s by batch size: " + ", ".join(
-        f"{b}: {items / totals[str(b)]:.1f} (x{base / totals[str(b)]:.2f})" for b in batch_sizes))
+    base = totals[str(values[0])]
+    print(f"all benchmarks, items/s by {what}: " + ", ".join(
+        f"{b}: {items / totals[str(b)]:.1f} (x{base / totals[str(b)]:.2f})" for b in values))
     report = {
         "model": args.model, "model_source": loaded.source.to_dict(), "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
-        "dtype": loaded.dtype, "batch_sizes": batch_sizes, "limit": args.limit, "max_gen_tokens": args.max_gen_tokens,
+        "dtype": loaded.dtype, "batch_sizes": batch_sizes, "decode_rows": decode_rows, "limit": args.limit, "max_gen_tokens": args.max_gen_tokens,
         "load_average": os.getloadavg(), "load_s": load_s, "benchmarks": results,
         "total": {"items": items, "seconds_by_batch_size": totals},
         "code_revision": _revision(),

@@ -35,6 +35,15 @@ def parse_seconds(text: str) -> float:
     return total
 
 
+def _recorded_cost(store: Path, method: str) -> dict | None:
+    """The cost.json (phase times, items/s per benchmark, peak memory) of the store's newest run of
+    ``method``, as the run recorded it."""
+    costs = [config.with_name("cost.json") for config in store.glob("*/config.json")
+             if json.loads(config.read_text()).get("config", {}).get("method") == method]  # fmt: skip
+    costs = [cost for cost in costs if cost.is_file()]
+    return json.loads(max(costs, key=lambda cost: cost.stat().st_mtime).read_text()) if costs else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="base,lora,metalora,hydralora")
@@ -54,7 +63,8 @@ def main() -> None:
             phases = {key: parse_seconds(m.group(1)) for key, pattern in PHASES.items() if (m := re.search(pattern, times))}
             results["runs"][method] = {"command": " ".join(["mlbench", *arguments]), "exit_code": done.returncode,
                                        "wall_s": round(wall, 1), "printed": phases,
-                                       "output_lines": len((done.stdout + done.stderr).splitlines())}
+                                       "output_lines": len((done.stdout + done.stderr).splitlines()),
+                                       "cost": _recorded_cost(Path(store), method)}
             print(json.dumps({method: results["runs"][method]}), flush=True)
     results["machine"]["load_average_end"] = os.getloadavg()
     if args.out:

@@ -28,7 +28,8 @@ post-processing of generations. Only *how* the model is run changes:
   key/value cache (``eval_tasks/greedy.py``): each row stops at EOS, at ``max_gen_toks`` or as soon
   as one of its stop sequences appears (checked like lm-eval: on the decoded last tokens of the
   generation; decoded only while those hold a token that can end the stop string,
-  ``eval_tasks/stops.py``); finished rows leave the batch and waiting prompts take their places. HFLM instead
+  ``eval_tasks/stops.py``); finished rows leave the batch and waiting prompts take their places, up to
+  ``decode_rows`` rows decoding together (prefilled ``batch_size`` at a time). HFLM instead
   runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
   does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
   penalties and the like) is handed to HFLM unchanged. With ``static_generation=True`` the loop
@@ -102,12 +103,14 @@ class FastLM(HFLM):
         encodings: dict | None = None,
         static_generation: bool = False,
         vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
+        decode_rows: int | None = None,
         **hflm_options,
     ):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
         self._encodings = {} if encodings is None else encodings
         self._vocabulary_texts = vocabulary_texts or (lambda: token_texts(self.tokenizer))
         self.static_generation = static_generation
+        self.decode_rows = decode_rows  # rows decoded together (eval_tasks/greedy.py); None: the batch size
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
         self._splits_at_lines = splits_at_lines(self.tokenizer)
@@ -417,7 +420,7 @@ class FastLM(HFLM):
             triggers=tuple(self._stop_triggers(stop) for stop in until),
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
-                                static=self.static_generation)
+                                static=self.static_generation, decode_rows=self.decode_rows)
         generated = decoder.run([encoded[i] for i in order], stopping)
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):

@@ -8,6 +8,12 @@ without a decode per row and step. Done rows leave the batch once they are a qua
 copies the cache), and waiting prompts take their places: with a static batch every batch runs as
 long as its longest answer, so a few answers that run to the cap would keep a whole batch busy.
 
+Two row budgets: at most ``rows`` prompts are prefilled in one forward (the evaluation batch size,
+which bounds the activations of a long prompt), and at most ``decode_rows`` rows decode together
+(default: ``rows``). On a GPU a decoding step of a small model costs the same host time whatever
+its rows (``bench/eval_profile.py``: SmolLM2-135M's step is Python-bound), so more rows per step
+means proportionally fewer steps; what bounds ``decode_rows`` is the key/value cache's memory.
+
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
 each chunk prefilled at once and decoded until its last row is done, finished rows fed padding (as
 HF ``generate`` does). Every forward then has the very shapes of HFLM's, so in bfloat16, where a
@@ -61,7 +67,8 @@ class _Batch:
 class GreedyDecoder:
     """``run(prompts)`` -> generated token ids per prompt, at most ``rows`` prompts at a time."""
 
-    def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False) -> None:
+    def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
+                 decode_rows: int | None = None) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -70,6 +77,8 @@ class GreedyDecoder:
             device,
         )
         self.static = static
+        # Static batches keep HFLM's shapes, so they decode exactly the rows they prefilled.
+        self.decode_rows = rows if static or decode_rows is None else max(decode_rows, rows)
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         if self.static:
@@ -80,9 +89,12 @@ class GreedyDecoder:
         batch: _Batch | None = None
         while batch is not None or waiting < len(prompts):
             live = 0 if batch is None else len(batch.prompts)
-            if waiting < len(prompts) and 4 * live <= 3 * self.rows:
-                count = min(self.rows - live, len(prompts) - waiting)
-                batch = self._join(batch, self._prefill(prompts, range(waiting, waiting + count)))
+            if waiting < len(prompts) and 4 * live <= 3 * self.decode_rows:
+                count = min(self.decode_rows - live, len(prompts) - waiting)
+                chunks = [range(start, min(start + self.rows, waiting + count))
+                          for start in range(waiting, waiting + count, self.rows)]  # fmt: skip
+                batch = self._join([] if batch is None else [batch],
+                                   [self._prefill(prompts, chunk) for chunk in chunks])  # fmt: skip
                 waiting += count
             chosen = self._choose(batch, outputs, stopping, marks)
             if 4 * sum(batch.done) >= len(batch.prompts):
@@ -158,10 +170,13 @@ class GreedyDecoder:
         ).logits[:, -1]
         return _Batch(cache, mask, positions[:, -1] + 1, logits, list(indices), [False] * len(indices), unmasked)
 
-    def _join(self, batch: _Batch | None, new: _Batch) -> _Batch:
-        if batch is None:
-            return new
-        width = max(batch.mask.shape[1], new.mask.shape[1])
+    def _join(self, old: list[_Batch], new: list[_Batch]) -> _Batch:
+        """One batch of ``old`` and ``new`` rows, in that order: one copy of every cache, each
+        left-padded to the widest."""
+        parts = old + new
+        if len(parts) == 1:
+            return parts[0]
+        width = max(part.mask.shape[1] for part in parts)
 
         def left_pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
             missing = width - tensor.shape[dim]
@@ -171,16 +186,16 @@ class GreedyDecoder:
             return F.pad(tensor, padding)
 
         layers = [
-            (torch.cat([left_pad(k, 2), left_pad(nk, 2)]), torch.cat([left_pad(v, 2), left_pad(nv, 2)]))
-            for (k, v), (nk, nv) in zip(_layers(batch.cache), _layers(new.cache), strict=True)
+            (torch.cat([left_pad(k, 2) for k, _ in per_part]), torch.cat([left_pad(v, 2) for _, v in per_part]))
+            for per_part in zip(*(_layers(part.cache) for part in parts), strict=True)
         ]
         return _Batch(
             _cache_from(layers),
-            torch.cat([left_pad(batch.mask, 1), left_pad(new.mask, 1)]),
-            torch.cat([batch.positions, new.positions]),
-            torch.cat([batch.logits, new.logits]),
-            batch.prompts + new.prompts,
-            batch.done + new.done,
+            torch.cat([left_pad(part.mask, 1) for part in parts]),
+            torch.cat([part.positions for part in parts]),
+            torch.cat([part.logits for part in parts]),
+            [prompt for part in parts for prompt in part.prompts],
+            [done for part in parts for done in part.done],
         )
 
     def _keep(self, batch: _Batch, index: torch.Tensor) -> _Batch:

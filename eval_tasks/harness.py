@@ -52,6 +52,7 @@ class EvalOptions:
     merge_lora: bool = True
     response_cache_dir: Path | None = None  # lm-eval response cache, keyed by a model fingerprint
     backend: str = "fast"  # a key of EVAL_BACKENDS
+    decode_rows: int | None = None  # rows generating together (fast backend); None: the batch size
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -68,6 +69,17 @@ class EvalOptions:
             raise MlbenchError(
                 f"max generated tokens must be a positive integer, got {self.max_gen_tokens!r}"
             )
+        if self.decode_rows is not None and not (isinstance(self.decode_rows, int) and self.decode_rows >= 1):
+            raise MlbenchError(f"decode rows must be a positive integer, got {self.decode_rows!r}")
+
+    def generation_rows(self) -> int | str | None:
+        """Rows generating together in the fast backend (never fewer than the batch size); None for
+        the stock backend, whose static batches are the batch size."""
+        if self.backend != "fast":
+            return None
+        if self.decode_rows is None or self.batch_size == "auto":
+            return self.batch_size
+        return max(self.decode_rows, self.batch_size)
 
     def gen_tokens(self, spec: BenchmarkSpec) -> int | None:
         return (self.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
@@ -95,6 +107,7 @@ def evaluate(
     eval_backend: str = "fast",
     task_cache: TaskCache | None = None,
     on_benchmark: Callable[[str, dict | None], None] | None = None,
+    decode_rows: int | None = None,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
@@ -102,12 +115,13 @@ def evaluate(
     ``subtasks`` restricts a benchmark to some of its tasks, subjects or languages (quick runs);
     its aggregates then cover only those, as their ``n_tasks`` says. ``eval_backend`` is ``fast``
     or ``hflm`` (module docstring); ``task_cache`` (fast backend) keeps built tasks and
-    tokenizations for the next call. ``on_benchmark(name, None)`` is called when a benchmark
+    tokenizations for the next call; ``decode_rows`` (fast backend) is how many prompts generate
+    together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch size). ``on_benchmark(name, None)`` is called when a benchmark
     starts and ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
-    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend)
+    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend, decode_rows)
     data_files = hash_data_files(specs, chosen, data_root)
     task_cache = task_cache or TaskCache()
     references = {
@@ -164,6 +178,7 @@ def evaluate(
         data_files=data_files,
         settings={
             "batch_size": options.batch_size,
+            "decode_rows": options.generation_rows(),
             "limit": options.limit,
             "subtasks": {
                 name: list(names) for name, names in chosen.items() if subtasks and name in subtasks
@@ -267,7 +282,7 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     options = context.options
     cache = context.task_cache
     lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
-                vocabulary_texts=lambda: cache.token_texts(tokenizer))  # fmt: skip
+                vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows)  # fmt: skip
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")

@@ -207,6 +207,7 @@ def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, to
     }  # fmt: skip
     stock, fast = results["hflm"], results["fast"]
     assert stock.settings["eval_backend"] == "hflm" and fast.settings["eval_backend"] == "fast"
+    assert stock.settings["decode_rows"] is None and fast.settings["decode_rows"] == 4  # the batch size
     assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
     assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
         (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks
@@ -257,6 +258,34 @@ def test_greedy_decoder_matches_one_prompt_at_a_time_generation(model, tokenizer
                 break
         assert tokens == expected
     assert [len(tokens) < 9 for tokens in got] == [False, True, True, False, False, False]  # " box", "£"
+
+
+def test_more_rows_decode_together_than_are_prefilled_at_once_with_the_same_tokens(model, tokenizer):
+    """``decode_rows`` rows generate together while prompts are still prefilled ``rows`` at a time:
+    no forward prefills more than ``rows`` prompts, steps carry up to ``decode_rows`` rows, and every
+    prompt gets the tokens it gets when one row decodes at a time."""
+    from eval_tasks.greedy import GreedyDecoder, Stopping
+
+    texts = ["Hi", "1 2 3", "Q: why?\nA:", "a", "The quick brown fox jumps over the lazy dog. " * 2, "Once upon",
+             "x y", "Hello there"]  # fmt: skip
+    prompts = [tokenizer.encode(text) for text in texts]
+    stopping = Stopping(eos=frozenset({tokenizer.eos_token_id}), stops=(("x", 3),), max_new=7)
+    forward = _lms(model, tokenizer, 2)[1]._forward
+    shapes = []
+
+    def recording(input_ids, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(input_ids, **kwargs)
+
+    alone = GreedyDecoder(forward, tokenizer, 0, rows=1, device="cpu").run(prompts, stopping)
+    together = GreedyDecoder(recording, tokenizer, 0, rows=2, device="cpu", decode_rows=5).run(prompts, stopping)
+    assert together == alone
+    prefills = [rows for rows, width in shapes if width > 1]
+    steps = [rows for rows, width in shapes if width == 1]
+    assert max(prefills) == 2 and sum(prefills) == len(prompts)
+    assert max(steps) == 5  # five rows decode together, prefilled as 2 + 2 + 1
+    # Static batches keep HFLM's shapes: decode_rows does not apply to them.
+    assert GreedyDecoder(forward, tokenizer, 0, rows=2, device="cpu", static=True, decode_rows=5).decode_rows == 2
 
 
 # ----- lm-eval's context/continuation split from the context's last line (eval_tasks/pair_split.py)

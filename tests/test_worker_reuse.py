@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from metalora.runs.runconfig import (
     CPU_EVAL_BATCH_SIZE,
+    GPU_DECODE_ROWS,
     GPU_EVAL_BATCH_SIZE,
     ExecutionOptions,
     build_run_config,
@@ -60,6 +61,14 @@ def test_the_evaluation_batch_size_defaults_by_device_unless_given():
     given = ExecutionOptions(eval_batch_size="16").validate()
     assert given.eval_batch_for("cpu") == given.eval_batch_for("cuda") == 16
     assert ExecutionOptions(eval_batch_size="auto").validate().eval_batch_for("cuda") == "auto"
+
+
+def test_rows_generating_together_default_by_device_unless_given():
+    # None on a CPU: the evaluation batch size (each row costs arithmetic there).
+    assert ExecutionOptions().decode_rows_for("cpu") is None
+    assert ExecutionOptions().decode_rows_for("cuda:1") == GPU_DECODE_ROWS > GPU_EVAL_BATCH_SIZE
+    given = ExecutionOptions(eval_decode_rows=32).validate()
+    assert given.decode_rows_for("cpu") == given.decode_rows_for("cuda") == 32
 
 
 def test_runs_in_one_worker_equal_each_run_alone(tmp_path, tiny_model_dir, data_root):

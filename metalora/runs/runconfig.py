@@ -102,6 +102,10 @@ class RunConfig:
 # figures). A CPU is compute-bound, where a bigger batch only pads more.
 CPU_EVAL_BATCH_SIZE = 8
 GPU_EVAL_BATCH_SIZE = 64
+# Greedy generation on a GPU: a decoding step of a small model is Python-bound, so its time hardly
+# depends on how many rows it decodes; more rows, fewer steps (bench/eval_profile.py, README). What
+# bounds it is the key/value cache. On a CPU each row costs arithmetic: the batch size is kept.
+GPU_DECODE_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,10 @@ class ExecutionOptions:
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available).")
     eval_batch_size: int | str | None = option(
         None, f"Evaluation batch size, or 'auto' (default: {CPU_EVAL_BATCH_SIZE} on a CPU, {GPU_EVAL_BATCH_SIZE} on a GPU)."
+    )
+    eval_decode_rows: int | None = option(
+        None, f"Prompts generating together, prefilled --eval-batch-size at a time (default: the batch size on a CPU, "
+              f"{GPU_DECODE_ROWS} on a GPU)."
     )
     checkpoint_every: int | str = option(
         DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps (500), or every N seconds (60s)."
@@ -132,6 +140,9 @@ class ExecutionOptions:
                 f"--eval-backend must be one of {', '.join(EVAL_BACKENDS)}, got {self.eval_backend!r}"
             )
         self.checkpoint_schedule()  # one line if malformed
+        rows = self.eval_decode_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise MlbenchError(f"--eval-decode-rows must be a positive integer, got {rows!r}")
         batch = self.eval_batch_size
         if batch is None:
             return self
@@ -164,6 +175,13 @@ class ExecutionOptions:
         if self.eval_batch_size is not None:
             return self.eval_batch_size
         return CPU_EVAL_BATCH_SIZE if str(device).startswith("cpu") else GPU_EVAL_BATCH_SIZE
+
+    def decode_rows_for(self, device: str) -> int | None:
+        """Rows generating together on ``device``: the ones given, else the device's default
+        (None on a CPU: the evaluation batch size)."""
+        if self.eval_decode_rows is not None:
+            return self.eval_decode_rows
+        return None if str(device).startswith("cpu") else GPU_DECODE_ROWS
 
 
 def _plain(value):

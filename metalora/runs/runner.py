@@ -439,6 +439,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "dtype": loaded.dtype,
         "model_source": loaded.source.to_dict(),
         "eval_batch_size": options.eval_batch_for(loaded.device),
+        "eval_decode_rows": options.decode_rows_for(loaded.device),
         "eval_backend": options.eval_backend,
         "base_model_reused": reused,  # kept loaded from an earlier run of this worker (verified unchanged)
     }
@@ -509,7 +510,8 @@ def _evaluate_into(folder: Path, run_id: str, adapter, loaded, request: EvalRequ
     with pending_folder(folder) as pending, preserve_requires_grad(loaded.model):
         # Attaching freezes the base; the flags and the modules are given back as loaded.
         model = adapter.attach(loaded.model)
-        options = replace(options, eval_batch_size=options.eval_batch_for(loaded.device))
+        options = replace(options, eval_batch_size=options.eval_batch_for(loaded.device),
+                          eval_decode_rows=options.decode_rows_for(loaded.device))
         try:
             result = _evaluate(model, loaded.tokenizer, adapter, request, plan, root, options, pending, run_id,
                                task_cache, on_benchmark)
@@ -539,6 +541,7 @@ def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, r
         eval_backend=options.eval_backend,
         task_cache=task_cache,
         on_benchmark=on_benchmark,
+        decode_rows=options.eval_decode_rows,
     )
 
 
