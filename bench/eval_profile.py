@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--benchmarks", default="heldout,bbh,bbh_mc,mmlu")
     parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     parser.add_argument("--batch-sizes", default="64", help="comma-separated")
+    parser.add_argument("--decode-rows", type=int, default=None, help="rows generating together (default: the batch size)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--profile", default=None, help="a unit label whose warm call is cProfiled")
@@ -120,7 +121,8 @@ def main() -> None:
     for label, benchmark, subtasks in units([name.strip() for name in args.benchmarks.split(",") if name.strip()]):
         def call(batch_size: int, label=label, benchmark=benchmark, subtasks=subtasks):
             return evaluate(model, tokenizer, [benchmark], data_root=root, limit=args.limit,
-                            batch_size=batch_size, subtasks=subtasks, task_cache=cache)  # fmt: skip
+                            batch_size=batch_size, subtasks=subtasks, task_cache=cache,
+                            decode_rows=args.decode_rows)  # fmt: skip
 
         call(batch_sizes[0])  # cold: builds the tasks and tokenizes, as a worker's first run does
         for batch_size in batch_sizes:
@@ -149,7 +151,7 @@ def main() -> None:
     if args.out:
         report = {"model": args.model, "device": device, "dtype": str(next(model.parameters()).dtype),
                   "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-                  "host": platform.node(), "limit": args.limit, "code_revision": _revision(), "rows": rows,
+                  "host": platform.node(), "limit": args.limit, "decode_rows": args.decode_rows, "code_revision": _revision(), "rows": rows,
                   "total_seconds_by_batch_size": total}  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

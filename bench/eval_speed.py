@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from eval_overhead import TABLE2_TASKS  # the sibling bench module (this folder is on sys.path)
 
 from eval_tasks.fastlm import FastLM
 from eval_tasks.harness import choose_subtasks, evaluate, hash_data_files, resolve_benchmarks
+from eval_tasks.registry import training_task_subtasks
 from eval_tasks.task_cache import TaskCache, TaskKey
 from metalora.data.root import resolve_data_root
 from metalora.models import load_model
@@ -69,7 +71,8 @@ class BenchSetup:
         root = resolve_data_root(args.data_root)
         benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
         specs = resolve_benchmarks(benchmarks)
-        chosen = choose_subtasks(specs, {})
+        # heldout evaluates a run's training tasks: here those of the published Table 2 runs.
+        chosen = choose_subtasks(specs, training_task_subtasks(benchmarks, TABLE2_TASKS))
         data_files = hash_data_files(specs, chosen, root)
         started = time.perf_counter()
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)

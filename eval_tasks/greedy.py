@@ -12,7 +12,9 @@ Two row budgets: at most ``rows`` prompts are prefilled in one forward (the eval
 which bounds the activations of a long prompt), and at most ``decode_rows`` rows decode together
 (default: ``rows``). On a GPU a decoding step of a small model costs the same host time whatever
 its rows (``bench/eval_profile.py``: SmolLM2-135M's step is Python-bound), so more rows per step
-means proportionally fewer steps; what bounds ``decode_rows`` is the key/value cache's memory.
+means proportionally fewer steps. What bounds it is the key/value cache's memory: beyond ``rows``
+rows, prompts join only while the cache the rows will need by their last token stays within
+``cache_bytes`` (``DECODE_CACHE_BYTES``), so long prompts decode fewer rows at a time.
 
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
 each chunk prefilled at once and decoded until its last row is done, finished rows fed padding (as
@@ -36,6 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from eval_tasks.stops import Triggers
+
+# The key/value cache that rows decoding together may need by their last token, beyond the first
+# ``rows`` (which the batch size admits anyway): long prompts then decode fewer rows at a time, so
+# that several workers sharing one GPU stay within its memory. A step's concatenation briefly holds
+# a second copy.
+DECODE_CACHE_BYTES = 4 * 2**30
 
 Forward = Callable[
     ..., object
@@ -68,7 +76,7 @@ class GreedyDecoder:
     """``run(prompts)`` -> generated token ids per prompt, at most ``rows`` prompts at a time."""
 
     def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
-                 decode_rows: int | None = None) -> None:
+                 decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -79,6 +87,8 @@ class GreedyDecoder:
         self.static = static
         # Static batches keep HFLM's shapes, so they decode exactly the rows they prefilled.
         self.decode_rows = rows if static or decode_rows is None else max(decode_rows, rows)
+        self.cache_bytes = cache_bytes
+        self._cache_token_bytes: float | None = None
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         if self.static:
@@ -90,12 +100,7 @@ class GreedyDecoder:
         while batch is not None or waiting < len(prompts):
             live = 0 if batch is None else len(batch.prompts)
             if waiting < len(prompts) and 4 * live <= 3 * self.decode_rows:
-                count = min(self.decode_rows - live, len(prompts) - waiting)
-                chunks = [range(start, min(start + self.rows, waiting + count))
-                          for start in range(waiting, waiting + count, self.rows)]  # fmt: skip
-                batch = self._join([] if batch is None else [batch],
-                                   [self._prefill(prompts, chunk) for chunk in chunks])  # fmt: skip
-                waiting += count
+                batch, waiting = self._fill(batch, prompts, waiting, stopping.max_new)
             chosen = self._choose(batch, outputs, stopping, marks)
             if 4 * sum(batch.done) >= len(batch.prompts):
                 keep = [slot for slot, done in enumerate(batch.done) if not done]
@@ -170,10 +175,37 @@ class GreedyDecoder:
         ).logits[:, -1]
         return _Batch(cache, mask, positions[:, -1] + 1, logits, list(indices), [False] * len(indices), unmasked)
 
-    def _join(self, old: list[_Batch], new: list[_Batch]) -> _Batch:
-        """One batch of ``old`` and ``new`` rows, in that order: one copy of every cache, each
-        left-padded to the widest."""
-        parts = old + new
+    def _fill(self, batch: _Batch | None, prompts: Sequence[Sequence[int]], waiting: int,
+              max_new: int) -> tuple[_Batch, int]:
+        """``batch`` joined by waiting prompts, prefilled ``rows`` at a time, while there are fewer
+        than ``decode_rows`` rows and (beyond the first ``rows``, which the batch size admits anyway)
+        the cache they will need by their last token stays within ``cache_bytes``."""
+        parts = [] if batch is None else [batch]
+        live = 0 if batch is None else len(batch.prompts)
+        width = 0 if batch is None else batch.mask.shape[1]
+        while waiting < len(prompts) and live < self.decode_rows:
+            count = min(self.rows, len(prompts) - waiting, self.decode_rows - live)
+            if live >= self.rows:
+                columns = max(width, *(len(prompts[i]) for i in range(waiting, waiting + count))) + max_new
+                count = min(count, int(self.cache_bytes // (columns * self._token_bytes(parts))) - live)
+                if count <= 0:
+                    break
+            part = self._prefill(prompts, range(waiting, waiting + count))
+            parts.append(part)
+            live, waiting, width = live + count, waiting + count, max(width, part.mask.shape[1])
+        return self._join(parts), waiting
+
+    def _token_bytes(self, parts: list[_Batch]) -> float:
+        """Bytes of key/value cache per row and column (all layers), read off a cache once."""
+        if self._cache_token_bytes is None:
+            part = parts[0]
+            total = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in _layers(part.cache))
+            self._cache_token_bytes = total / (len(part.prompts) * part.mask.shape[1])
+        return self._cache_token_bytes
+
+    def _join(self, parts: list[_Batch]) -> _Batch:
+        """One batch of the rows of ``parts``, in order: one copy of every cache, each left-padded
+        to the widest."""
         if len(parts) == 1:
             return parts[0]
         width = max(part.mask.shape[1] for part in parts)

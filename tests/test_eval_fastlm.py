@@ -284,6 +284,11 @@ def test_more_rows_decode_together_than_are_prefilled_at_once_with_the_same_toke
     steps = [rows for rows, width in shapes if width == 1]
     assert max(prefills) == 2 and sum(prefills) == len(prompts)
     assert max(steps) == 5  # five rows decode together, prefilled as 2 + 2 + 1
+    # Beyond the batch size, rows join only while their cache stays within the budget.
+    shapes.clear()
+    tight = GreedyDecoder(recording, tokenizer, 0, rows=2, device="cpu", decode_rows=5, cache_bytes=0)
+    assert tight.run(prompts, stopping) == alone
+    assert max(rows for rows, width in shapes if width == 1) == 2
     # Static batches keep HFLM's shapes: decode_rows does not apply to them.
     assert GreedyDecoder(forward, tokenizer, 0, rows=2, device="cpu", static=True, decode_rows=5).decode_rows == 2
 
