@@ -17,7 +17,8 @@ STORE ?= runs
 SITE ?= site
 # One process leaves an H200 mostly idle on a small model (its host-side work is the limit), so a GPU
 # host runs several sweep workers per GPU: 4 is safe for a 1.5B model (6 ran out of memory there);
-# SmolLM2-135M ran 8 on one H200 (README: Wall times on the GPU). Set WORKERS_PER_GPU to change it.
+# SmolLM2-135M ran 8 on one H200 with 64-row decoding (README: Wall times on the GPU); decoding 256
+# rows together takes more memory per worker. Set WORKERS_PER_GPU to change it.
 WORKERS_PER_GPU ?= 4
 # On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
 SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),--gpus $(GPU_COUNT) --workers-per-gpu $(WORKERS_PER_GPU),--profile smoke)

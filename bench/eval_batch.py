@@ -10,7 +10,9 @@ float rounding; in bfloat16 a different batch composition changes rounding, whic
 near-ties: that is the price of a bigger batch, measured here beside its speed.
 
 A run's evaluation batch size is an execution option (``--eval-batch-size``), recorded in its
-``eval/results.json``; this script is how the default for a GPU was chosen (README).
+``eval/results.json``; this script is how the default for a GPU was chosen (README). With
+``--decode-rows 64,256`` it compares instead how many rows generate together (``--eval-decode-rows``)
+at the first batch size, on the generative requests only.
 
     python bench/eval_batch.py --benchmarks mmlu,bbh --limit 1 --batch-sizes 1,8 --device cpu   # CPU smoke
 
