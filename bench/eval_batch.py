@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench module, run as a script
 
-from eval_speed import BenchSetup, _describe, _items, _revision, _timed, agreement
+from eval_speed import BenchSetup, _describe, _items, _revision, _timed, add_setup_arguments, agreement
 
 from eval_tasks.fastlm import FastLM
 from eval_tasks.task_cache import TaskCache
@@ -75,17 +75,12 @@ def compare_batch_sizes(name: str, requests, make_fast, batch_sizes: list[int], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="alias, hub id, HF folder or .gguf file")
-    parser.add_argument("--data-root", default=None, help="shared/data layout (default: MLBENCH_DATA_DIR)")
-    parser.add_argument("--benchmarks", default="mmlu,bbh_mc,bbh,heldout")
-    parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    add_setup_arguments(parser, "mmlu,bbh_mc,bbh,heldout")
     parser.add_argument("--batch-sizes", default="8,64,256", help="comma-separated; the first is the reference")
     parser.add_argument("--decode-rows", default=None,
                         help="comma-separated rows generating together (the first is the reference), at the first "
                              "batch size; only generative requests are measured")
     parser.add_argument("--max-gen-tokens", type=int, default=None, help="default: each benchmark's own")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-task build bars

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules, run as a script
 
 from eval_overhead import TABLE2_TASKS
-from eval_speed import _revision
+from eval_speed import _revision, add_setup_arguments
 
 from eval_tasks.harness import evaluate
 from eval_tasks.registry import get_benchmark
@@ -98,14 +98,9 @@ def units(benchmarks: list[str]) -> list[tuple[str, str, dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="alias, hub id, HF folder or .gguf file")
-    parser.add_argument("--data-root", default=None, help="shared/data layout (default: MLBENCH_DATA_DIR)")
-    parser.add_argument("--benchmarks", default="heldout,bbh,bbh_mc,mmlu")
-    parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    add_setup_arguments(parser, "heldout,bbh,bbh_mc,mmlu")
     parser.add_argument("--batch-sizes", default="64", help="comma-separated")
     parser.add_argument("--decode-rows", type=int, default=None, help="rows generating together (default: the batch size)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
     parser.add_argument("--profile", default=None, help="a unit label whose warm call is cProfiled")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()

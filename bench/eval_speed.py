@@ -89,6 +89,17 @@ class BenchSetup:
         return [request for task in tasks["tasks"].values() for request in task.instances]
 
 
+def add_setup_arguments(parser, benchmarks: str) -> None:
+    """The flags ``BenchSetup.load`` reads (model, data, benchmarks, items, device, dtype), shared by
+    the evaluation benches; ``benchmarks`` is the script's default list."""
+    parser.add_argument("--model", default="smollm2-135m", help="alias, hub id, HF folder or .gguf file")
+    parser.add_argument("--data-root", default=None, help="shared/data layout (default: MLBENCH_DATA_DIR)")
+    parser.add_argument("--benchmarks", default=benchmarks)
+    parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -282,14 +293,9 @@ def _revision() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="alias, hub id, HF folder or .gguf file")
-    parser.add_argument("--data-root", default=None, help="shared/data layout (default: MLBENCH_DATA_DIR)")
-    parser.add_argument("--benchmarks", default="mmlu,bbh_mc,bbh")
-    parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    add_setup_arguments(parser, "mmlu,bbh_mc,bbh")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-gen-tokens", type=int, default=None, help="default: each benchmark's own")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
     parser.add_argument("--repeat", type=int, default=1, help="alternate stock/fast runs; median time")
     parser.add_argument("--noise-batch-size", type=int, default=None,
                         help="also run stock HFLM at this batch size (default: half of --batch-size; 0: skip) "
