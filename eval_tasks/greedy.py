@@ -73,7 +73,8 @@ class _Batch:
 
 
 class GreedyDecoder:
-    """``run(prompts)`` -> generated token ids per prompt, at most ``rows`` prompts at a time."""
+    """``run(prompts)`` -> generated token ids per prompt: at most ``rows`` prompts prefilled at a
+    time, at most ``decode_rows`` rows decoding together (module docstring)."""
 
     def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
                  decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES) -> None:

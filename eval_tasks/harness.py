@@ -69,7 +69,8 @@ class EvalOptions:
             raise MlbenchError(
                 f"max generated tokens must be a positive integer, got {self.max_gen_tokens!r}"
             )
-        if self.decode_rows is not None and not (isinstance(self.decode_rows, int) and self.decode_rows >= 1):
+        rows = self.decode_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise MlbenchError(f"decode rows must be a positive integer, got {self.decode_rows!r}")
 
     def generation_rows(self) -> int | str | None:
@@ -116,8 +117,9 @@ def evaluate(
     its aggregates then cover only those, as their ``n_tasks`` says. ``eval_backend`` is ``fast``
     or ``hflm`` (module docstring); ``task_cache`` (fast backend) keeps built tasks and
     tokenizations for the next call; ``decode_rows`` (fast backend) is how many prompts generate
-    together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch size). ``on_benchmark(name, None)`` is called when a benchmark
-    starts and ``on_benchmark(name, timing)`` when it is done (progress display).
+    together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch
+    size). ``on_benchmark(name, None)`` is called when a benchmark starts and
+    ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})

@@ -230,6 +230,8 @@ def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_ro
 
     with pytest.raises(MlbenchError, match="unknown eval backend 'vllm'; choose from fast, hflm"):
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_backend="vllm")
+    with pytest.raises(MlbenchError, match="decode rows must be a positive integer, got 0"):
+        evaluate(model, tokenizer, ["mmlu"], data_root=data_root, decode_rows=0)
 
 
 def test_greedy_decoder_matches_one_prompt_at_a_time_generation(model, tokenizer):
