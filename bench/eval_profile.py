@@ -109,7 +109,7 @@ def main() -> None:
     root = resolve_data_root(args.data_root)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     model, tokenizer = loaded.model, loaded.tokenizer
-    device = str(next(model.parameters()).device)
+    device = loaded.device
     batch_sizes = [int(value) for value in args.batch_sizes.split(",")]
     cache = TaskCache()
     rows = []
@@ -144,7 +144,7 @@ def main() -> None:
     total = {size: round(sum(r["seconds"] for r in rows if r["batch_size"] == size), 1) for size in batch_sizes}
     print(json.dumps({"total_seconds_by_batch_size": total}))
     if args.out:
-        report = {"model": args.model, "device": device, "dtype": str(next(model.parameters()).dtype),
+        report = {"model": args.model, "device": device, "dtype": loaded.dtype,
                   "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                   "host": platform.node(), "limit": args.limit, "decode_rows": args.decode_rows, "code_revision": _revision(), "rows": rows,
                   "total_seconds_by_batch_size": total}  # fmt: skip

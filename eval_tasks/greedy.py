@@ -45,6 +45,13 @@ from eval_tasks.stops import Triggers
 # a second copy.
 DECODE_CACHE_BYTES = 4 * 2**30
 
+
+def decoding_rows(rows: int, decode_rows: int | None) -> int:
+    """Rows decoding together: ``decode_rows`` (None: ``rows``), never fewer than the ``rows``
+    prefilled at once."""
+    return rows if decode_rows is None else max(decode_rows, rows)
+
+
 Forward = Callable[
     ..., object
 ]  # (input_ids, attention_mask=, position_ids=, past_key_values=, ...) -> output
@@ -87,7 +94,7 @@ class GreedyDecoder:
         )
         self.static = static
         # Static batches keep HFLM's shapes, so they decode exactly the rows they prefilled.
-        self.decode_rows = rows if static or decode_rows is None else max(decode_rows, rows)
+        self.decode_rows = rows if static else decoding_rows(rows, decode_rows)
         self.cache_bytes = cache_bytes
         self._cache_token_bytes: float | None = None
 

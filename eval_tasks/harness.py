@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
+from eval_tasks.greedy import decoding_rows
 from eval_tasks.model_state import evaluation_state, model_fingerprint
 from eval_tasks.records import sample_record, write_records
 from eval_tasks.references import benchmark_references
@@ -78,9 +79,9 @@ class EvalOptions:
         the stock backend, whose static batches are the batch size."""
         if self.backend != "fast":
             return None
-        if self.decode_rows is None or self.batch_size == "auto":
+        if self.batch_size == "auto":  # known only once FastLM has probed it
             return self.batch_size
-        return max(self.decode_rows, self.batch_size)
+        return decoding_rows(self.batch_size, self.decode_rows)
 
     def gen_tokens(self, spec: BenchmarkSpec) -> int | None:
         return (self.max_gen_tokens or spec.max_gen_tokens) if spec.generative else None
