@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from eval_tasks.registry import training_task_subtasks
 from eval_tasks.task_cache import TaskCache, TaskKey
 from metalora.data.root import resolve_data_root
 from metalora.models import load_model
-from metalora.provenance import package_versions
+from metalora.provenance import code_revision, package_versions
 
 
 @dataclass(frozen=True)
@@ -279,16 +278,9 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
 
 
 def _revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The code's commit, as a run records it (a git archive on a machine without git included)."""
+    revision, dirty = code_revision()
+    return f"{revision} (with uncommitted changes)" if dirty else revision
 
 
 def main() -> None:

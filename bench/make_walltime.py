@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from metalora.provenance import code_revision
 from metalora.runs.display import recorded_durations
 from metalora.runs.store import CONFIG_FILE, COST_FILE, DONE_FILE
 
@@ -33,11 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def revision() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode == 0:
-        return done.stdout.strip()
-    stamp = REPO / "REVISION"  # a git archive copied to a machine without the history
-    return stamp.read_text().strip() if stamp.exists() else "unknown"
+    """The code's commit, as a run records it (a git archive on a machine without git included)."""
+    return code_revision()[0]
 
 
 def gpu_names() -> list[str]:

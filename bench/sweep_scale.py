@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
+from make_walltime import gpu_names, revision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,8 @@ def main() -> None:
     if options.out:
         options.out.write_text(json.dumps({"config": options.config, "match": options.match,
                                            "eval_limit": options.eval_limit, "extra": options.extra,
-                                           "figures": figures}, indent=2) + "\n")
+                                           "code_revision": revision(), "gpus": gpu_names(),
+                                           "load_average": os.getloadavg(), "figures": figures}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
