@@ -16,7 +16,8 @@ MLBENCH := $(VENV)/bin/mlbench
 STORE ?= runs
 SITE ?= site
 # One process leaves an H200 mostly idle on a small model (its host-side work is the limit), so a GPU
-# host runs several sweep workers per GPU: 4 is safe for a 1.5B model (6 ran out of memory there);
+# host runs several sweep workers per GPU (with SmolLM2, 4 did 2.76x the runs per hour of 1: README,
+# Scale-out): 4 is safe for a 1.5B model (6 ran out of memory there);
 # SmolLM2-135M ran 8 on one H200 with 64-row decoding (README: Wall times on the GPU); decoding 256
 # rows together takes more memory per worker. Set WORKERS_PER_GPU to change it.
 WORKERS_PER_GPU ?= 4
