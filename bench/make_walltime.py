@@ -45,20 +45,25 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
 
 
+def run_record(folder: Path) -> dict:
+    """One run folder's setting (method, shots, variant, profile, seed), whether it finished, and
+    what its cost.json recorded (phase times, peak memory; None where there is none yet)."""
+    config = json.loads((folder / CONFIG_FILE).read_text()).get("config", {})
+    cost_path = folder / COST_FILE
+    cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
+    time_record = cost.get("time", {})
+    return {"run_id": folder.name, "method": config.get("method"), "shots": config.get("shots"),
+            "variant": (config.get("method_options") or {}).get("variant"), "profile": config.get("profile"),
+            "seed": (config.get("train") or {}).get("seed"), "finished": (folder / DONE_FILE).exists(),
+            "model_load_s": time_record.get("model_load_s"), "training_s": time_record.get("training_s"),
+            "eval_s": time_record.get("eval_s"), "total_s": time_record.get("total_s"),
+            "peak_bytes": cost.get("memory", {}).get("peak_bytes")}
+
+
 def store_summary(store: Path) -> dict:
     """Per run (folder with a config.json) its setting and recorded phases; per method the median
     wall time of its finished runs (``recorded_durations``, what a sweep's dry run estimates from)."""
-    runs = []
-    for config_path in sorted(store.glob(f"*/{CONFIG_FILE}")):
-        folder = config_path.parent
-        config = json.loads(config_path.read_text()).get("config", {})
-        cost_path = folder / COST_FILE
-        time_record = json.loads(cost_path.read_text()).get("time", {}) if cost_path.exists() else {}
-        runs.append({"run_id": folder.name, "method": config.get("method"), "shots": config.get("shots"),
-                     "variant": (config.get("method_options") or {}).get("variant"), "profile": config.get("profile"),
-                     "finished": (folder / DONE_FILE).exists(), "model_load_s": time_record.get("model_load_s"),
-                     "training_s": time_record.get("training_s"), "eval_s": time_record.get("eval_s"),
-                     "total_s": time_record.get("total_s")})
+    runs = [run_record(config_path.parent) for config_path in sorted(store.glob(f"*/{CONFIG_FILE}"))]
     by_method: dict[str, list[float]] = {}
     for (method, _profile, _model), walls in recorded_durations(store).items():
         by_method.setdefault(method, []).extend(walls)

@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 import yaml
-from make_walltime import gpu_names, revision
+from make_walltime import gpu_names, revision, run_record
+
+from metalora.runs.store import DONE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,17 +63,6 @@ def limited_config(config: str, eval_limit: int, work: Path) -> str:
     copy = work / f"{Path(config).stem}-eval-limit-{eval_limit}.yaml"
     copy.write_text(yaml.safe_dump(document, sort_keys=False))
     return str(copy)
-
-
-def run_cost(folder: Path) -> dict:
-    """What one finished run cost: its method, shots and seed, and its phase times and peak memory."""
-    config = json.loads((folder / "config.json").read_text())["config"]
-    cost = json.loads((folder / "cost.json").read_text())
-    return {"method": config["method"], "variant": config["method_options"].get("variant"), "shots": config["shots"],
-            "seed": config["train"]["seed"],
-            "model_load_s": cost["time"].get("model_load_s"), "training_s": cost["time"].get("training_s"),
-            "eval_s": cost["time"].get("eval_s"), "total_s": cost["time"]["total_s"],
-            "peak_bytes": cost.get("memory", {}).get("peak_bytes")}
 
 
 def main() -> None:
@@ -109,13 +100,11 @@ def main() -> None:
         wall = time.perf_counter() - started
         if result.returncode:
             sys.exit(f"{flag} {gpus} {' '.join(shared)} failed:\n{result.stderr[-4000:]}")
-        costs = [json.loads((store / run_id / "cost.json").read_text()) for run_id in ids
-                 if (store / run_id / "DONE").is_file()]
-        busy_s = sum(cost["time"]["total_s"] for cost in costs)  # = device_s on a GPU
+        costs = {run_id: run_record(store / run_id) for run_id in ids if (store / run_id / DONE_FILE).is_file()}
+        busy_s = sum(record["total_s"] for record in costs.values())  # = device_s on a GPU
         figure = {"gpus": gpus, "workers_per_gpu": per_gpu, "runs": len(ids), "done": len(costs),
                   "wall_s": round(wall, 1), "runs_per_hour": round(len(costs) * 3600 / wall, 2),
-                  "busy": round(busy_s / (wall * gpus * per_gpu), 3),
-                  "run_costs": {run_id: run_cost(store / run_id) for run_id in ids if (store / run_id / "DONE").is_file()}}
+                  "busy": round(busy_s / (wall * gpus * per_gpu), 3), "run_costs": costs}
         figures.append(figure)
         base = figures[0]
         speedup = figure["runs_per_hour"] / base["runs_per_hour"] if base["runs_per_hour"] else float("nan")
