@@ -5,14 +5,15 @@ size on the same model. Per benchmark it prints the items (documents) per second
 ratio, the largest |difference| of a request's log-likelihood, how often is_greedy and each item's
 predicted option agree, and how often greedy generations are identical. The same agreement figures
 are given for stock HFLM against itself at another batch size (``--noise-batch-size``, default
-half): the noise floor, what a batch-shape change alone does in bfloat16. Generative benchmarks
-also run FastLM with HFLM's static batches (``static_generation``), whose forwards have HFLM's
-shapes exactly. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
+half): the noise floor, what a batch-shape change alone does in bfloat16. "fast" is FastLM with
+free shapes (``--eval-shapes fast``: shared prefixes, float32 scoring, a refilled generation
+batch); every benchmark also runs FastLM with stock shapes (``stock_shapes``, a run's default),
+whose forwards are HFLM's, and its answers are compared with HFLM's. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
 lm-eval's token pairs, stock against fast, and whether the pairs are identical): on a GPU that is
 most of MMLU's time, and ``--tokenization-only`` measures just that, without the model, on a CPU.
 With ``--end-to-end`` it also times the whole ``eval_tasks.harness.evaluate`` call (task building
-included) for the stock backend, the fast backend with an empty task cache, and again with the
-cache filled. A summary line gives the items/s ratio (fast / stock) per benchmark. A JSON of all
+included) for the stock backend, then the fast backend with stock shapes with an empty task
+cache and again with the cache filled, then with free shapes (cache filled). A summary line gives the items/s ratio (fast / stock) per benchmark. A JSON of all
 figures (with the load average) goes to ``--out``.
 
     python bench/eval_speed.py --benchmarks mmlu,bbh_mc --limit 1 --device cpu --dtype float32   # CPU
@@ -24,7 +25,7 @@ data copied into the ignored ``.gpu-data/`` and carried in call 1), one command:
     PYTHONPATH=/tmp/site:$PWD python3 bench/eval_speed.py \\
         --model /tmp/mlbench/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-root .gpu-data \\
         --benchmarks mmlu,bbh_mc,bbh --limit 40 --batch-size 64 --device cuda --dtype bfloat16 \\
-        --noise-batch-size 0 --no-static --out $OUT/eval_speed.json
+        --noise-batch-size 0 --no-stock-shapes --out $OUT/eval_speed.json
 """
 
 from __future__ import annotations
@@ -178,13 +179,14 @@ def compare_encoding(requests, stock, make_fast) -> dict:
 
 
 def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1,
-                     other_batch=None, exact_fast=None) -> dict:
+                     other_batch=None, stock_shaped=None) -> dict:
     """Stock and fast alternately ``repeat`` times (median seconds: a shared machine is noisy);
     each fast run starts with an empty tokenization memo, as the first run of a worker does.
 
     ``other_batch`` (stock HFLM at another batch size) measures the noise floor: how often the
-    stock path disagrees with itself when only the batch shapes change. ``exact_fast`` (a FastLM
-    whose generation keeps HFLM's batches) shows what is left when the shapes are HFLM's."""
+    stock path disagrees with itself when only the batch shapes change. ``stock_shaped`` (makes a
+    FastLM with ``stock_shapes``: HFLM's forwards; an empty memo, as fast's) shows its speed and what is left of the
+    differences when the shapes are HFLM's."""
     kind = requests[0].request_type
     method = "loglikelihood" if kind == "loglikelihood" else "generate_until"
     kwargs = {"disable_tqdm": True}
@@ -236,12 +238,18 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
         print(f"{'':>10} noise floor, stock batch {stock.batch_size} vs stock batch {other_batch.batch_size}: "
               f"{_describe(floor)} (fast vs the latter: {_describe(figures['noise_floor']['fast_vs_stock'])})",
               flush=True)
-    if exact_fast is not None and method == "generate_until":
-        answers, seconds, peak = _timed(device, lambda: exact_fast.generate_until(requests, **kwargs))
-        figures["fast_static"] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak}
-        figures["fast_static"] |= agreement(method, requests, stock_answers, answers)
-        print(f"{'':>10} fast with HFLM's static batches: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f} | "
-              f"vs stock: {_describe(figures['fast_static'])}", flush=True)
+    if stock_shaped is not None:
+        getattr(stock_shaped(), method)(requests[:2], **kwargs)  # warm-up, as the others had
+        shaped = stock_shaped()
+        answers, seconds, peak = _timed(device, lambda: getattr(shaped, method)(requests, **kwargs))
+        figures["fast_stock_shapes"] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak,
+                                        "speedup": stock_s / seconds}  # fmt: skip
+        figures["fast_stock_shapes"] |= agreement(method, requests, stock_answers, answers)
+        if method == "loglikelihood":
+            figures["fast_stock_shapes"]["answers_identical"] = sum(
+                a == b for a, b in zip(stock_answers, answers, strict=True)) / len(requests)  # fmt: skip
+        print(f"{'':>10} fast with stock shapes: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f} | "
+              f"vs stock: {_describe(figures['fast_stock_shapes'])}", flush=True)
     return figures
 
 
@@ -251,15 +259,17 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
     common = {"data_root": root, "limit": args.limit, "batch_size": args.batch_size}
     common["max_gen_tokens"] = args.max_gen_tokens
     figures = {}
-    for label, backend, task_cache in (
-        ("stock", "hflm", None),
-        ("fast_cold", "fast", cache),
-        ("fast_warm", "fast", cache),
+    for label, backend, shapes, task_cache in (
+        ("stock", "hflm", "stock", None),
+        ("stock_shapes_cold", "fast", "stock", cache),
+        ("stock_shapes_warm", "fast", "stock", cache),
+        ("fast_warm", "fast", "fast", cache),
     ):
         result, seconds, peak = _timed(
             device,
-            lambda backend=backend, task_cache=task_cache: evaluate(
-                model, tokenizer, benchmarks, eval_backend=backend, task_cache=task_cache, **common
+            lambda backend=backend, shapes=shapes, task_cache=task_cache: evaluate(
+                model, tokenizer, benchmarks, eval_backend=backend, eval_shapes=shapes, task_cache=task_cache,
+                **common,
             ),
         )
         items = sum(score.n_evaluated for score in result.tasks)
@@ -269,11 +279,10 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
             f"end to end {label:>9}: {items} items in {seconds:8.2f} s = {items / seconds:9.2f} items/s",
             flush=True,
         )
-    figures["speedup_cold"] = figures["stock"]["seconds"] / figures["fast_cold"]["seconds"]
-    figures["speedup_warm"] = figures["stock"]["seconds"] / figures["fast_warm"]["seconds"]
-    print(
-        f"end to end speed-up: x{figures['speedup_cold']:.2f} cold cache, x{figures['speedup_warm']:.2f} warm"
-    )
+    for label in ("stock_shapes_cold", "stock_shapes_warm", "fast_warm"):
+        figures[f"speedup_{label}"] = figures["stock"]["seconds"] / figures[label]["seconds"]
+    print(f"end to end speed-up, stock shapes: x{figures['speedup_stock_shapes_cold']:.2f} cold cache, "
+          f"x{figures['speedup_stock_shapes_warm']:.2f} warm; free shapes, warm: x{figures['speedup_fast_warm']:.2f}")
     return figures
 
 
@@ -292,8 +301,8 @@ def main() -> None:
     parser.add_argument("--noise-batch-size", type=int, default=None,
                         help="also run stock HFLM at this batch size (default: half of --batch-size; 0: skip) "
                              "to measure how often a batch-shape change alone changes answers")
-    parser.add_argument("--no-static", action="store_true",
-                        help="skip FastLM with HFLM's static generation batches")
+    parser.add_argument("--no-stock-shapes", action="store_true",
+                        help="skip FastLM with stock shapes (HFLM's forwards)")
     parser.add_argument("--end-to-end", action="store_true", help="also time whole evaluate() calls")
     parser.add_argument("--tokenization-only", action="store_true",
                         help="only time requests -> token pairs (stock vs fast) for log-likelihood benchmarks: "
@@ -321,7 +330,8 @@ def main() -> None:
     print(f"fast tokenization: options from the context's last line: {'yes' if split else 'no (this tokenizer)'}")
     noise_batch = args.batch_size // 2 if args.noise_batch_size is None else args.noise_batch_size
     other_batch = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=noise_batch) if noise_batch >= 1 else None
-    exact_fast = None if args.no_static else FastLM(model, tokenizer, args.batch_size, static_generation=True)
+    stock_shaped = None if args.no_stock_shapes else (
+        lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True))
 
     cache = TaskCache()
     results = {}
@@ -340,7 +350,7 @@ def main() -> None:
                       f"{100 * encoding['pairs_identical']:.1f}%", flush=True)  # fmt: skip
             continue
         results[spec.name] = compare_requests(spec.name, requests, stock, make_fast, device, args.repeat,
-                                              other_batch, exact_fast) | {
+                                              other_batch, stock_shaped) | {
             "build_s": build_s
         }
 

@@ -32,16 +32,22 @@ post-processing of generations. Only *how* the model is run changes:
   ``decode_rows`` rows decoding together (prefilled ``batch_size`` at a time). HFLM instead
   runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
   does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
-  penalties and the like) is handed to HFLM unchanged. With ``static_generation=True`` the loop
-  keeps HFLM's batches (same order, same chunks, decoded until the chunk's last row is done), so
-  every forward has HFLM's shapes: in bfloat16 that reproduces HFLM's generations, which a
-  different batch composition can change at near-ties (``bench/eval_speed.py`` measures both, and
-  the stock path against itself at another batch size).
+  penalties and the like) is handed to HFLM unchanged.
 
-Numerics: the sums are the same log-probabilities computed with different batch shapes (and a
-cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in float32 on a tiny
-model; ``bench/eval_speed.py`` measures bf16 on a GPU). Greedy choices can differ only where two
-tokens tie to rounding.
+``stock_shapes=True`` (what a run uses unless ``--eval-shapes fast``) gives every forward HFLM's
+shapes instead, keeping the rest (tokenization memo, cached tasks, batched scoring with one host
+transfer per batch, the cheaper decoding loop). Log-likelihood: HFLM's batches (its grouping and
+order), each input right-padded with zeros and run without a mask through HFLM's ``_model_call``;
+the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
+sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, decoded
+until the chunk's last row is done). Tests hold the forwards equal call by call and the answers
+equal bit for bit, in float32 and bfloat16, on a CPU.
+
+Numerics without stock shapes: the sums are the same log-probabilities computed with different
+batch shapes (and a cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in
+float32 on a tiny model). In bfloat16 that rounding is coarse: on an H200 HFLM's own answers do
+not change with its batch size, while these differ (``bench/eval_speed.py``: SmolLM2 BBH-MC
+predictions 85.5% equal); greedy generations from a refilled batch differ at near-ties too.
 """
 
 from __future__ import annotations
@@ -101,7 +107,7 @@ class FastLM(HFLM):
         batch_size: int | str = 8,
         *,
         encodings: dict | None = None,
-        static_generation: bool = False,
+        stock_shapes: bool = False,
         vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
         decode_rows: int | None = None,
         **hflm_options,
@@ -109,7 +115,7 @@ class FastLM(HFLM):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
         self._encodings = {} if encodings is None else encodings
         self._vocabulary_texts = vocabulary_texts or (lambda: token_texts(self.tokenizer))
-        self.static_generation = static_generation
+        self.stock_shapes = stock_shapes  # every forward gets HFLM's shapes (module docstring)
         self.decode_rows = decode_rows  # rows decoded together (eval_tasks/greedy.py); None: the batch size
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
@@ -219,6 +225,8 @@ class FastLM(HFLM):
         if self.backend != "causal":
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         rows = override_bs or self._rows()
+        if self.stock_shapes:
+            return self._stock_shaped_loglikelihoods(requests, rows)
         prefixes: dict[tuple[int, ...], _Prefix] = {}
         plan = []  # per request: (prefix, query id, continuation)
         for _, context, continuation in requests:
@@ -281,6 +289,47 @@ class FastLM(HFLM):
                     members, _score(logits, members, plan, [0] * len(chunk)), strict=True
                 ):
                     record(group, answers)
+        return results
+
+    def _stock_shaped_loglikelihoods(self, requests: list[Request], rows: int) -> list[tuple[float, bool]]:
+        """HFLM's computation without its per-request loop. The batches are HFLM's: requests
+        grouped by context + continuation minus its last token (one model input serves them all,
+        read through the member with the longest continuation), groups ordered longest first, then
+        by their tokens, ``rows`` at a time. Each input (HFLM's window: left-truncated to
+        ``max_length + 1``, last token dropped) is right-padded with zeros and runs without an
+        attention mask through HFLM's own ``_model_call``. Only the scored positions then get the
+        log-softmax (``softmax_dtype``, else the logits' own dtype, as in HFLM): a row-wise
+        operation, the same values as HFLM's over the whole batch. The greedy check reads those
+        log-probabilities, and each sum is ``torch.sum`` over the gathered values in their dtype,
+        as HFLM's ``float(logits.sum())``. So the forwards are HFLM's and the answers are HFLM's, in
+        bfloat16 too (``bench/eval_speed.py`` measures it on a GPU; tests hold it on a CPU)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, continuation) in enumerate(requests):
+            assert len(context) > 0 and 0 < len(continuation) <= self.max_length
+            groups.setdefault(tuple(context + continuation[:-1]), []).append(index)
+
+        def whole(group: list[int]) -> list[int]:  # the tokens of the group's longest continuation
+            _, context, continuation = requests[max(group, key=lambda i: len(requests[i][2]))]
+            return context + continuation
+
+        order = sorted(groups.values(), key=lambda group: (-len(whole(group)), tuple(whole(group))))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for start in range(0, len(order), rows):
+            batch = order[start : start + rows]
+            inputs = [whole(group)[-(self.max_length + 1) :][:-1] for group in batch]
+            ids = torch.zeros((len(batch), max(map(len, inputs))), dtype=torch.long)  # HFLM pads with 0
+            for row, tokens in enumerate(inputs):
+                ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            logits = self._model_call(ids.to(self.device))
+            # A continuation is scored at the last len(continuation) positions of its input.
+            offsets = [[len(tokens) - len(requests[i][2]) for i in group] for tokens, group in zip(inputs, batch)]
+            answers = _score_as_stock(logits, batch, [requests[i][2] for i in range(len(requests))], offsets,
+                                      getattr(self, "softmax_dtype", None))
+            for group, group_answers in zip(batch, answers, strict=True):
+                for index, answer in zip(group, group_answers, strict=True):
+                    results[index] = answer
+                    if requests[index][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
         return results
 
     def _run_sequences(self, sequences: list[tuple[int, ...]], queries: list[tuple[int, ...]]):
@@ -420,7 +469,7 @@ class FastLM(HFLM):
             triggers=tuple(self._stop_triggers(stop) for stop in until),
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
-                                static=self.static_generation, decode_rows=self.decode_rows)
+                                static=self.stock_shapes, decode_rows=self.decode_rows)
         generated = decoder.run([encoded[i] for i in order], stopping)
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):
@@ -488,6 +537,42 @@ def _score(
     sums = torch.zeros(request, dtype=torch.float32, device=device).index_add_(0, owners_t, token_log_probs)
     missed = torch.zeros(request, dtype=torch.long, device=device).index_add_(0, owners_t, misses)
     answers = [(float(value), miss == 0) for value, miss in zip(sums.tolist(), missed.tolist(), strict=True)]
+    out, start = [], 0
+    for group in members:
+        out.append(answers[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+def _score_as_stock(
+    logits: torch.Tensor, members: list[list[int]], continuations: list, offsets: list[list[int]], softmax_dtype
+) -> list[list[tuple[float, bool]]]:
+    """HFLM's (sum, greedy?) of each continuation, in its dtypes: ``members[r]`` are the requests
+    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``."""
+    rows, positions, targets, lengths = [], [], [], []
+    for row, (group, starts) in enumerate(zip(members, offsets, strict=True)):
+        for index, offset in zip(group, starts, strict=True):
+            continuation = continuations[index]
+            rows += [row] * len(continuation)
+            positions += range(offset, offset + len(continuation))
+            targets += continuation
+            lengths.append(len(continuation))
+    device = logits.device
+    flat = torch.tensor(rows, device=device) * logits.shape[1] + torch.tensor(positions, device=device)
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    log_probs = F.log_softmax(logits.reshape(-1, logits.shape[-1]).index_select(0, unique), dim=-1, dtype=softmax_dtype)
+    targets_t = torch.tensor(targets, device=device)
+    misses = log_probs.argmax(dim=-1)[inverse] != targets_t
+    # One row per request, its token log-probabilities then zeros: a sum per row in the values'
+    # dtype, as HFLM's torch.sum over the request's own tokens.
+    slots = torch.tensor([slot for length in lengths for slot in range(length)], device=device)
+    request_of = torch.tensor([r for r, length in enumerate(lengths) for _ in range(length)], device=device)
+    table = torch.zeros((len(lengths), max(lengths)), dtype=log_probs.dtype, device=device)
+    table[request_of, slots] = log_probs[inverse, targets_t]
+    missed = torch.zeros((len(lengths), max(lengths)), dtype=torch.bool, device=device)
+    missed[request_of, slots] = misses
+    sums, greedy = table.sum(dim=1).tolist(), (~missed.any(dim=1)).tolist()
+    answers = [(float(value), bool(flag)) for value, flag in zip(sums, greedy, strict=True)]
     out, start = [], 0
     for group in members:
         out.append(answers[start : start + len(group)])

@@ -10,6 +10,12 @@ lm-eval's built-in tasks not even indexed). The data root travels as TaskManager
 - ``hflm``: the stock path, lm-eval's ``HFLM`` through ``simple_evaluate``, tasks built per call.
   ``bench/eval_speed.py`` runs both on the same items.
 
+The fast backend's shapes (``settings.eval_shapes``): ``stock`` (default) gives every forward the
+shapes HFLM gives it (log-likelihood inputs in HFLM's batches, right-padded, no mask; generation
+in HFLM's static batches), so its answers are stock lm-eval's in bfloat16 too; ``fast`` shares
+prompt prefixes, scores in float32 and refills the generation batch (``decode_rows``): faster,
+the same answers in float32, different ones at bfloat16 near-ties.
+
 Order of work, so that a mistake costs nothing and a failure leaves nothing half-written:
 names and options are checked, the data files are located and hashed, then every benchmark is
 evaluated, and only then are the per-sample files written (each atomically).
@@ -53,7 +59,8 @@ class EvalOptions:
     merge_lora: bool = True
     response_cache_dir: Path | None = None  # lm-eval response cache, keyed by a model fingerprint
     backend: str = "fast"  # a key of EVAL_BACKENDS
-    decode_rows: int | None = None  # rows generating together (fast backend); None: the batch size
+    decode_rows: int | None = None  # rows generating together (fast backend, fast shapes); None: the batch size
+    shapes: str = "stock"  # a member of EVAL_SHAPES (module docstring)
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -70,6 +77,8 @@ class EvalOptions:
             raise MlbenchError(
                 f"max generated tokens must be a positive integer, got {self.max_gen_tokens!r}"
             )
+        if self.shapes not in EVAL_SHAPES:
+            raise MlbenchError(f"eval shapes must be one of {', '.join(EVAL_SHAPES)}, got {self.shapes!r}")
         rows = self.decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise MlbenchError(f"decode rows must be a positive integer, got {self.decode_rows!r}")
@@ -79,7 +88,7 @@ class EvalOptions:
         the stock backend, whose static batches are the batch size."""
         if self.backend != "fast":
             return None
-        if self.batch_size == "auto":  # known only once FastLM has probed it
+        if self.batch_size == "auto" or self.shapes == "stock":  # stock shapes: HFLM's static batches  # known only once FastLM has probed it
             return self.batch_size
         return decoding_rows(self.batch_size, self.decode_rows)
 
@@ -110,6 +119,7 @@ def evaluate(
     task_cache: TaskCache | None = None,
     on_benchmark: Callable[[str, dict | None], None] | None = None,
     decode_rows: int | None = None,
+    eval_shapes: str = "stock",
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
@@ -119,12 +129,14 @@ def evaluate(
     or ``hflm`` (module docstring); ``task_cache`` (fast backend) keeps built tasks and
     tokenizations for the next call; ``decode_rows`` (fast backend) is how many prompts generate
     together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch
-    size). ``on_benchmark(name, None)`` is called when a benchmark starts and
+    size) where ``eval_shapes`` is ``fast``; ``stock`` (default) keeps HFLM's shapes (module
+    docstring). ``on_benchmark(name, None)`` is called when a benchmark starts and
     ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
-    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend, decode_rows)
+    options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend, decode_rows,
+                          eval_shapes)
     data_files = hash_data_files(specs, chosen, data_root)
     task_cache = task_cache or TaskCache()
     references = {
@@ -190,6 +202,7 @@ def evaluate(
             "merged_lora": merged,
             "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
             "eval_backend": options.backend,
+            "eval_shapes": options.shapes if options.backend == "fast" else None,
             "timing": timing,  # wall time per benchmark, tasks and requests built or cached included
         },
         sample_files=sample_files,
@@ -285,7 +298,8 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     options = context.options
     cache = context.task_cache
     lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
-                vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows)  # fmt: skip
+                vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows,
+                stock_shapes=options.shapes == "stock")  # fmt: skip
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")
@@ -313,6 +327,7 @@ def _task_key(
 
 
 # Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
+EVAL_SHAPES = ("stock", "fast")
 EVAL_BACKENDS: Mapping[str, Callable[..., RunBenchmark]] = MappingProxyType(
     {"fast": _fast_backend, "hflm": _stock_backend}
 )

@@ -98,6 +98,63 @@ def test_loglikelihoods_equal_stock_when_inputs_are_left_truncated(model, tokeni
     _assert_same_loglikelihoods(stock.loglikelihood(requests), fast.loglikelihood(requests))
 
 
+def _recorded_calls(model, work) -> list[tuple]:
+    """(input ids, attention mask, position ids) of every forward ``work`` makes, in order."""
+
+    calls = []
+
+    def record(module, args, kwargs):
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        calls.append(tuple(None if value is None else value.clone().long()
+                           for value in (inputs, kwargs.get("attention_mask"), kwargs.get("position_ids"))))  # fmt: skip
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        work()
+    finally:
+        hook.remove()
+    return calls
+
+
+def _assert_same_calls(ours: list[tuple], theirs: list[tuple]) -> None:
+    import torch
+
+    assert len(ours) == len(theirs)
+    for mine, stock_call in zip(ours, theirs, strict=True):
+        for value, stock_value in zip(mine, stock_call, strict=True):
+            assert (value is None) == (stock_value is None)
+            assert value is None or torch.equal(value, stock_value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("batch_size", [1, 7, 16])
+def test_stock_shaped_loglikelihoods_are_stock_hflms_bit_for_bit(model, tokenizer, loglikelihood_requests, dtype,
+                                                                 batch_size):
+    """With ``stock_shapes`` every forward is HFLM's (same batches, same right-padded ids, no mask),
+    and the answers are HFLM's exactly, in bfloat16 too: not within a tolerance, equal."""
+    import copy
+
+    import torch
+
+    requests = loglikelihood_requests
+    typed = copy.deepcopy(model).to(getattr(torch, dtype))
+    stock, fast = _lms(typed, tokenizer, batch_size)
+    fast.stock_shapes = True
+    expected, got = [], []
+    stock_calls = _recorded_calls(typed, lambda: expected.extend(stock.loglikelihood(requests, disable_tqdm=True)))
+    our_calls = _recorded_calls(typed, lambda: got.extend(fast.loglikelihood(requests)))
+    _assert_same_calls(our_calls, stock_calls)
+    assert our_calls and all(mask is None for _, mask, _ in our_calls)  # right padding, no mask, as HFLM
+    assert got == expected
+
+
+def test_stock_shaped_loglikelihoods_hold_under_left_truncation(model, tokenizer, manager):
+    requests = _requests(manager, {"mlbench_bbh_mc_date_understanding": 2, "mlbench_mmlu_anatomy": 2})
+    stock, fast = _lms(model, tokenizer, 4, max_length=64)
+    fast.stock_shapes = True
+    assert fast.loglikelihood(requests) == stock.loglikelihood(requests, disable_tqdm=True)
+
+
 def test_is_greedy_is_true_for_the_models_own_continuation(model, tokenizer):
     """The model's greedy tokens as continuations are greedy in both; one token more is not."""
     import torch
@@ -142,7 +199,7 @@ def _generation_requests(manager) -> list:
 def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_size, static):
     requests = _generation_requests(manager)
     stock, fast = _lms(model, tokenizer, batch_size)
-    fast.static_generation = static
+    fast.stock_shapes = static
     expected, got = stock.generate_until(requests, disable_tqdm=True), fast.generate_until(requests)
     assert got == expected
     stopped = [
@@ -155,30 +212,14 @@ def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_si
 def test_static_generation_feeds_the_model_exactly_what_hf_generate_feeds_it(model, tokenizer, manager):
     """Same forwards, same order: input ids, attention masks (none where nothing is padded) and
     position ids, call by call; so in bfloat16 too the same logits come out, bit for bit."""
-    import torch
-
     requests = _generation_requests(manager)
-    calls = []
-
-    def record(module, args, kwargs):
-        calls.append(tuple(None if kwargs.get(key) is None else kwargs[key].clone().long()
-                           for key in ("input_ids", "attention_mask", "position_ids")))  # fmt: skip
-
     stock, fast = _lms(model, tokenizer, 4)
-    fast.static_generation = True
-    hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        stock.generate_until(requests, disable_tqdm=True)
-        stock_calls, calls[:] = list(calls), []
-        fast.generate_until(requests)
-    finally:
-        hook.remove()
-    assert len(calls) == len(stock_calls) == 45
+    fast.stock_shapes = True
+    stock_calls = _recorded_calls(model, lambda: stock.generate_until(requests, disable_tqdm=True))
+    calls = _recorded_calls(model, lambda: fast.generate_until(requests))
+    assert len(calls) == 45
     assert sum(call[1] is None for call in calls) == 21  # single-row chunks run unmasked, as in HF
-    for ours, theirs in zip(calls, stock_calls, strict=True):
-        for mine, stock_tensor in zip(ours, theirs, strict=True):
-            assert (mine is None) == (stock_tensor is None)
-            assert mine is None or torch.equal(mine, stock_tensor)
+    _assert_same_calls(calls, stock_calls)
 
 
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
@@ -201,27 +242,34 @@ def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, to
 
     subtasks = {"mmlu": ["anatomy"], "bbh_mc": ["snarks"], "bbh": ["boolean_expressions"]}
     results = {
-        backend: evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=3, batch_size=4, max_gen_tokens=8,
-                          subtasks=subtasks, output_dir=tmp_path / backend, eval_backend=backend)
-        for backend in ("hflm", "fast")
+        (backend, shapes): evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=3, batch_size=4,
+                                    max_gen_tokens=8, subtasks=subtasks, output_dir=tmp_path / f"{backend}-{shapes}",
+                                    eval_backend=backend, eval_shapes=shapes, decode_rows=6)
+        for backend, shapes in (("hflm", "stock"), ("fast", "stock"), ("fast", "fast"))
     }  # fmt: skip
-    stock, fast = results["hflm"], results["fast"]
-    assert stock.settings["eval_backend"] == "hflm" and fast.settings["eval_backend"] == "fast"
-    assert stock.settings["decode_rows"] is None and fast.settings["decode_rows"] == 4  # the batch size
-    assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
-    assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
-        (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks
-    ]
-    for name in subtasks:
-        stock_records = read_records(Path(stock.sample_files[name]))
-        fast_records = read_records(Path(fast.sample_files[name]))
-        assert len(fast_records) == len(stock_records) == 3
-        for mine, theirs in zip(fast_records, stock_records, strict=True):
-            assert mine.keys() == theirs.keys() and mine.get("output") == theirs.get("output")
-            assert mine["prompt"] == theirs["prompt"] and mine.get("prediction") == theirs.get("prediction")
-            assert mine.get("scores", []) == pytest.approx(
-                theirs.get("scores", []), abs=TOLERANCE, rel=TOLERANCE
-            )
+    stock = results["hflm", "stock"]
+    assert stock.settings["eval_backend"] == "hflm" and stock.settings["eval_shapes"] is None
+    assert stock.settings["decode_rows"] is None
+    for shapes, rows in (("stock", 4), ("fast", 6)):  # stock shapes generate in HFLM's batches of 4
+        fast = results["fast", shapes]
+        assert fast.settings["eval_backend"] == "fast" and fast.settings["eval_shapes"] == shapes
+        assert fast.settings["decode_rows"] == rows
+        assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
+        assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
+            (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks
+        ]
+        for name in subtasks:
+            stock_records = read_records(Path(stock.sample_files[name]))
+            fast_records = read_records(Path(fast.sample_files[name]))
+            assert len(fast_records) == len(stock_records) == 3
+            for mine, theirs in zip(fast_records, stock_records, strict=True):
+                assert mine.keys() == theirs.keys() and mine.get("output") == theirs.get("output")
+                assert mine["prompt"] == theirs["prompt"] and mine.get("prediction") == theirs.get("prediction")
+                if shapes == "stock":  # HFLM's forwards: its very numbers
+                    assert mine.get("scores", []) == theirs.get("scores", [])
+                else:
+                    assert mine.get("scores", []) == pytest.approx(theirs.get("scores", []), abs=TOLERANCE,
+                                                                   rel=TOLERANCE)
 
 
 def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_root):
@@ -232,6 +280,8 @@ def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_ro
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_backend="vllm")
     with pytest.raises(MlbenchError, match="decode rows must be a positive integer, got 0"):
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, decode_rows=0)
+    with pytest.raises(MlbenchError, match="eval shapes must be one of stock, fast, got 'exact'"):
+        evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_shapes="exact")
 
 
 def test_greedy_decoder_matches_one_prompt_at_a_time_generation(model, tokenizer):

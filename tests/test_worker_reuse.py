@@ -64,11 +64,15 @@ def test_the_evaluation_batch_size_defaults_by_device_unless_given():
 
 
 def test_rows_generating_together_default_by_device_unless_given():
-    # None on a CPU: the evaluation batch size (each row costs arithmetic there).
-    assert ExecutionOptions().decode_rows_for("cpu") is None
-    assert ExecutionOptions().decode_rows_for("cuda:1") == GPU_DECODE_ROWS > GPU_EVAL_BATCH_SIZE
-    given = ExecutionOptions(eval_decode_rows=32).validate()
+    # Fast shapes: None on a CPU (the evaluation batch size: each row costs arithmetic there).
+    fast = ExecutionOptions(eval_shapes="fast").validate()
+    assert fast.decode_rows_for("cpu") is None
+    assert fast.decode_rows_for("cuda:1") == GPU_DECODE_ROWS > GPU_EVAL_BATCH_SIZE
+    given = ExecutionOptions(eval_shapes="fast", eval_decode_rows=32).validate()
     assert given.decode_rows_for("cpu") == given.decode_rows_for("cuda") == 32
+    # Stock shapes (the default) generate in HFLM's batches of the batch size: no rows beyond them.
+    assert ExecutionOptions().decode_rows_for("cuda") is None
+    assert ExecutionOptions(eval_decode_rows=32).validate().decode_rows_for("cuda") is None
 
 
 def test_runs_in_one_worker_equal_each_run_alone(tmp_path, tiny_model_dir, data_root):

@@ -131,6 +131,7 @@ def merge_results(old: Mapping | None, new: Mapping, samples_dir: Path) -> dict:
     evaluation = {
         "versions": new["versions"],
         "eval_backend": new["settings"].get("eval_backend"),
+        "eval_shapes": new["settings"].get("eval_shapes"),
         "batch_size": new["settings"].get("batch_size"),
         "merged_lora": new["settings"].get("merged_lora"),
         "evaluated": files.now(),

@@ -126,10 +126,16 @@ class ExecutionOptions:
     data_root: str | None = option(None, "Benchmark data folder (default: $MLBENCH_DATA_DIR, else the hub).")
     # Equal answers up to float rounding (eval_tasks/fastlm.py); recorded in eval/results.json.
     eval_backend: str = option("fast", "fast (mlbench's FastLM, tasks built once per worker) | hflm (lm-eval's HFLM).")
+    # Which forwards compute those answers; in float32 the same answers, in bfloat16 stock's own only with
+    # "stock" (eval_tasks/harness.py). Recorded in eval/results.json and env.json.
+    eval_shapes: str = option(
+        "stock", "stock (every forward gets lm-eval HFLM's shapes: its answers, in bfloat16 too) | fast (shared "
+                 "prefixes, float32 scoring, --eval-decode-rows refilling: faster, differs at bfloat16 near-ties)."
+    )
     log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
     def validate(self) -> ExecutionOptions:
-        from eval_tasks.harness import EVAL_BACKENDS
+        from eval_tasks.harness import EVAL_BACKENDS, EVAL_SHAPES
         from metalora.runs.tracking import check_tracker
 
         if self.log_to is not None:
@@ -139,6 +145,8 @@ class ExecutionOptions:
             raise MlbenchError(
                 f"--eval-backend must be one of {', '.join(EVAL_BACKENDS)}, got {self.eval_backend!r}"
             )
+        if self.eval_shapes not in EVAL_SHAPES:
+            raise MlbenchError(f"--eval-shapes must be one of {', '.join(EVAL_SHAPES)}, got {self.eval_shapes!r}")
         self.checkpoint_schedule()  # one line if malformed
         rows = self.eval_decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
@@ -178,7 +186,10 @@ class ExecutionOptions:
 
     def decode_rows_for(self, device: str) -> int | None:
         """Rows generating together on ``device``: the ones given, else the device's default
-        (None on a CPU: the evaluation batch size)."""
+        (None on a CPU: the evaluation batch size); stock shapes generate in HFLM's batches of the
+        batch size, so none."""
+        if self.eval_shapes == "stock":
+            return None
         if self.eval_decode_rows is not None:
             return self.eval_decode_rows
         return None if str(device).startswith("cpu") else GPU_DECODE_ROWS
