@@ -17,8 +17,8 @@ rows, prompts join only while the cache the rows will need by their last token s
 ``cache_bytes`` (``DECODE_CACHE_BYTES``), so long prompts decode fewer rows at a time.
 
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
-each chunk prefilled at once and decoded until its last row is done, finished rows fed padding (as
-HF ``generate`` does). Every forward then has the very shapes of HFLM's, so in bfloat16, where a
+each chunk prefilled at once and decoded until its last row is done, each row fed what HF
+``generate`` under lm-eval feeds it (its greedy tokens, padding after an EOS). Every forward then has the very shapes of HFLM's, so in bfloat16, where a
 different batch or padding width changes rounding and so can flip a near-tie of the argmax, it
 reproduces HFLM's generations; it gives up the refilling, not the cheaper loop.
 
@@ -123,14 +123,20 @@ class GreedyDecoder:
     def _run_static(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         outputs: list[list[int]] = [[] for _ in prompts]
         marks = _marks(prompts, stopping)
+        eos = torch.tensor(sorted(stopping.eos), dtype=torch.long, device=self.device)
         for start in range(0, len(prompts), self.rows):
             batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))), drop_full_mask=True)
+            # What HF generate feeds each row: its greedy token, EOS included, then padding after an
+            # EOS. lm-eval's stop strings end no single row (its criterion answers for the batch),
+            # so a row done by a stop string goes on with its greedy tokens, which nobody reads.
+            after_eos = torch.zeros(len(batch.prompts), dtype=torch.bool, device=self.device)
             while True:
                 chosen = self._choose(batch, outputs, stopping, marks)
                 if all(batch.done):
                     break
-                done = torch.tensor(batch.done, device=chosen.device)
-                batch = self._step(batch, chosen.masked_fill(done, self.pad_id))
+                fed = chosen.masked_fill(after_eos, self.pad_id)
+                after_eos |= torch.isin(fed, eos)
+                batch = self._step(batch, fed)
         return outputs
 
     def _choose(

@@ -222,6 +222,39 @@ def test_static_generation_feeds_the_model_exactly_what_hf_generate_feeds_it(mod
     _assert_same_calls(calls, stock_calls)
 
 
+def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(model, tokenizer):
+    """In one chunk, row 0 meets a stop string and row 1 an EOS while the others go on: HF generate
+    under lm-eval feeds row 0 its greedy tokens still (lm-eval's stop criterion answers for the
+    whole batch) and row 1 its EOS, then padding. The forwards must be the same, call by call."""
+    import copy
+
+    import torch
+    from lm_eval.api.instance import Instance
+
+    contexts = ["Once upon a time", "The weather today", "Numbers: 1, 2,", "Dear friend,"]
+    greedy = []
+    for context in contexts:
+        ids = tokenizer.encode(context)
+        with torch.no_grad():
+            greedy.append(model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids):].tolist())
+    # Row 0 stops at the text of its third token; row 1 ends at its second token, made the EOS.
+    stop = tokenizer.decode(greedy[0][2:3])
+    assert stop.strip() and not any(stop in tokenizer.decode(tokens) for tokens in greedy[1:])
+    assert greedy[1][1] not in greedy[1][:1] + [t for tokens in greedy[2:] for t in tokens]
+    typed = copy.deepcopy(model)
+    typed.generation_config.eos_token_id = greedy[1][1]
+    requests = [Instance("generate_until", {}, (context, {"until": [stop], "do_sample": False, "max_gen_toks": 10}), 0)
+                for context in contexts]  # fmt: skip
+    stock, fast = _lms(typed, tokenizer, 4)
+    fast.stock_shapes = True
+    expected, got = [], []
+    stock_calls = _recorded_calls(typed, lambda: expected.extend(stock.generate_until(requests, disable_tqdm=True)))
+    calls = _recorded_calls(typed, lambda: got.extend(fast.generate_until(requests)))
+    assert got == expected
+    assert len(calls) == 10  # the prefill and nine steps: rows 2 and 3 run to the cap
+    _assert_same_calls(calls, stock_calls)
+
+
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
     """Anything but greedy decoding runs HFLM's own generate: the same seeded samples."""
     import torch
