@@ -40,7 +40,7 @@ transfer per batch, the cheaper decoding loop). Log-likelihood: HFLM's batches (
 order), each input right-padded with zeros and run without a mask through HFLM's ``_model_call``;
 the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
 sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, decoded
-until the chunk's last row is done). Tests hold the forwards equal call by call and the answers
+until the chunk's last row is done, each row fed what HF ``generate`` under lm-eval feeds it). Tests hold the forwards equal call by call and the answers
 equal bit for bit, in float32 and bfloat16, on a CPU.
 
 Numerics without stock shapes: the sums are the same log-probabilities computed with different
@@ -307,24 +307,24 @@ class FastLM(HFLM):
         for index, (_, context, continuation) in enumerate(requests):
             assert len(context) > 0 and 0 < len(continuation) <= self.max_length
             groups.setdefault(tuple(context + continuation[:-1]), []).append(index)
-
-        def whole(group: list[int]) -> list[int]:  # the tokens of the group's longest continuation
-            _, context, continuation = requests[max(group, key=lambda i: len(requests[i][2]))]
-            return context + continuation
-
-        order = sorted(groups.values(), key=lambda group: (-len(whole(group)), tuple(whole(group))))
+        continuations = [continuation for _, _, continuation in requests]
+        # Each group with the tokens of its longest continuation's request, longest first.
+        order = []
+        for group in groups.values():
+            _, context, continuation = requests[max(group, key=lambda i: len(continuations[i]))]
+            order.append((tuple(context + continuation), group))
+        order.sort(key=lambda entry: (-len(entry[0]), entry[0]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for start in range(0, len(order), rows):
-            batch = order[start : start + rows]
-            inputs = [whole(group)[-(self.max_length + 1) :][:-1] for group in batch]
+            inputs = [tokens[-(self.max_length + 1) :][:-1] for tokens, _ in order[start : start + rows]]
+            batch = [group for _, group in order[start : start + rows]]
             ids = torch.zeros((len(batch), max(map(len, inputs))), dtype=torch.long)  # HFLM pads with 0
             for row, tokens in enumerate(inputs):
                 ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             logits = self._model_call(ids.to(self.device))
             # A continuation is scored at the last len(continuation) positions of its input.
-            offsets = [[len(tokens) - len(requests[i][2]) for i in group] for tokens, group in zip(inputs, batch)]
-            answers = _score_as_stock(logits, batch, [requests[i][2] for i in range(len(requests))], offsets,
-                                      getattr(self, "softmax_dtype", None))
+            offsets = [[len(tokens) - len(continuations[i]) for i in group] for tokens, group in zip(inputs, batch)]
+            answers = _score_as_stock(logits, batch, continuations, offsets, getattr(self, "softmax_dtype", None))
             for group, group_answers in zip(batch, answers, strict=True):
                 for index, answer in zip(group, group_answers, strict=True):
                     results[index] = answer
