@@ -47,6 +47,7 @@ from reports.columns import COLUMNS
 from reports.columns import __doc__ as COLUMNS_DOC
 from reports.cost import cost_rows
 from reports.load import Run, Store, load_store
+from reports.numerics import mixed_numerics
 from reports.output import MARKER, publish
 from reports.paired import (
     DEFAULT_BOOTSTRAP,
@@ -220,6 +221,7 @@ class Site:
             "primaries": declared.primaries,
             "sweep_problems": declared.problems,
             "profiles": {name: p.description for name, p in PROFILES.items() if not p.comparable},
+            "mixed_numerics": mixed_numerics(settings),
         }
         return context | self.leaderboard(settings, comparisons)
 

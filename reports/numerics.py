@@ -1,0 +1,82 @@
+"""Evaluation numerics of the runs a leaderboard block ranks against each other.
+
+In bfloat16 which forwards compute an answer changes its rounding, and so the answer at near-ties:
+``--eval-shapes`` (stock HFLM's shapes or mlbench's faster ones), the evaluation batch size and the
+rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too. Runs
+that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
+ranks against each other should share them; the report lists the blocks where they do not, with
+which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
+evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype that differs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reports.settings import Setting
+from reports.tables import MARK_GROUP, setting_fields
+
+HALF_PRECISION = ("bfloat16", "float16")
+UNRECORDED_SHAPES = "fast (recorded before --eval-shapes existed)"
+
+
+@dataclass(frozen=True)
+class Numerics:
+    dtype: str
+    backend: str
+    shapes: str | None  # the fast backend's --eval-shapes; None for the stock backend
+    batch_size: object
+    decode_rows: object
+
+    def describe(self, dtype_only: bool = False) -> str:
+        if dtype_only:
+            return self.dtype
+        parts = [self.dtype, f"backend {self.backend}"]
+        if self.shapes is not None:
+            parts.append(f"shapes {self.shapes}")
+        parts.append(f"batch {self.batch_size}")
+        if self.decode_rows not in (None, self.batch_size):
+            parts.append(f"{self.decode_rows} rows generating together")
+        return ", ".join(parts)
+
+
+def run_numerics(run) -> Numerics:
+    """What a finished run's evaluation recorded about how its answers were computed."""
+    settings = (run.results or {}).get("settings") or {}
+    backend = str(settings.get("eval_backend") or "not recorded")
+    shapes = settings.get("eval_shapes") or (UNRECORDED_SHAPES if backend == "fast" else None)
+    dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
+    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"))
+
+
+@dataclass(frozen=True)
+class MixedBlock:
+    block: str  # the block's model, profile, scenario, shots and evaluated items, as words
+    numerics: tuple[tuple[str, tuple[str, ...]], ...]  # (numerics described, its runs' ids)
+
+
+def mixed_numerics(settings: Sequence[Setting]) -> list[MixedBlock]:
+    """The blocks whose runs were evaluated under more than one numerics (module docstring)."""
+    blocks: dict[tuple, dict[Numerics, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for setting in settings:
+        fields = setting_fields(setting)
+        key = tuple(fields[name] for name in MARK_GROUP)
+        for run in setting.runs:
+            blocks[key][run_numerics(run)].append(run.run_id)
+    mixed = []
+    for key, found in blocks.items():
+        dtypes = {numerics.dtype for numerics in found}
+        dtype_only = not dtypes & set(HALF_PRECISION)
+        described: dict[str, list[str]] = defaultdict(list)
+        for numerics, runs in found.items():
+            described[numerics.describe(dtype_only)] += runs
+        if len(described) > 1:
+            words = ", ".join(_word(name, value) for name, value in zip(MARK_GROUP, key, strict=True) if value)
+            mixed.append(MixedBlock(words, tuple((text, tuple(sorted(runs))) for text, runs in sorted(described.items()))))
+    return mixed
+
+
+def _word(name: str, value) -> str:
+    return f"{value} per task" if name == "shots" else str(value)

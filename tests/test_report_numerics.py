@@ -1,0 +1,67 @@
+"""The report lists leaderboard blocks whose runs were evaluated under different numerics
+(reports/numerics.py): in bfloat16 the eval shapes, batch size and decode rows change answers at
+near-ties, so rows ranked against each other should share them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reports.site import build_report
+from tests.report_fixtures import MODEL, bbh, rid, write_run
+
+HEADING = "Rows ranked against each other whose runs were evaluated under different numerics"
+
+
+def _evaluated(folder: Path, dtype: str, **settings) -> None:
+    """Make a fixture run read as evaluated in ``dtype`` with these result settings."""
+    results = folder / "eval" / "results.json"
+    data = json.loads(results.read_text())
+    data["settings"] |= settings
+    results.write_text(json.dumps(data))
+    env = folder / "env.json"
+    env.write_text(json.dumps(json.loads(env.read_text()) | {"dtype": dtype}))
+
+
+def _store(tmp_path: Path, numerics: dict[int, tuple[str, dict]]) -> Path:
+    store = tmp_path / "store"
+    for number, method, seed in ((1, "lora", 0), (2, "lora", 1), (3, "metalora", 0)):
+        folder = write_run(store, rid(number), method=method, seed=seed, correct={"bbh": bbh(2, 2)})
+        dtype, settings = numerics[number]
+        _evaluated(folder, dtype, **settings)
+    return store
+
+
+STOCK = {"eval_backend": "fast", "eval_shapes": "stock", "batch_size": 64, "decode_rows": 64}
+FAST = {"eval_backend": "fast", "eval_shapes": "fast", "batch_size": 64, "decode_rows": 256}
+
+
+def test_a_block_with_runs_under_other_shapes_in_bfloat16_is_listed_with_its_runs(tmp_path):
+    store = _store(tmp_path, {1: ("bfloat16", STOCK), 2: ("bfloat16", FAST), 3: ("bfloat16", STOCK)})
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert HEADING in html
+    section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
+    assert f"{MODEL}, full, multitask, 50 per task:" in section
+    stock_line = section.split("bfloat16, backend fast, shapes stock, batch 64:")[1].split("</li>")[0]
+    fast_line = section.split("bfloat16, backend fast, shapes fast, batch 64, 256 rows generating together:")[1]
+    assert rid(1) in stock_line and rid(3) in stock_line and rid(2) not in stock_line
+    assert rid(2) in fast_line.split("</li>")[0]
+
+
+def test_runs_recorded_before_eval_shapes_read_as_the_fast_path(tmp_path):
+    before = {"eval_backend": "fast", "batch_size": 64, "decode_rows": 64}
+    store = _store(tmp_path, {1: ("bfloat16", STOCK), 2: ("bfloat16", before), 3: ("bfloat16", STOCK)})
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert "shapes fast (recorded before --eval-shapes existed), batch 64:" in html
+
+
+def test_same_numerics_or_float32_shapes_are_not_listed_but_a_dtype_is(tmp_path):
+    same = _store(tmp_path / "a", {1: ("bfloat16", STOCK), 2: ("bfloat16", STOCK), 3: ("bfloat16", STOCK)})
+    assert HEADING not in build_report(same, tmp_path / "a" / "site").read_text(encoding="utf-8")
+    # float32: other shapes and batches give the same answers to rounding; not a mixed block.
+    float32 = _store(tmp_path / "b", {1: ("float32", STOCK), 2: ("float32", FAST), 3: ("float32", STOCK)})
+    assert HEADING not in build_report(float32, tmp_path / "b" / "site").read_text(encoding="utf-8")
+    # A dtype that differs always is.
+    dtypes = _store(tmp_path / "c", {1: ("float32", STOCK), 2: ("bfloat16", STOCK), 3: ("float32", STOCK)})
+    html = build_report(dtypes, tmp_path / "c" / "site").read_text(encoding="utf-8")
+    assert HEADING in html and "bfloat16, backend fast, shapes stock, batch 64:" in html
