@@ -17,9 +17,10 @@ STORE ?= runs
 SITE ?= site
 # One process leaves an H200 mostly idle on a small model (its host-side work is the limit), so a GPU
 # host runs several sweep workers per GPU (with SmolLM2, 4 did 2.76x the runs per hour of 1: README,
-# Scale-out): 4 is safe for a 1.5B model (6 ran out of memory there);
-# SmolLM2-135M ran 8 on one H200 with 64-row decoding (README: Wall times on the GPU); decoding 256
-# rows together takes more memory per worker. Set WORKERS_PER_GPU to change it.
+# Scale-out). Stock eval shapes (the default) hold a batch's full-vocabulary logits, as lm-eval's HFLM
+# does: peak 15.8 GiB per worker for SmolLM2-135M's BBH-MC at batch 64, so 4 fit an H200; Qwen2.5-1.5B
+# peaked at 38.1 GiB there, so for it use 3, or --eval-batch-size 16 in SWEEP_FLAGS (README: Stock
+# shapes by default). Set WORKERS_PER_GPU to change it.
 WORKERS_PER_GPU ?= 4
 # On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
 SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),--gpus $(GPU_COUNT) --workers-per-gpu $(WORKERS_PER_GPU),--profile smoke)
