@@ -122,6 +122,7 @@ class FastLM(HFLM):
         self._splits_at_lines = splits_at_lines(self.tokenizer)
         self._token_texts: tuple[str, ...] | None | bool = False  # False: not read yet
         self._triggers: dict[str, Triggers | None] = {}
+        self._drops_full_mask: bool | None = None  # hf_generate_drops_full_mask's answer, once known
 
     # ----- tokenization -------------------------------------------------------------------------
 
@@ -469,12 +470,36 @@ class FastLM(HFLM):
             triggers=tuple(self._stop_triggers(stop) for stop in until),
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
-                                static=self.stock_shapes, decode_rows=self.decode_rows)
+                                static=self.stock_shapes, decode_rows=self.decode_rows,
+                                drop_full_mask=self.hf_generate_drops_full_mask() if self.stock_shapes else True)
         generated = decoder.run([encoded[i] for i in order], stopping)
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):
             texts[index] = postprocess_generated_text(self.tok_decode(tokens), until, None)
         return texts
+
+    def hf_generate_drops_full_mask(self) -> bool:
+        """Whether HF ``generate``, called as HFLM calls it, runs a batch without padding with no
+        attention mask (transformers 5.24) or with its all-ones mask (5.17): the two take different
+        attention kernels, so stock shapes must do what the installed version does. Found out
+        once, from one tiny greedy call on this model."""
+        if self._drops_full_mask is None:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            masks = []
+
+            def record(module, args, kwargs):
+                masks.append(kwargs.get("attention_mask"))
+
+            ids = torch.full((1, 2), self._pad_id, dtype=torch.long, device=self.device)
+            hook = base.register_forward_pre_hook(record, with_kwargs=True)
+            try:
+                with torch.no_grad():
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                        do_sample=False, pad_token_id=self._pad_id, use_cache=True)
+            finally:
+                hook.remove()
+            self._drops_full_mask = bool(masks) and masks[0] is None
+        return self._drops_full_mask
 
     def _stop_triggers(self, stop: str) -> Triggers | None:
         """``eval_tasks/stops.py``: which tokens make the stop check decode (once per stop string)."""

@@ -76,7 +76,7 @@ class _Batch:
     logits: torch.Tensor  # [rows, vocab] scores of each row's next token
     prompts: list[int]  # prompt index of each row
     done: list[bool]
-    unmasked: bool = False  # no padding anywhere: the model gets no mask at all (as HF generate does)
+    unmasked: bool = False  # no padding anywhere and the mask dropped: the model gets none (as HF generate may)
 
 
 class GreedyDecoder:
@@ -84,7 +84,8 @@ class GreedyDecoder:
     time, at most ``decode_rows`` rows decoding together (module docstring)."""
 
     def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
-                 decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES) -> None:
+                 decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES,
+                 drop_full_mask: bool = True) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -96,6 +97,10 @@ class GreedyDecoder:
         # Static batches keep HFLM's shapes, so they decode exactly the rows they prefilled.
         self.decode_rows = rows if static else decoding_rows(rows, decode_rows)
         self.cache_bytes = cache_bytes
+        # Static batches: whether a chunk without padding runs with no mask at all. HF generate drops
+        # an all-ones mask in some transformers versions and passes it in others (which changes the
+        # attention kernel, and so bfloat16 rounding); the caller says what the installed one does.
+        self.drop_full_mask = drop_full_mask
         self._cache_token_bytes: float | None = None
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
@@ -125,7 +130,8 @@ class GreedyDecoder:
         marks = _marks(prompts, stopping)
         eos = torch.tensor(sorted(stopping.eos), dtype=torch.long, device=self.device)
         for start in range(0, len(prompts), self.rows):
-            batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))), drop_full_mask=True)
+            batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))),
+                                  drop_full_mask=self.drop_full_mask)
             # What HF generate feeds each row: its greedy token, EOS included, then padding after an
             # EOS. lm-eval's stop strings end no single row (its criterion answers for the batch),
             # so a row done by a stop string goes on with its greedy tokens, which nobody reads.
