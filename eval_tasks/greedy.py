@@ -18,9 +18,11 @@ rows, prompts join only while the cache the rows will need by their last token s
 
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
 each chunk prefilled at once and decoded until its last row is done, each row fed what HF
-``generate`` under lm-eval feeds it (its greedy tokens, padding after an EOS). Every forward then has the very shapes of HFLM's, so in bfloat16, where a
-different batch or padding width changes rounding and so can flip a near-tie of the argmax, it
-reproduces HFLM's generations; it gives up the refilling, not the cheaper loop.
+``generate`` under lm-eval feeds it (its greedy tokens, padding after an EOS), a chunk without
+padding masked or not as the installed transformers' ``generate`` does. Every forward then has the
+very shapes of HFLM's, so in bfloat16, where a different batch or padding width changes rounding
+and so can flip a near-tie of the argmax, it reproduces HFLM's generations; it gives up the
+refilling, not the cheaper loop.
 
 Layout: all rows share one cache whose columns are aligned on the right (the newest token of every
 row is in the last column); a row's own tokens are preceded by masked padding. New rows are

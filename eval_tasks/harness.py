@@ -88,7 +88,8 @@ class EvalOptions:
         the stock backend, whose static batches are the batch size."""
         if self.backend != "fast":
             return None
-        if self.batch_size == "auto" or self.shapes == "stock":  # stock shapes: HFLM's static batches  # known only once FastLM has probed it
+        # Stock shapes generate in HFLM's static batches; "auto" is known only once FastLM has probed it.
+        if self.batch_size == "auto" or self.shapes == "stock":
             return self.batch_size
         return decoding_rows(self.batch_size, self.decode_rows)
 
