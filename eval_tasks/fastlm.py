@@ -240,6 +240,7 @@ class FastLM(HFLM):
             query_id = prefix.queries.setdefault(query, len(prefix.queries))
             plan.append((prefix, query_id, continuation))
 
+        continuations = [continuation for _, _, continuation in requests]
         by_query: dict[tuple[int, int], list[int]] = {}
         for index, (prefix, query_id, _) in enumerate(plan):
             by_query.setdefault((id(prefix), query_id), []).append(index)
@@ -266,7 +267,7 @@ class FastLM(HFLM):
             members = [by_query[(id(prefix), 0)] for prefix in batch]
             # Left padding: a query's logits are the last len(query) of the kept positions.
             offsets = [logits.shape[1] - len(query) for query in queries]
-            for group, answers in zip(members, _score(logits, members, plan, offsets), strict=True):
+            for group, answers in zip(members, _score(logits, members, continuations, offsets), strict=True):
                 record(group, answers)
 
         shared.sort(key=lambda p: (-len(p.tokens), p.tokens))
@@ -287,7 +288,7 @@ class FastLM(HFLM):
                 )
                 members = [group for _, _, group in chunk]
                 for group, answers in zip(
-                    members, _score(logits, members, plan, [0] * len(chunk)), strict=True
+                    members, _score(logits, members, continuations, [0] * len(chunk)), strict=True
                 ):
                     record(group, answers)
         return results
@@ -531,75 +532,73 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _score(
-    logits: torch.Tensor, members: list[list[int]], plan: list, offsets: list[int]
-) -> list[list[tuple[float, bool]]]:
-    """(sum of log-probabilities, greedy?) of each continuation: ``members[r]`` are the requests
-    read from logits row ``r``, whose continuation's first token is scored at position
-    ``offsets[r]``. The log-softmax runs only at the scored positions, in float32."""
-    rows, positions, targets, owners = [], [], [], []
+def _scored_positions(
+    logits: torch.Tensor, members: list[list[int]], continuations: Sequence, offsets: list[list[int]]
+) -> tuple[torch.Tensor, ...]:
+    """What scoring reads from ``logits``: ``members[r]`` are the requests read from row ``r``,
+    request ``members[r][k]``'s continuation scored from position ``offsets[r][k]`` on. Returns
+    the logits rows of the scored positions (each (row, position) once, however many requests
+    read it) and, per scored token, its index into them, its target, its request (numbered in
+    ``members`` order) and its place in that request's continuation."""
+    rows, positions, targets, owners, slots = [], [], [], [], []
     request = 0
-    for row, (group, offset) in enumerate(zip(members, offsets, strict=True)):
-        for index in group:
-            continuation = plan[index][2]
-            rows += [row] * len(continuation)
-            positions += range(offset, offset + len(continuation))
-            targets += continuation
-            owners += [request] * len(continuation)
-            request += 1
-    device = logits.device
-    rows_t = torch.tensor(rows, device=device)
-    positions_t = torch.tensor(positions, device=device)
-    # Each (row, position) is selected once, however many requests read it.
-    unique, inverse = torch.unique(rows_t * logits.shape[1] + positions_t, return_inverse=True)
-    selected = logits.reshape(-1, logits.shape[-1]).index_select(0, unique).float()
-    log_probs = F.log_softmax(selected, dim=-1)
-    greedy_tokens = selected.argmax(dim=-1)
-    targets_t = torch.tensor(targets, device=device)
-    token_log_probs = log_probs[inverse, targets_t]
-    misses = (greedy_tokens[inverse] != targets_t).long()
-    owners_t = torch.tensor(owners, device=device)
-    sums = torch.zeros(request, dtype=torch.float32, device=device).index_add_(0, owners_t, token_log_probs)
-    missed = torch.zeros(request, dtype=torch.long, device=device).index_add_(0, owners_t, misses)
-    answers = [(float(value), miss == 0) for value, miss in zip(sums.tolist(), missed.tolist(), strict=True)]
-    out, start = [], 0
-    for group in members:
-        out.append(answers[start : start + len(group)])
-        start += len(group)
-    return out
-
-
-def _score_as_stock(
-    logits: torch.Tensor, members: list[list[int]], continuations: list, offsets: list[list[int]], softmax_dtype
-) -> list[list[tuple[float, bool]]]:
-    """HFLM's (sum, greedy?) of each continuation, in its dtypes: ``members[r]`` are the requests
-    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``."""
-    rows, positions, targets, lengths = [], [], [], []
     for row, (group, starts) in enumerate(zip(members, offsets, strict=True)):
         for index, offset in zip(group, starts, strict=True):
             continuation = continuations[index]
             rows += [row] * len(continuation)
             positions += range(offset, offset + len(continuation))
             targets += continuation
-            lengths.append(len(continuation))
+            owners += [request] * len(continuation)
+            slots += range(len(continuation))
+            request += 1
     device = logits.device
     flat = torch.tensor(rows, device=device) * logits.shape[1] + torch.tensor(positions, device=device)
     unique, inverse = torch.unique(flat, return_inverse=True)
-    log_probs = F.log_softmax(logits.reshape(-1, logits.shape[-1]).index_select(0, unique), dim=-1, dtype=softmax_dtype)
-    targets_t = torch.tensor(targets, device=device)
-    misses = log_probs.argmax(dim=-1)[inverse] != targets_t
-    # One row per request, its token log-probabilities then zeros: a sum per row in the values'
-    # dtype, as HFLM's torch.sum over the request's own tokens.
-    slots = torch.tensor([slot for length in lengths for slot in range(length)], device=device)
-    request_of = torch.tensor([r for r, length in enumerate(lengths) for _ in range(length)], device=device)
-    table = torch.zeros((len(lengths), max(lengths)), dtype=log_probs.dtype, device=device)
-    table[request_of, slots] = log_probs[inverse, targets_t]
-    missed = torch.zeros((len(lengths), max(lengths)), dtype=torch.bool, device=device)
-    missed[request_of, slots] = misses
-    sums, greedy = table.sum(dim=1).tolist(), (~missed.any(dim=1)).tolist()
-    answers = [(float(value), bool(flag)) for value, flag in zip(sums, greedy, strict=True)]
+    selected = logits.reshape(-1, logits.shape[-1]).index_select(0, unique)
+    return (selected, inverse, *(torch.tensor(values, device=device) for values in (targets, owners, slots)))
+
+
+def _per_group(answers: list[tuple[float, bool]], members: list[list[int]]) -> list[list[tuple[float, bool]]]:
     out, start = [], 0
     for group in members:
         out.append(answers[start : start + len(group)])
         start += len(group)
     return out
+
+
+def _score(
+    logits: torch.Tensor, members: list[list[int]], continuations: Sequence, offsets: list[int]
+) -> list[list[tuple[float, bool]]]:
+    """(sum of log-probabilities, greedy?) of each continuation: ``members[r]`` are the requests
+    read from logits row ``r``, whose continuation's first token is scored at position
+    ``offsets[r]``. The log-softmax runs only at the scored positions, in float32."""
+    starts = [[offset] * len(group) for group, offset in zip(members, offsets, strict=True)]
+    selected, inverse, targets, owners, _ = _scored_positions(logits, members, continuations, starts)
+    selected = selected.float()
+    token_log_probs = F.log_softmax(selected, dim=-1)[inverse, targets]
+    misses = (selected.argmax(dim=-1)[inverse] != targets).long()
+    requests = sum(map(len, members))
+    sums = torch.zeros(requests, dtype=torch.float32, device=logits.device).index_add_(0, owners, token_log_probs)
+    missed = torch.zeros(requests, dtype=torch.long, device=logits.device).index_add_(0, owners, misses)
+    answers = [(float(value), miss == 0) for value, miss in zip(sums.tolist(), missed.tolist(), strict=True)]
+    return _per_group(answers, members)
+
+
+def _score_as_stock(
+    logits: torch.Tensor, members: list[list[int]], continuations: Sequence, offsets: list[list[int]], softmax_dtype
+) -> list[list[tuple[float, bool]]]:
+    """HFLM's (sum, greedy?) of each continuation, in its dtypes: ``members[r]`` are the requests
+    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``."""
+    selected, inverse, targets, owners, slots = _scored_positions(logits, members, continuations, offsets)
+    log_probs = F.log_softmax(selected, dim=-1, dtype=softmax_dtype)
+    misses = log_probs.argmax(dim=-1)[inverse] != targets
+    # One row per request, its token log-probabilities then zeros: a sum per row in the values'
+    # dtype, as HFLM's torch.sum over the request's own tokens.
+    longest = max(len(continuations[index]) for group in members for index in group)
+    table = torch.zeros((sum(map(len, members)), longest), dtype=log_probs.dtype, device=logits.device)
+    table[owners, slots] = log_probs[inverse, targets]
+    missed = torch.zeros(table.shape, dtype=torch.bool, device=logits.device)
+    missed[owners, slots] = misses
+    sums, greedy = table.sum(dim=1).tolist(), (~missed.any(dim=1)).tolist()
+    answers = [(float(value), bool(flag)) for value, flag in zip(sums, greedy, strict=True)]
+    return _per_group(answers, members)
