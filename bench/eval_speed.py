@@ -8,12 +8,15 @@ are given for stock HFLM against itself at another batch size (``--noise-batch-s
 half): the noise floor, what a batch-shape change alone does in bfloat16. "fast" is FastLM with
 free shapes (``--eval-shapes fast``: shared prefixes, float32 scoring, a refilled generation
 batch); every benchmark also runs FastLM with stock shapes (``stock_shapes``, a run's default),
-whose forwards are HFLM's, and its answers are compared with HFLM's. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
+whose forwards are HFLM's, and its answers are compared with HFLM's; log-likelihood benchmarks
+also run stock shapes with the output layer at the scored positions only (``fast_stock_scored``,
+``--eval-shapes stock-scored``), with its peak memory. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
 lm-eval's token pairs, stock against fast, and whether the pairs are identical): on a GPU that is
 most of MMLU's time, and ``--tokenization-only`` measures just that, without the model, on a CPU.
 With ``--end-to-end`` it also times the whole ``eval_tasks.harness.evaluate`` call (task building
 included) for the stock backend, then the fast backend with stock shapes with an empty task
-cache and again with the cache filled, then with free shapes (cache filled). A summary line gives the items/s ratio (fast / stock) per benchmark. A JSON of all
+cache and again with the cache filled, then ``--eval-shapes stock-scored`` and free shapes (cache
+filled). A summary line gives the items/s ratio (fast / stock) per benchmark. A JSON of all
 figures (with the load average) goes to ``--out``.
 
     python bench/eval_speed.py --benchmarks mmlu,bbh_mc --limit 1 --device cpu --dtype float32   # CPU
@@ -178,15 +181,24 @@ def compare_encoding(requests, stock, make_fast) -> dict:
             "speedup": stock_s / fast_s, "pairs_identical": same / len(pairs)}  # fmt: skip
 
 
+# FastLM variants whose forwards are HFLM's (``--eval-shapes stock``), each timed and compared with stock.
+STOCK_SHAPED_LABELS = {
+    "fast_stock_shapes": "fast with stock shapes",
+    "fast_stock_scored": "stock shapes, logits at scored positions",
+}
+
+
 def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1,
-                     other_batch=None, stock_shaped=None) -> dict:
+                     other_batch=None, stock_shaped: dict | None = None) -> dict:
     """Stock and fast alternately ``repeat`` times (median seconds: a shared machine is noisy);
     each fast run starts with an empty tokenization memo, as the first run of a worker does.
 
     ``other_batch`` (stock HFLM at another batch size) measures the noise floor: how often the
     stock path disagrees with itself when only the batch shapes change. ``stock_shaped`` (makes a
     FastLM with ``stock_shapes``: HFLM's forwards; an empty memo, as fast's) shows its speed and what is left of the
-    differences when the shapes are HFLM's."""
+    differences when the shapes are HFLM's; ``stock_shaped`` maps a label of ``STOCK_SHAPED_LABELS``
+    to a factory, ``fast_stock_scored`` being stock shapes with the output layer applied at the
+    scored positions only (``scored_logits``; log-likelihood benchmarks only)."""
     kind = requests[0].request_type
     method = "loglikelihood" if kind == "loglikelihood" else "generate_until"
     kwargs = {"disable_tqdm": True}
@@ -238,18 +250,21 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
         print(f"{'':>10} noise floor, stock batch {stock.batch_size} vs stock batch {other_batch.batch_size}: "
               f"{_describe(floor)} (fast vs the latter: {_describe(figures['noise_floor']['fast_vs_stock'])})",
               flush=True)
-    if stock_shaped is not None:
-        getattr(stock_shaped(), method)(requests[:2], **kwargs)  # warm-up, as the others had
-        shaped = stock_shaped()
-        answers, seconds, peak = _timed(device, lambda: getattr(shaped, method)(requests, **kwargs))
-        figures["fast_stock_shapes"] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak,
-                                        "speedup": stock_s / seconds}  # fmt: skip
-        figures["fast_stock_shapes"] |= agreement(method, requests, stock_answers, answers)
+    for label, make in (stock_shaped or {}).items():
+        if method != "loglikelihood" and label != "fast_stock_shapes":
+            continue  # the scored-logits variant differs from plain stock shapes in log-likelihoods only
+        getattr(make(), method)(requests[:2], **kwargs)  # warm-up, as the others had
+        shaped = make()
+        answers, seconds, peak = _timed(device, lambda shaped=shaped: getattr(shaped, method)(requests, **kwargs))
+        figures[label] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak,
+                          "speedup": stock_s / seconds}  # fmt: skip
+        figures[label] |= agreement(method, requests, stock_answers, answers)
         if method == "loglikelihood":
-            figures["fast_stock_shapes"]["answers_identical"] = sum(
+            figures[label]["answers_identical"] = sum(
                 a == b for a, b in zip(stock_answers, answers, strict=True)) / len(requests)  # fmt: skip
-        print(f"{'':>10} fast with stock shapes: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f} | "
-              f"vs stock: {_describe(figures['fast_stock_shapes'])}", flush=True)
+        memory = f" | peak {peak / 2**30:.1f} GiB (stock {stock_peak / 2**30:.1f})" if peak else ""
+        print(f"{'':>10} {STOCK_SHAPED_LABELS[label]}: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f}"
+              f"{memory} | vs stock: {_describe(figures[label])}", flush=True)
     return figures
 
 
@@ -263,6 +278,7 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
         ("stock", "hflm", "stock", None),
         ("stock_shapes_cold", "fast", "stock", cache),
         ("stock_shapes_warm", "fast", "stock", cache),
+        ("stock_scored_warm", "fast", "stock-scored", cache),
         ("fast_warm", "fast", "fast", cache),
     ):
         result, seconds, peak = _timed(
@@ -279,10 +295,11 @@ def end_to_end(model, tokenizer, benchmarks, root, args, device: str) -> dict:
             f"end to end {label:>9}: {items} items in {seconds:8.2f} s = {items / seconds:9.2f} items/s",
             flush=True,
         )
-    for label in ("stock_shapes_cold", "stock_shapes_warm", "fast_warm"):
+    for label in ("stock_shapes_cold", "stock_shapes_warm", "stock_scored_warm", "fast_warm"):
         figures[f"speedup_{label}"] = figures["stock"]["seconds"] / figures[label]["seconds"]
     print(f"end to end speed-up, stock shapes: x{figures['speedup_stock_shapes_cold']:.2f} cold cache, "
-          f"x{figures['speedup_stock_shapes_warm']:.2f} warm; free shapes, warm: x{figures['speedup_fast_warm']:.2f}")
+          f"x{figures['speedup_stock_shapes_warm']:.2f} warm, x{figures['speedup_stock_scored_warm']:.2f} warm with "
+          f"scored logits; free shapes, warm: x{figures['speedup_fast_warm']:.2f}")
     return figures
 
 
@@ -330,8 +347,10 @@ def main() -> None:
     print(f"fast tokenization: options from the context's last line: {'yes' if split else 'no (this tokenizer)'}")
     noise_batch = args.batch_size // 2 if args.noise_batch_size is None else args.noise_batch_size
     other_batch = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=noise_batch) if noise_batch >= 1 else None
-    stock_shaped = None if args.no_stock_shapes else (
-        lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True))
+    stock_shaped = {} if args.no_stock_shapes else {
+        "fast_stock_shapes": lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True),
+        "fast_stock_scored": lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True, scored_logits=True),
+    }
 
     cache = TaskCache()
     results = {}

@@ -39,7 +39,10 @@ shapes instead, keeping the rest (tokenization memo, cached tasks, batched scori
 transfer per batch, the cheaper decoding loop). Log-likelihood: HFLM's batches (its grouping and
 order), each input right-padded with zeros and run without a mask through HFLM's ``_model_call``;
 the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
-sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, decoded
+sums as HFLM's ``torch.sum``. With ``scored_logits`` as well (``--eval-shapes stock-scored``), the
+model's output layer runs only at the positions a batch scores (one list of positions for all its
+rows, transformers' ``logits_to_keep``), so a batch never holds every position's full-vocabulary
+logits; everything below the output layer gets HFLM's input unchanged. Generation: HFLM's static batches (same order, same chunks, decoded
 until the chunk's last row is done, each row fed what HF ``generate`` under lm-eval feeds it). Tests hold the forwards equal call by call and the answers
 equal bit for bit, in float32 and bfloat16, on a CPU.
 
@@ -108,6 +111,7 @@ class FastLM(HFLM):
         *,
         encodings: dict | None = None,
         stock_shapes: bool = False,
+        scored_logits: bool = False,
         vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
         decode_rows: int | None = None,
         **hflm_options,
@@ -116,6 +120,8 @@ class FastLM(HFLM):
         self._encodings = {} if encodings is None else encodings
         self._vocabulary_texts = vocabulary_texts or (lambda: token_texts(self.tokenizer))
         self.stock_shapes = stock_shapes  # every forward gets HFLM's shapes (module docstring)
+        # With stock shapes: the output layer runs only at the positions a batch scores (module docstring).
+        self.scored_logits = scored_logits
         self.decode_rows = decode_rows  # rows decoded together (eval_tasks/greedy.py); None: the batch size
         self._auto_batch: int | None = None
         self._cache_keyword = _cache_keyword(self.model)
@@ -323,16 +329,40 @@ class FastLM(HFLM):
             ids = torch.zeros((len(batch), max(map(len, inputs))), dtype=torch.long)  # HFLM pads with 0
             for row, tokens in enumerate(inputs):
                 ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            logits = self._model_call(ids.to(self.device))
             # A continuation is scored at the last len(continuation) positions of its input.
             offsets = [[len(tokens) - len(continuations[i]) for i in group] for tokens, group in zip(inputs, batch)]
-            answers = _score_as_stock(logits, batch, continuations, offsets, getattr(self, "softmax_dtype", None))
+            if self.scored_logits:
+                kept = sorted({position for group, starts in zip(batch, offsets) for index, start in zip(group, starts)
+                               for position in range(start, start + len(continuations[index]))})  # fmt: skip
+                logits = self._model_call_at(ids.to(self.device), kept)
+                columns = torch.zeros(ids.shape[1], dtype=torch.long)
+                columns[kept] = torch.arange(len(kept))
+            else:
+                logits, columns = self._model_call(ids.to(self.device)), None
+            answers = _score_as_stock(
+                logits, batch, continuations, offsets, getattr(self, "softmax_dtype", None), columns
+            )
             for group, group_answers in zip(batch, answers, strict=True):
                 for index, answer in zip(group, group_answers, strict=True):
                     results[index] = answer
                     if requests[index][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
         return results
+
+    def _model_call_at(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """HFLM's ``_model_call`` with the output layer applied at ``positions`` (the same for every
+        row) only, through transformers' ``logits_to_keep``: logits (rows, len(positions), vocab).
+        The network below the output layer sees HFLM's input unchanged."""
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
+        ):
+            keep = torch.tensor(positions, dtype=torch.long, device=ids.device)
+            return self.model(ids, logits_to_keep=keep).logits
 
     def _run_sequences(self, sequences: list[tuple[int, ...]], queries: list[tuple[int, ...]]):
         """Logits at the last (longest query) positions of left-padded whole sequences."""
@@ -533,10 +563,15 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _scored_positions(
-    logits: torch.Tensor, members: list[list[int]], continuations: Sequence, offsets: list[list[int]]
+    logits: torch.Tensor,
+    members: list[list[int]],
+    continuations: Sequence,
+    offsets: list[list[int]],
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """What scoring reads from ``logits``: ``members[r]`` are the requests read from row ``r``,
-    request ``members[r][k]``'s continuation scored from position ``offsets[r][k]`` on. Returns
+    request ``members[r][k]``'s continuation scored from position ``offsets[r][k]`` on; position
+    ``p`` is ``logits[:, columns[p]]`` (without ``columns``, ``logits[:, p]``). Returns
     the logits rows of the scored positions (each (row, position) once, however many requests
     read it) and, per scored token, its index into them, its target, its request (numbered in
     ``members`` order) and its place in that request's continuation."""
@@ -552,7 +587,10 @@ def _scored_positions(
             slots += range(len(continuation))
             request += 1
     device = logits.device
-    flat = torch.tensor(rows, device=device) * logits.shape[1] + torch.tensor(positions, device=device)
+    positions = torch.tensor(positions, dtype=torch.long)
+    if columns is not None:
+        positions = columns[positions]
+    flat = torch.tensor(rows, device=device) * logits.shape[1] + positions.to(device)
     unique, inverse = torch.unique(flat, return_inverse=True)
     selected = logits.reshape(-1, logits.shape[-1]).index_select(0, unique)
     return (selected, inverse, *(torch.tensor(values, device=device) for values in (targets, owners, slots)))
@@ -585,11 +623,17 @@ def _score(
 
 
 def _score_as_stock(
-    logits: torch.Tensor, members: list[list[int]], continuations: Sequence, offsets: list[list[int]], softmax_dtype
+    logits: torch.Tensor,
+    members: list[list[int]],
+    continuations: Sequence,
+    offsets: list[list[int]],
+    softmax_dtype,
+    columns: torch.Tensor | None = None,
 ) -> list[list[tuple[float, bool]]]:
     """HFLM's (sum, greedy?) of each continuation, in its dtypes: ``members[r]`` are the requests
-    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``."""
-    selected, inverse, targets, owners, slots = _scored_positions(logits, members, continuations, offsets)
+    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``
+    (read through ``columns`` as in ``_scored_positions``)."""
+    selected, inverse, targets, owners, slots = _scored_positions(logits, members, continuations, offsets, columns)
     log_probs = F.log_softmax(selected, dim=-1, dtype=softmax_dtype)
     misses = log_probs.argmax(dim=-1)[inverse] != targets
     # One row per request, its token log-probabilities then zeros: a sum per row in the values'

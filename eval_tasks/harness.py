@@ -14,7 +14,11 @@ The fast backend's shapes (``settings.eval_shapes``): ``stock`` (default) gives 
 shapes HFLM gives it (log-likelihood inputs in HFLM's batches, right-padded, no mask; generation
 in HFLM's static batches), so its answers are stock lm-eval's in bfloat16 too; ``fast`` shares
 prompt prefixes, scores in float32 and refills the generation batch (``decode_rows``): faster,
-the same answers in float32, different ones at bfloat16 near-ties.
+the same answers in float32, different ones at bfloat16 near-ties. ``stock-scored`` is ``stock``
+with the output layer applied only at the positions a log-likelihood batch scores (through
+transformers' ``logits_to_keep``): the network below it gets HFLM's inputs unchanged, only the
+output layer's matrix product has fewer rows, and the full-vocabulary logits of every position are
+never held (README, "Stock shapes by default", has what it changes and what it measured).
 
 Order of work, so that a mistake costs nothing and a failure leaves nothing half-written:
 names and options are checked, the data files are located and hashed, then every benchmark is
@@ -89,7 +93,7 @@ class EvalOptions:
         if self.backend != "fast":
             return None
         # Stock shapes generate in HFLM's static batches; "auto" is known only once FastLM has probed it.
-        if self.batch_size == "auto" or self.shapes == "stock":
+        if self.batch_size == "auto" or EVAL_SHAPES[self.shapes].get("stock_shapes"):
             return self.batch_size
         return decoding_rows(self.batch_size, self.decode_rows)
 
@@ -300,7 +304,7 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     cache = context.task_cache
     lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
                 vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows,
-                stock_shapes=options.shapes == "stock")  # fmt: skip
+                **EVAL_SHAPES[options.shapes])  # fmt: skip
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")
@@ -328,7 +332,12 @@ def _task_key(
 
 
 # Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
-EVAL_SHAPES = ("stock", "fast")
+# Registry of the fast backend's shapes: name -> FastLM's options for them (module docstring).
+EVAL_SHAPES: Mapping[str, Mapping[str, bool]] = MappingProxyType({
+    "stock": MappingProxyType({"stock_shapes": True}),
+    "stock-scored": MappingProxyType({"stock_shapes": True, "scored_logits": True}),
+    "fast": MappingProxyType({}),
+})
 EVAL_BACKENDS: Mapping[str, Callable[..., RunBenchmark]] = MappingProxyType(
     {"fast": _fast_backend, "hflm": _stock_backend}
 )

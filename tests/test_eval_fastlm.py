@@ -148,6 +148,34 @@ def test_stock_shaped_loglikelihoods_are_stock_hflms_bit_for_bit(model, tokenize
     assert got == expected
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("batch_size", [1, 7, 16])
+def test_scored_logits_keep_stock_hflms_inputs_and_answers(model, tokenizer, loglikelihood_requests, dtype,
+                                                           batch_size):
+    """``scored_logits`` (``--eval-shapes stock-scored``): the same input ids as HFLM call by call,
+    the output layer at the scored positions only, and on this CPU HFLM's answers bit for bit."""
+    import copy
+
+    import torch
+
+    requests = loglikelihood_requests
+    typed = copy.deepcopy(model).to(getattr(torch, dtype))
+    stock, fast = _lms(typed, tokenizer, batch_size)
+    fast.stock_shapes = fast.scored_logits = True
+    expected, got, kept = [], [], []
+    stock_calls = _recorded_calls(typed, lambda: expected.extend(stock.loglikelihood(requests, disable_tqdm=True)))
+    hook = typed.register_forward_pre_hook(lambda _, args, kwargs: kept.append(kwargs["logits_to_keep"]),
+                                           with_kwargs=True)  # fmt: skip
+    try:
+        our_calls = _recorded_calls(typed, lambda: got.extend(fast.loglikelihood(requests)))
+    finally:
+        hook.remove()
+    _assert_same_calls(our_calls, stock_calls)
+    # Every call kept fewer positions than it ran (MMLU's one-token options: one or a few per batch).
+    assert len(kept) == len(our_calls) and all(len(keep) < ids.shape[1] for keep, (ids, _, _) in zip(kept, our_calls))
+    assert got == expected
+
+
 def test_stock_shaped_loglikelihoods_hold_under_left_truncation(model, tokenizer, manager):
     requests = _requests(manager, {"mlbench_bbh_mc_date_understanding": 2, "mlbench_mmlu_anatomy": 2})
     stock, fast = _lms(model, tokenizer, 4, max_length=64)
@@ -282,12 +310,12 @@ def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, to
         (backend, shapes): evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=3, batch_size=4,
                                     max_gen_tokens=8, subtasks=subtasks, output_dir=tmp_path / f"{backend}-{shapes}",
                                     eval_backend=backend, eval_shapes=shapes, decode_rows=6)
-        for backend, shapes in (("hflm", "stock"), ("fast", "stock"), ("fast", "fast"))
+        for backend, shapes in (("hflm", "stock"), ("fast", "stock"), ("fast", "stock-scored"), ("fast", "fast"))
     }  # fmt: skip
     stock = results["hflm", "stock"]
     assert stock.settings["eval_backend"] == "hflm" and stock.settings["eval_shapes"] is None
     assert stock.settings["decode_rows"] is None
-    for shapes, rows in (("stock", 4), ("fast", 6)):  # stock shapes generate in HFLM's batches of 4
+    for shapes, rows in (("stock", 4), ("stock-scored", 4), ("fast", 6)):  # stock shapes: HFLM's batches of 4
         fast = results["fast", shapes]
         assert fast.settings["eval_backend"] == "fast" and fast.settings["eval_shapes"] == shapes
         assert fast.settings["decode_rows"] == rows

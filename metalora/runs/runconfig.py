@@ -129,8 +129,9 @@ class ExecutionOptions:
     # Which forwards compute those answers; in float32 the same answers, in bfloat16 stock's own only with
     # "stock" (eval_tasks/harness.py). Recorded in eval/results.json and env.json.
     eval_shapes: str = option(
-        "stock", "stock (every forward gets lm-eval HFLM's shapes: its answers, in bfloat16 too) | fast (shared "
-                 "prefixes, float32 scoring, --eval-decode-rows refilling: faster, differs at bfloat16 near-ties)."
+        "stock", "stock (every forward gets lm-eval HFLM's shapes: its answers, in bfloat16 too) | stock-scored "
+                 "(stock, the output layer only at scored positions: less memory) | fast (shared prefixes, float32 "
+                 "scoring, --eval-decode-rows refilling: faster, differs at bfloat16 near-ties)."
     )
     log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
@@ -188,7 +189,9 @@ class ExecutionOptions:
         """Rows generating together on ``device``: the ones given, else the device's default
         (None on a CPU: the evaluation batch size); stock shapes generate in HFLM's batches of the
         batch size, so none."""
-        if self.eval_shapes == "stock":
+        from eval_tasks.harness import EVAL_SHAPES
+
+        if EVAL_SHAPES[self.eval_shapes].get("stock_shapes"):
             return None
         if self.eval_decode_rows is not None:
             return self.eval_decode_rows
