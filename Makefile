@@ -19,8 +19,9 @@ SITE ?= site
 # host runs several sweep workers per GPU (with SmolLM2, 4 did 2.76x the runs per hour of 1: README,
 # Scale-out). Stock eval shapes (the default) hold a batch's full-vocabulary logits, as lm-eval's HFLM
 # does: peak 15.8 GiB per worker for SmolLM2-135M's BBH-MC at batch 64, so 4 fit an H200; Qwen2.5-1.5B
-# peaked at 38.1 GiB there, so for it use 3, or --eval-batch-size 16 in SWEEP_FLAGS (README: Stock
-# shapes by default). Set WORKERS_PER_GPU to change it.
+# peaked at 38.1 GiB there, so for it use 3, or --eval-shapes stock-scored in SWEEP_FLAGS (the output
+# layer only at scored positions: 9.8 GiB there, answers measured identical; README: Stock shapes by
+# default). Set WORKERS_PER_GPU to change it.
 WORKERS_PER_GPU ?= 4
 # On a machine without a GPU the full protocol would take days: sweeps run the smoke profile.
 SWEEP_FLAGS ?= --store $(STORE) $(if $(HAS_GPU),--gpus $(GPU_COUNT) --workers-per-gpu $(WORKERS_PER_GPU),--profile smoke)
