@@ -331,13 +331,13 @@ def _task_key(
     return TaskKey.make(spec.name, names, root, files, options.limit, options.gen_kwargs(spec))
 
 
-# Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
 # Registry of the fast backend's shapes: name -> FastLM's options for them (module docstring).
 EVAL_SHAPES: Mapping[str, Mapping[str, bool]] = MappingProxyType({
     "stock": MappingProxyType({"stock_shapes": True}),
     "stock-scored": MappingProxyType({"stock_shapes": True, "scored_logits": True}),
     "fast": MappingProxyType({}),
 })
+# Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
 EVAL_BACKENDS: Mapping[str, Callable[..., RunBenchmark]] = MappingProxyType(
     {"fast": _fast_backend, "hflm": _stock_backend}
 )
