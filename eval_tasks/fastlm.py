@@ -355,17 +355,10 @@ class FastLM(HFLM):
     def _model_call_at(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """HFLM's ``_model_call`` with the output layer applied at ``positions`` (the same for every
         row) only, through transformers' ``logits_to_keep``: logits (rows, len(positions), vocab).
-        The network below the output layer sees HFLM's input unchanged."""
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                device_type=self.device.type,
-                dtype=self.mixed_precision_dtype,
-                enabled=self.mixed_precision_dtype is not None,
-            ),
-        ):
-            keep = torch.tensor(positions, dtype=torch.long, device=ids.device)
-            return self.model(ids, logits_to_keep=keep).logits
+        The network below the output layer sees HFLM's input unchanged (``use_cache`` the model's
+        default, as HFLM leaves it)."""
+        keep = torch.tensor(positions, dtype=torch.long, device=ids.device)
+        return self._forward(ids, use_cache=None, logits_to_keep=keep).logits
 
     def _run_sequences(self, sequences: list[tuple[int, ...]], queries: list[tuple[int, ...]]):
         """Logits at the last (longest query) positions of left-padded whole sequences."""
@@ -386,7 +379,7 @@ class FastLM(HFLM):
         )
         return outputs.logits
 
-    def _forward(self, input_ids, **kwargs):
+    def _forward(self, input_ids, use_cache: bool | None = True, **kwargs):
         with (
             torch.no_grad(),
             torch.autocast(
@@ -397,7 +390,7 @@ class FastLM(HFLM):
         ):
             if "past_key_values" in kwargs:
                 kwargs[self._cache_keyword] = kwargs.pop("past_key_values")
-            return self.model(input_ids=input_ids, use_cache=True, **kwargs)
+            return self.model(input_ids=input_ids, use_cache=use_cache, **kwargs)
 
     def _run_prefixes(self, prefixes: Sequence[Sequence[int]]):
         """One forward over right-padded prefixes; returns their key/value cache.
