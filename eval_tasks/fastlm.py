@@ -40,9 +40,11 @@ transfer per batch, the cheaper decoding loop). Log-likelihood: HFLM's batches (
 order), each input right-padded with zeros and run without a mask through HFLM's ``_model_call``;
 the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
 sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, decoded
-until the chunk's last row is done, each row fed what HF ``generate`` under lm-eval feeds it).
-Tests hold the forwards equal call by call and the answers equal bit for bit, in float32 and
-bfloat16, on a CPU. With ``scored_logits`` as well (``--eval-shapes stock-scored``), the model's
+until the chunk's last row is done, each row fed what HF ``generate`` under lm-eval feeds it; HF
+decodes a chunk whose rows met different stop strings on to the cap, since lm-eval's criteria end it
+only when every row met the same one, and those forwards change no text, so they are skipped).
+Tests hold the forwards equal call by call (HF's first ones where it decodes on) and the answers
+equal bit for bit, in float32 and bfloat16, on a CPU. With ``scored_logits`` as well (``--eval-shapes stock-scored``), the model's
 output layer runs only at the positions a log-likelihood batch scores (one list of positions for
 all its rows, transformers' ``logits_to_keep``), so a batch never holds every position's
 full-vocabulary logits; everything below the output layer gets HFLM's input unchanged, and only

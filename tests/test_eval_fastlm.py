@@ -287,6 +287,36 @@ def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(mod
     _assert_same_calls(calls, stock_calls)
 
 
+def test_static_generation_ends_a_chunk_once_every_row_met_a_stop_string(model, tokenizer):
+    """Two rows ended early by two different stop strings: lm-eval gives HF generate one criterion
+    per stop string, each done only when every row has met that same string, so HF decodes the
+    chunk to the cap; FastLM ends it there. The texts are the same (each is cut at its first stop
+    string), and FastLM's forwards are HF's first ones, call by call."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    contexts = ["Once upon a time", "The weather today"]
+    greedy = []
+    for context in contexts:
+        ids = tokenizer.encode(context)
+        with torch.no_grad():
+            greedy.append(model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids):].tolist())
+    stops = [tokenizer.decode(greedy[0][1:2]), tokenizer.decode(greedy[1][2:3])]
+    texts = [tokenizer.decode(tokens) for tokens in greedy]
+    assert [[stop in text for text in texts] for stop in stops] == [[True, False], [False, True]]
+    requests = [Instance("generate_until", {}, (context, {"until": stops, "do_sample": False, "max_gen_toks": 10}), 0)
+                for context in contexts]  # fmt: skip
+    stock, fast = _lms(model, tokenizer, 2)
+    fast.stock_shapes = True
+    fast.hf_generate_drops_full_mask()  # found out before recording: its own tiny call is not HFLM's
+    expected, got = [], []
+    stock_calls = _recorded_calls(model, lambda: expected.extend(stock.generate_until(requests, disable_tqdm=True)))
+    calls = _recorded_calls(model, lambda: got.extend(fast.generate_until(requests)))
+    assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
+    assert (len(calls), len(stock_calls)) == (3, 10)  # a stop in the third token; HF to the cap
+    _assert_same_calls(calls, stock_calls[: len(calls)])
+
+
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
     """Anything but greedy decoding runs HFLM's own generate: the same seeded samples."""
     import torch
@@ -345,7 +375,7 @@ def test_an_unknown_backend_is_refused_before_any_work(model, tokenizer, data_ro
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_backend="vllm")
     with pytest.raises(MlbenchError, match="decode rows must be a positive integer, got 0"):
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, decode_rows=0)
-    with pytest.raises(MlbenchError, match="eval shapes must be one of stock, fast, got 'exact'"):
+    with pytest.raises(MlbenchError, match="eval shapes must be one of stock, stock-scored, fast, got 'exact'"):
         evaluate(model, tokenizer, ["mmlu"], data_root=data_root, eval_shapes="exact")
 
 
