@@ -240,17 +240,40 @@ def test_greedy_generations_equal_stock_hflm(model, tokenizer, manager, batch_si
 def test_static_generation_feeds_the_model_exactly_what_hf_generate_feeds_it(model, tokenizer, manager):
     """Same forwards, same order: input ids, attention masks (none where nothing is padded) and
     position ids, call by call; so in bfloat16 too the same logits come out, bit for bit."""
+    from eval_tasks.fastlm import FastLM
+
     requests = _generation_requests(manager)
-    stock, fast = _lms(model, tokenizer, 4)
-    fast.stock_shapes = True
-    fast.hf_generate_drops_full_mask()  # found out before recording: its own tiny call is not HFLM's
-    stock_calls = _recorded_calls(model, lambda: stock.generate_until(requests, disable_tqdm=True))
-    calls = _recorded_calls(model, lambda: fast.generate_until(requests))
+    _, _, stock_calls, calls = _stock_and_static_generation(model, tokenizer, requests, 4)
     assert len(calls) == 45
     # Single-row chunks run unmasked where the installed transformers' generate drops an all-ones mask
     # (5.24), with it where it passes it (5.17): the same forwards as HF either way.
-    assert sum(call[1] is None for call in calls) == (21 if fast.hf_generate_drops_full_mask() else 0)
+    drops = FastLM(model, tokenizer, 4).hf_generate_drops_full_mask()
+    assert sum(call[1] is None for call in calls) == (21 if drops else 0)
     _assert_same_calls(calls, stock_calls)
+
+
+def _greedy_tokens(model, tokenizer, contexts: list[str], new_tokens: int) -> list[list[int]]:
+    """Each context's greedy continuation alone, by HF generate."""
+    import torch
+
+    out = []
+    for context in contexts:
+        ids = tokenizer.encode(context)
+        with torch.no_grad():
+            tokens = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False)
+        out.append(tokens[0, len(ids) :].tolist())
+    return out
+
+
+def _stock_and_static_generation(model, tokenizer, requests, batch_size: int):
+    """HFLM's texts, FastLM's with stock shapes, and each one's forwards (``_recorded_calls``)."""
+    stock, fast = _lms(model, tokenizer, batch_size)
+    fast.stock_shapes = True
+    fast.hf_generate_drops_full_mask()  # found out before recording: its own tiny call is not HFLM's
+    expected, got = [], []
+    stock_calls = _recorded_calls(model, lambda: expected.extend(stock.generate_until(requests, disable_tqdm=True)))
+    calls = _recorded_calls(model, lambda: got.extend(fast.generate_until(requests)))
+    return expected, got, stock_calls, calls
 
 
 def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(model, tokenizer):
@@ -259,15 +282,10 @@ def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(mod
     whole batch) and row 1 its EOS, then padding. The forwards must be the same, call by call."""
     import copy
 
-    import torch
     from lm_eval.api.instance import Instance
 
     contexts = ["Once upon a time", "The weather today", "Numbers: 1, 2,", "Dear friend,"]
-    greedy = []
-    for context in contexts:
-        ids = tokenizer.encode(context)
-        with torch.no_grad():
-            greedy.append(model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids):].tolist())
+    greedy = _greedy_tokens(model, tokenizer, contexts, 10)
     # Row 0 stops at the text of its third token; row 1 ends at its second token, made the EOS.
     stop = tokenizer.decode(greedy[0][2:3])
     assert stop.strip() and not any(stop in tokenizer.decode(tokens) for tokens in greedy[1:])
@@ -276,12 +294,7 @@ def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(mod
     typed.generation_config.eos_token_id = greedy[1][1]
     requests = [Instance("generate_until", {}, (context, {"until": [stop], "do_sample": False, "max_gen_toks": 10}), 0)
                 for context in contexts]  # fmt: skip
-    stock, fast = _lms(typed, tokenizer, 4)
-    fast.stock_shapes = True
-    fast.hf_generate_drops_full_mask()  # found out before recording: its own tiny call is not HFLM's
-    expected, got = [], []
-    stock_calls = _recorded_calls(typed, lambda: expected.extend(stock.generate_until(requests, disable_tqdm=True)))
-    calls = _recorded_calls(typed, lambda: got.extend(fast.generate_until(requests)))
+    expected, got, stock_calls, calls = _stock_and_static_generation(typed, tokenizer, requests, 4)
     assert got == expected
     assert len(calls) == 10  # the prefill and nine steps: rows 2 and 3 run to the cap
     _assert_same_calls(calls, stock_calls)
@@ -292,26 +305,16 @@ def test_static_generation_ends_a_chunk_once_every_row_met_a_stop_string(model, 
     per stop string, each done only when every row has met that same string, so HF decodes the
     chunk to the cap; FastLM ends it there. The texts are the same (each is cut at its first stop
     string), and FastLM's forwards are HF's first ones, call by call."""
-    import torch
     from lm_eval.api.instance import Instance
 
     contexts = ["Once upon a time", "The weather today"]
-    greedy = []
-    for context in contexts:
-        ids = tokenizer.encode(context)
-        with torch.no_grad():
-            greedy.append(model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids):].tolist())
+    greedy = _greedy_tokens(model, tokenizer, contexts, 10)
     stops = [tokenizer.decode(greedy[0][1:2]), tokenizer.decode(greedy[1][2:3])]
     texts = [tokenizer.decode(tokens) for tokens in greedy]
     assert [[stop in text for text in texts] for stop in stops] == [[True, False], [False, True]]
     requests = [Instance("generate_until", {}, (context, {"until": stops, "do_sample": False, "max_gen_toks": 10}), 0)
                 for context in contexts]  # fmt: skip
-    stock, fast = _lms(model, tokenizer, 2)
-    fast.stock_shapes = True
-    fast.hf_generate_drops_full_mask()  # found out before recording: its own tiny call is not HFLM's
-    expected, got = [], []
-    stock_calls = _recorded_calls(model, lambda: expected.extend(stock.generate_until(requests, disable_tqdm=True)))
-    calls = _recorded_calls(model, lambda: got.extend(fast.generate_until(requests)))
+    expected, got, stock_calls, calls = _stock_and_static_generation(model, tokenizer, requests, 2)
     assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
     assert (len(calls), len(stock_calls)) == (3, 10)  # a stop in the third token; HF to the cap
     _assert_same_calls(calls, stock_calls[: len(calls)])
