@@ -44,12 +44,12 @@ until the chunk's last row is done, each row fed what HF ``generate`` under lm-e
 decodes a chunk whose rows met different stop strings on to the cap, since lm-eval's criteria end it
 only when every row met the same one, and those forwards change no text, so they are skipped).
 Tests hold the forwards equal call by call (HF's first ones where it decodes on) and the answers
-equal bit for bit, in float32 and bfloat16, on a CPU. With ``scored_logits`` as well (``--eval-shapes stock-scored``), the model's
-output layer runs only at the positions a log-likelihood batch scores (one list of positions for
-all its rows, transformers' ``logits_to_keep``), so a batch never holds every position's
-full-vocabulary logits; everything below the output layer gets HFLM's input unchanged, and only
-the output layer's product has fewer rows (answers equal on a CPU in tests, and on an H200 where
-measured: README).
+equal bit for bit, in float32 and bfloat16, on a CPU. With ``scored_logits`` as well
+(``--eval-shapes stock-scored``), the model's output layer runs only at the positions a
+log-likelihood batch scores (one list of positions for all its rows, transformers'
+``logits_to_keep``), so a batch never holds every position's full-vocabulary logits; everything
+below the output layer gets HFLM's input unchanged, and only the output layer's product has fewer
+rows (answers equal on a CPU in tests, and on an H200 where measured: README).
 
 Numerics without stock shapes: the sums are the same log-probabilities computed with different
 batch shapes (and a cached prefix), so they agree with HFLM's to float rounding (tests: 1e-4 in
@@ -336,17 +336,15 @@ class FastLM(HFLM):
                 ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             # A continuation is scored at the last len(continuation) positions of its input.
             offsets = [[len(tokens) - len(continuations[i]) for i in group] for tokens, group in zip(inputs, batch)]
+            scored = _ScoredTokens.of(batch, continuations, offsets)
             if self.scored_logits:
-                kept = sorted({position for group, starts in zip(batch, offsets) for index, start in zip(group, starts)
-                               for position in range(start, start + len(continuations[index]))})  # fmt: skip
+                kept = sorted(set(scored.positions))
                 logits = self._model_call_at(ids.to(self.device), kept)
                 columns = torch.zeros(ids.shape[1], dtype=torch.long)
                 columns[kept] = torch.arange(len(kept))
             else:
                 logits, columns = self._model_call(ids.to(self.device)), None
-            answers = _score_as_stock(
-                logits, batch, continuations, offsets, getattr(self, "softmax_dtype", None), columns
-            )
+            answers = _score_as_stock(logits, batch, scored, getattr(self, "softmax_dtype", None), columns)
             for group, group_answers in zip(batch, answers, strict=True):
                 for index, answer in zip(group, group_answers, strict=True):
                     results[index] = answer
@@ -560,38 +558,51 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+@dataclass(frozen=True)
+class _ScoredTokens:
+    """Every scored token of a batch: its logits row, its position in that row, its target, its
+    request (numbered in ``members`` order) and its place in that request's continuation."""
+
+    rows: list[int]
+    positions: list[int]
+    targets: list[int]
+    owners: list[int]
+    slots: list[int]
+
+    @classmethod
+    def of(cls, members: list[list[int]], continuations: Sequence, offsets: list[list[int]]) -> _ScoredTokens:
+        """``members[r]`` are the requests read from row ``r``, request ``members[r][k]``'s
+        continuation scored from position ``offsets[r][k]`` on."""
+        tokens = cls([], [], [], [], [])
+        request = 0
+        for row, (group, starts) in enumerate(zip(members, offsets, strict=True)):
+            for index, offset in zip(group, starts, strict=True):
+                continuation = continuations[index]
+                tokens.rows.extend([row] * len(continuation))
+                tokens.positions.extend(range(offset, offset + len(continuation)))
+                tokens.targets.extend(continuation)
+                tokens.owners.extend([request] * len(continuation))
+                tokens.slots.extend(range(len(continuation)))
+                request += 1
+        return tokens
+
+
 def _scored_positions(
-    logits: torch.Tensor,
-    members: list[list[int]],
-    continuations: Sequence,
-    offsets: list[list[int]],
-    columns: torch.Tensor | None = None,
+    logits: torch.Tensor, tokens: _ScoredTokens, columns: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """What scoring reads from ``logits``: ``members[r]`` are the requests read from row ``r``,
-    request ``members[r][k]``'s continuation scored from position ``offsets[r][k]`` on; position
-    ``p`` is ``logits[:, columns[p]]`` (without ``columns``, ``logits[:, p]``). Returns
-    the logits rows of the scored positions (each (row, position) once, however many requests
-    read it) and, per scored token, its index into them, its target, its request (numbered in
-    ``members`` order) and its place in that request's continuation."""
-    rows, positions, targets, owners, slots = [], [], [], [], []
-    request = 0
-    for row, (group, starts) in enumerate(zip(members, offsets, strict=True)):
-        for index, offset in zip(group, starts, strict=True):
-            continuation = continuations[index]
-            rows += [row] * len(continuation)
-            positions += range(offset, offset + len(continuation))
-            targets += continuation
-            owners += [request] * len(continuation)
-            slots += range(len(continuation))
-            request += 1
+    """What scoring reads from ``logits``, position ``p`` being ``logits[:, columns[p]]`` (without
+    ``columns``, ``logits[:, p]``): the logits rows of the scored positions (each (row, position)
+    once, however many tokens read it) and, per scored token, its index into them, its target, its
+    request and its place in that request's continuation."""
     device = logits.device
-    positions = torch.tensor(positions, dtype=torch.long)
+    positions = torch.tensor(tokens.positions, dtype=torch.long)
     if columns is not None:
         positions = columns[positions]
-    flat = torch.tensor(rows, device=device) * logits.shape[1] + positions.to(device)
+    flat = torch.tensor(tokens.rows, device=device) * logits.shape[1] + positions.to(device)
     unique, inverse = torch.unique(flat, return_inverse=True)
     selected = logits.reshape(-1, logits.shape[-1]).index_select(0, unique)
-    return (selected, inverse, *(torch.tensor(values, device=device) for values in (targets, owners, slots)))
+    return (selected, inverse,
+            *(torch.tensor(values, device=device) for values in (tokens.targets, tokens.owners, tokens.slots)))  # fmt: skip
 
 
 def _per_group(answers: list[tuple[float, bool]], members: list[list[int]]) -> list[list[tuple[float, bool]]]:
@@ -609,7 +620,7 @@ def _score(
     read from logits row ``r``, whose continuation's first token is scored at position
     ``offsets[r]``. The log-softmax runs only at the scored positions, in float32."""
     starts = [[offset] * len(group) for group, offset in zip(members, offsets, strict=True)]
-    selected, inverse, targets, owners, _ = _scored_positions(logits, members, continuations, starts)
+    selected, inverse, targets, owners, _ = _scored_positions(logits, _ScoredTokens.of(members, continuations, starts))
     selected = selected.float()
     token_log_probs = F.log_softmax(selected, dim=-1)[inverse, targets]
     misses = (selected.argmax(dim=-1)[inverse] != targets).long()
@@ -623,20 +634,19 @@ def _score(
 def _score_as_stock(
     logits: torch.Tensor,
     members: list[list[int]],
-    continuations: Sequence,
-    offsets: list[list[int]],
+    tokens: _ScoredTokens,
     softmax_dtype,
     columns: torch.Tensor | None = None,
 ) -> list[list[tuple[float, bool]]]:
     """HFLM's (sum, greedy?) of each continuation, in its dtypes: ``members[r]`` are the requests
-    read from logits row ``r``, request ``members[r][k]`` scored from position ``offsets[r][k]``
-    (read through ``columns`` as in ``_scored_positions``)."""
-    selected, inverse, targets, owners, slots = _scored_positions(logits, members, continuations, offsets, columns)
+    read from logits row ``r``, ``tokens`` their scored tokens (read through ``columns`` as in
+    ``_scored_positions``)."""
+    selected, inverse, targets, owners, slots = _scored_positions(logits, tokens, columns)
     log_probs = F.log_softmax(selected, dim=-1, dtype=softmax_dtype)
     misses = log_probs.argmax(dim=-1)[inverse] != targets
     # One row per request, its token log-probabilities then zeros: a sum per row in the values'
     # dtype, as HFLM's torch.sum over the request's own tokens.
-    longest = max(len(continuations[index]) for group in members for index in group)
+    longest = max(tokens.slots) + 1
     table = torch.zeros((sum(map(len, members)), longest), dtype=log_probs.dtype, device=logits.device)
     table[owners, slots] = log_probs[inverse, targets]
     missed = torch.zeros(table.shape, dtype=torch.bool, device=logits.device)
