@@ -10,8 +10,8 @@ free shapes (``--eval-shapes fast``: shared prefixes, float32 scoring, a refille
 batch); every benchmark also runs FastLM with stock shapes (``stock_shapes``, a run's default),
 whose forwards are HFLM's, and its answers are compared with HFLM's; log-likelihood benchmarks
 also run stock shapes with the output layer at the scored positions only (``fast_stock_scored``,
-``--eval-shapes stock-scored``), with its peak memory. Log-likelihood benchmarks also get the tokenization alone timed (requests ->
-lm-eval's token pairs, stock against fast, and whether the pairs are identical): on a GPU that is
+``--eval-shapes stock-scored``), with its peak memory. Log-likelihood benchmarks also get the
+tokenization alone timed (requests -> lm-eval's token pairs, stock against fast, and whether the pairs are identical): on a GPU that is
 most of MMLU's time, and ``--tokenization-only`` measures just that, without the model, on a CPU.
 With ``--end-to-end`` it also times the whole ``eval_tasks.harness.evaluate`` call (task building
 included) for the stock backend, then the fast backend with stock shapes with an empty task
@@ -194,11 +194,11 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
     each fast run starts with an empty tokenization memo, as the first run of a worker does.
 
     ``other_batch`` (stock HFLM at another batch size) measures the noise floor: how often the
-    stock path disagrees with itself when only the batch shapes change. ``stock_shaped`` (makes a
-    FastLM with ``stock_shapes``: HFLM's forwards; an empty memo, as fast's) shows its speed and what is left of the
-    differences when the shapes are HFLM's; ``stock_shaped`` maps a label of ``STOCK_SHAPED_LABELS``
-    to a factory, ``fast_stock_scored`` being stock shapes with the output layer applied at the
-    scored positions only (``scored_logits``; log-likelihood benchmarks only)."""
+    stock path disagrees with itself when only the batch shapes change. ``stock_shaped`` maps a
+    label of ``STOCK_SHAPED_LABELS`` to a factory of FastLMs whose forwards are HFLM's (each with an
+    empty memo, as fast's): their speed, peak memory and what is left of the differences when the
+    shapes are HFLM's. ``fast_stock_scored`` (the output layer at the scored positions only) runs on
+    log-likelihood benchmarks only."""
     kind = requests[0].request_type
     method = "loglikelihood" if kind == "loglikelihood" else "generate_until"
     kwargs = {"disable_tqdm": True}
