@@ -96,9 +96,11 @@ def _compare_chunks(stock: list[list[dict]], fast: list[list[dict]]) -> list[dic
                             if not torch.equal(a["top2"][1][:, 0], b["top2"][1][:, 0])), None)  # fmt: skip
         upto = min(len(theirs), len(mine)) if first_token is None else first_token
         deltas = [float((a["top2"][0][:, 0] - b["top2"][0][:, 0]).abs().max()) for a, b in zip(theirs[:upto], mine[:upto])]
+        rows = [] if first_token is None else (
+            (theirs[first_token]["top2"][1][:, 0] != mine[first_token]["top2"][1][:, 0]).nonzero().flatten().tolist())
         figures.append({"chunk": index, "forwards": [len(theirs), len(mine)], "rows": int(theirs[0]["ids"].shape[0]),
                         "first_input_difference": first_input, "first_token_difference": first_token,
-                        "max_abs_top1_delta_before": max(deltas, default=0.0)})  # fmt: skip
+                        "rows_differing_there": rows, "max_abs_top1_delta_before": max(deltas, default=0.0)})  # fmt: skip
     return figures
 
 
