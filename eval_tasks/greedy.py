@@ -17,12 +17,17 @@ rows, prompts join only while the cache the rows will need by their last token s
 ``cache_bytes`` (``DECODE_CACHE_BYTES``), so long prompts decode fewer rows at a time.
 
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
-each chunk prefilled at once and decoded until its last row is done, each row fed what HF
-``generate`` under lm-eval feeds it (its greedy tokens, padding after an EOS), a chunk without
-padding masked or not as the installed transformers' ``generate`` does. Every forward then has the
-very shapes of HFLM's, so in bfloat16, where a different batch or padding width changes rounding
-and so can flip a near-tie of the argmax, it reproduces HFLM's generations; it gives up the
-refilling, not the cheaper loop.
+each chunk prefilled at once and decoded exactly as long as HF ``generate`` under lm-eval decodes
+it, each row fed what that feeds it (its greedy tokens, padding after an EOS), a chunk without
+padding masked or not as the installed transformers' ``generate`` does. lm-eval hands ``generate``
+one stop criterion per stop string, each done only once every row of the chunk has met that same
+string, so a chunk ends at the cap, when every row has had an EOS, or when one stop string has been
+seen in every row; and each row's output is every token of its chunk, because HFLM decodes them all
+(special tokens dropped) before cutting at the stop strings: a row whose stop string is a special
+token, such as Qwen's ``<|im_end|>`` when it is not the model's EOS, keeps the text it generated
+after it. Every forward then has the very shapes of HFLM's, so in bfloat16, where a different batch
+or padding width changes rounding and so can flip a near-tie of the argmax, it reproduces HFLM's
+generations; it gives up the refilling, not the cheaper loop.
 
 Layout: all rows share one cache whose columns are aligned on the right (the newest token of every
 row is in the last column); a row's own tokens are preceded by masked padding. New rows are
@@ -134,16 +139,23 @@ class GreedyDecoder:
         for start in range(0, len(prompts), self.rows):
             batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))),
                                   drop_full_mask=self.drop_full_mask)
-            # What HF generate feeds each row: its greedy token, EOS included, then padding after an
-            # EOS. lm-eval's stop strings end no single row (its criterion answers for the batch),
-            # so a row done by a stop string goes on with its greedy tokens, which nobody reads.
-            after_eos = torch.zeros(len(batch.prompts), dtype=torch.bool, device=self.device)
+            rows = batch.prompts
+            # What HF generate feeds each row: its greedy token, EOS included, then padding after an EOS.
+            after_eos = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+            # lm-eval's criterion of each stop string: which rows have met it (for good), whole batch at once.
+            seen = [[False] * len(rows) for _ in stopping.stops]
             while True:
-                chosen = self._choose(batch, outputs, stopping, marks)
-                if all(batch.done):
-                    break
-                fed = chosen.masked_fill(after_eos, self.pad_id)
+                fed = batch.logits.argmax(dim=-1).masked_fill(after_eos, self.pad_id)
                 after_eos |= torch.isin(fed, eos)
+                for slot, token in enumerate(fed.tolist()):
+                    tokens = outputs[rows[slot]]
+                    tokens.append(token)
+                    for index, met in enumerate(seen):
+                        if not met[slot]:
+                            met[slot] = self._stop_seen(tokens, token, stopping, marks[rows[slot]], index)
+                if (len(outputs[rows[0]]) >= stopping.max_new or bool(after_eos.all())
+                        or any(all(met) for met in seen)):  # fmt: skip
+                    break
                 batch = self._step(batch, fed)
         return outputs
 
@@ -162,19 +174,21 @@ class GreedyDecoder:
         return chosen
 
     def _finished(self, tokens: list[int], token: int, stopping: Stopping, marks: list[int]) -> bool:
-        """lm-eval's rule: EOS, the cap, or a stop string in the decoded last ``lookback`` tokens.
-        ``marks[k]``: the length of ``tokens`` when it last ended in a trigger of stop ``k``; a
-        window without a trigger cannot hold the stop string, so it is not decoded."""
+        """lm-eval's rule for one row: EOS, the cap, or a stop string in the decoded last ``lookback`` tokens."""
         if token in stopping.eos or len(tokens) >= stopping.max_new:
             return True
+        return any(self._stop_seen(tokens, token, stopping, marks, index) for index in range(len(stopping.stops)))
+
+    def _stop_seen(self, tokens: list[int], token: int, stopping: Stopping, marks: list[int], index: int) -> bool:
+        """Whether stop ``index`` is in the decoded last ``lookback`` tokens, ``token`` the newest.
+        ``marks[index]``: the length of ``tokens`` when it last ended in a trigger of that stop; a
+        window without a trigger cannot hold the stop string, so it is not decoded."""
+        stop, lookback = stopping.stops[index]
+        triggers = stopping.trigger(index)
         end = len(tokens)
-        for index, (stop, lookback) in enumerate(stopping.stops):
-            triggers = stopping.trigger(index)
-            if triggers is None or token in triggers:
-                marks[index] = end
-            if end - marks[index] < lookback and stop in self.tokenizer.decode(tokens[-lookback:]):
-                return True
-        return False
+        if triggers is None or token in triggers:
+            marks[index] = end
+        return end - marks[index] < lookback and stop in self.tokenizer.decode(tokens[-lookback:])
 
     def _prefill(self, prompts: Sequence[Sequence[int]], indices: range, drop_full_mask: bool = False) -> _Batch:
         from transformers import DynamicCache

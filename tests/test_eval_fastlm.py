@@ -300,11 +300,11 @@ def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(mod
     _assert_same_calls(calls, stock_calls)
 
 
-def test_static_generation_ends_a_chunk_once_every_row_met_a_stop_string(model, tokenizer):
+def test_static_generation_decodes_a_chunk_as_long_as_hf_generate_under_lm_eval(model, tokenizer):
     """Two rows ended early by two different stop strings: lm-eval gives HF generate one criterion
     per stop string, each done only when every row has met that same string, so HF decodes the
-    chunk to the cap; FastLM ends it there. The texts are the same (each is cut at its first stop
-    string), and FastLM's forwards are HF's first ones, call by call."""
+    chunk to the cap, and FastLM with it, call by call. The texts are the same (each is cut at its
+    first stop string)."""
     from lm_eval.api.instance import Instance
 
     contexts = ["Once upon a time", "The weather today"]
@@ -316,8 +316,44 @@ def test_static_generation_ends_a_chunk_once_every_row_met_a_stop_string(model, 
                 for context in contexts]  # fmt: skip
     expected, got, stock_calls, calls = _stock_and_static_generation(model, tokenizer, requests, 2)
     assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
-    assert (len(calls), len(stock_calls)) == (3, 10)  # a stop in the third token; HF to the cap
-    _assert_same_calls(calls, stock_calls[: len(calls)])
+    assert len(calls) == 10  # the prefill and nine steps: a stop in the third token, yet HF goes to the cap
+    _assert_same_calls(calls, stock_calls)
+
+
+def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop(model, tokenizer):
+    """A stop string that is a special token (Qwen's ``<|im_end|>`` where it is not the model's
+    EOS): lm-eval's criterion sees it in the row's window, but HFLM decodes the chunk's tokens with
+    special tokens dropped before cutting at the stop strings, so the row's text goes on with what
+    it generated after it, until its chunk ends. Stock shapes give that same text."""
+    import copy
+
+    import torch
+    from lm_eval.api.instance import Instance
+
+    contexts = ["Once upon a time", "The weather today"]
+    greedy = _greedy_tokens(model, tokenizer, contexts, 10)
+    special = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    # A token row 0 makes once, early, and nothing else holds: made <|endoftext|> by swapping the
+    # two ids' weights, so the model does what it did with the two ids' names exchanged.
+    elsewhere = greedy[1] + [t for c in contexts for t in tokenizer.encode(c)]
+    swapped = next(t for t in greedy[0][1:6] if greedy[0].count(t) == 1 and t not in elsewhere)
+    assert special not in greedy[0] + elsewhere
+    typed = copy.deepcopy(model)
+    with torch.no_grad():
+        for weight in {id(w): w for w in (typed.get_input_embeddings().weight, typed.lm_head.weight)}.values():
+            weight[[special, swapped]] = weight[[swapped, special]]
+    assert special not in set(typed.generation_config.eos_token_id if isinstance(
+        typed.generation_config.eos_token_id, list) else [typed.generation_config.eos_token_id])  # fmt: skip
+    requests = [Instance("generate_until", {}, (c, {"until": ["<|endoftext|>"], "do_sample": False, "max_gen_toks": 10}), 0)
+                for c in contexts]  # fmt: skip
+    expected, got, stock_calls, calls = _stock_and_static_generation(typed, tokenizer, requests, 2)
+    relabeled = [special if t == swapped else t for t in greedy[0]]
+    cut = tokenizer.decode(relabeled[: relabeled.index(special)])
+    # HFLM's text of row 0 is all ten tokens, the stop dropped, not the text before the stop.
+    assert expected[0] == tokenizer.decode(relabeled, skip_special_tokens=True) != cut
+    assert got == expected
+    assert len(calls) == 10
+    _assert_same_calls(calls, stock_calls)
 
 
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
