@@ -30,8 +30,9 @@ post-processing of generations. Only *how* the model is run changes:
   generation; decoded only while those hold a token that can end the stop string,
   ``eval_tasks/stops.py``); finished rows leave the batch and waiting prompts take their places, up to
   ``decode_rows`` rows decoding together (prefilled ``batch_size`` at a time). HFLM instead
-  runs static batches until every row is done. The text is then decoded and cut exactly as HFLM
-  does. Anything but plain greedy decoding (sampling, or a model generation config with repetition
+  runs static batches until its stopping criteria end them. The text is then decoded and cut as
+  HFLM does, but from the row's tokens up to its stop: where a stop string is a special token
+  that is not the model's EOS, HFLM's text goes on with whatever its batch generated after it. Anything but plain greedy decoding (sampling, or a model generation config with repetition
   penalties and the like) is handed to HFLM unchanged.
 
 ``stock_shapes=True`` (what a run uses unless ``--eval-shapes fast``) gives every forward HFLM's
@@ -39,12 +40,11 @@ shapes instead, keeping the rest (tokenization memo, cached tasks, batched scori
 transfer per batch, the cheaper decoding loop). Log-likelihood: HFLM's batches (its grouping and
 order), each input right-padded with zeros and run without a mask through HFLM's ``_model_call``;
 the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
-sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, decoded
-until the chunk's last row is done, each row fed what HF ``generate`` under lm-eval feeds it; HF
-decodes a chunk whose rows met different stop strings on to the cap, since lm-eval's criteria end it
-only when every row met the same one, and those forwards change no text, so they are skipped).
-Tests hold the forwards equal call by call (HF's first ones where it decodes on) and the answers
-equal bit for bit, in float32 and bfloat16, on a CPU. With ``scored_logits`` as well
+sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, each
+decoded exactly as long as HF ``generate`` under lm-eval decodes it, each row fed what that feeds
+it, and each row's text decoded from all its chunk's tokens, as HFLM's is: ``eval_tasks/greedy.py``).
+Tests hold the forwards equal call by call and the answers equal bit for bit, in float32 and
+bfloat16, on a CPU. With ``scored_logits`` as well
 (``--eval-shapes stock-scored``), the model's output layer runs only at the positions a
 log-likelihood batch scores (one list of positions for all its rows, transformers'
 ``logits_to_keep``), so a batch never holds every position's full-vocabulary logits; everything

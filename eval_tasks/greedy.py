@@ -24,7 +24,7 @@ one stop criterion per stop string, each done only once every row of the chunk h
 string, so a chunk ends at the cap, when every row has had an EOS, or when one stop string has been
 seen in every row; and each row's output is every token of its chunk, because HFLM decodes them all
 (special tokens dropped) before cutting at the stop strings: a row whose stop string is a special
-token, such as Qwen's ``<|im_end|>`` when it is not the model's EOS, keeps the text it generated
+token that is not the model's EOS (as lm-eval's added EOS text can be) keeps the text it generated
 after it. Every forward then has the very shapes of HFLM's, so in bfloat16, where a different batch
 or padding width changes rounding and so can flip a near-tie of the argmax, it reproduces HFLM's
 generations; it gives up the refilling, not the cheaper loop.

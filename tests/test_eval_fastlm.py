@@ -321,8 +321,8 @@ def test_static_generation_decodes_a_chunk_as_long_as_hf_generate_under_lm_eval(
 
 
 def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop(model, tokenizer):
-    """A stop string that is a special token (Qwen's ``<|im_end|>`` where it is not the model's
-    EOS): lm-eval's criterion sees it in the row's window, but HFLM decodes the chunk's tokens with
+    """A stop string that is a special token but not the model's EOS (what made 22% of Qwen's BBH
+    texts differ on the H200): lm-eval's criterion sees it in the row's window, but HFLM decodes the chunk's tokens with
     special tokens dropped before cutting at the stop strings, so the row's text goes on with what
     it generated after it, until its chunk ends. Stock shapes give that same text."""
     import copy
