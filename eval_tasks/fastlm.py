@@ -495,6 +495,7 @@ class FastLM(HFLM):
             ),
             max_new=max_new,
             triggers=tuple(self._stop_triggers(stop) for stop in until),
+            final=self._final_text_check(until) if self.stock_shapes else None,
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
                                 static=self.stock_shapes, decode_rows=self.decode_rows,
@@ -504,6 +505,35 @@ class FastLM(HFLM):
         for index, tokens in zip(order, generated, strict=True):
             texts[index] = postprocess_generated_text(self.tok_decode(tokens), until, None)
         return texts
+
+    def _final_text_check(self, until: list[str]) -> Callable[[list[int], bool], bool] | None:
+        """``Stopping.final`` for HFLM's cut at ``until``: a row's text is final once it has had an
+        EOS and its padding is a special token (dropped from the text), or once the text HFLM would
+        cut it to ends far enough before its end (below). Only for byte-level BPE tokenizers
+        (``eval_tasks/stops.py``), whose decoded text changes at most in its last
+        ``_CHANGEABLE_TAIL`` characters as tokens are appended; None for any other.
+
+        Why far enough: HFLM cuts at each stop string in turn (``s = s.split(term)[0]``). Let ``r``
+        be where it cuts the text now, ``L`` the longest stop string and ``n`` their number. An
+        occurrence starting before ``r + 1 + (n - k) * L`` ends before ``r + 1 + (n - k + 1) * L``;
+        while that lies in the unchangeable text, the k-th split finds the same occurrences there
+        in any longer text, so by induction over the splits the cut stays at ``r``."""
+        if self._token_texts is False:
+            self._token_texts = self._vocabulary_texts()
+        terms = [term for term in until if term]  # HFLM's cut skips empty stop strings too
+        if self._token_texts is None or not terms:
+            return None
+        padding_dropped = self._pad_id in set(self.tokenizer.all_special_ids)
+        reach = 1 + len(terms) * max(len(term) for term in terms) + _CHANGEABLE_TAIL
+
+        def final(tokens: list[int], had_eos: bool) -> bool:
+            if had_eos:
+                return padding_dropped
+            text = self.tok_decode(tokens)
+            cut = len(postprocess_generated_text(text, terms, None))
+            return cut < len(text) and cut + reach <= len(text)
+
+        return final
 
     def hf_generate_drops_full_mask(self) -> bool:
         """Whether HF ``generate``, called as HFLM calls it, runs a batch without padding with no
@@ -535,6 +565,12 @@ class FastLM(HFLM):
                 self._token_texts = self._vocabulary_texts()
             self._triggers[stop] = stop_triggers(stop, self._token_texts)
         return self._triggers[stop]
+
+
+# How many of a byte-level BPE decoding's last characters a token appended can still change: the
+# replacement characters of an incomplete UTF-8 sequence, or a space that
+# ``clean_up_tokenization_spaces`` removes before punctuation (up to three either way).
+_CHANGEABLE_TAIL = 4
 
 
 def _greedy(kwargs: dict) -> bool:

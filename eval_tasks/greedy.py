@@ -18,7 +18,8 @@ rows, prompts join only while the cache the rows will need by their last token s
 
 ``static=True`` keeps HFLM's own batches instead: prompts in the same order and chunks of ``rows``,
 each chunk prefilled at once and decoded exactly as long as HF ``generate`` under lm-eval decodes
-it, each row fed what that feeds it (its greedy tokens, padding after an EOS), a chunk without
+it (or less, where every row's text is already final and HF's further forwards would change no
+text: ``Stopping.final``), each row fed what that feeds it (its greedy tokens, padding after an EOS), a chunk without
 padding masked or not as the installed transformers' ``generate`` does. lm-eval hands ``generate``
 one stop criterion per stop string, each done only once every row of the chunk has met that same
 string, so a chunk ends at the cap, when every row has had an EOS, or when one stop string has been
@@ -70,6 +71,11 @@ class Stopping:
     stops: tuple[tuple[str, int], ...]  # (stop string, tokens to look back)
     max_new: int
     triggers: tuple[Triggers | None, ...] = ()  # per stop (None or none given: decode every step)
+    # Static batches: whether a row's text, as HFLM will cut it, can no longer change whatever it is
+    # fed next, given its tokens and whether it has had an EOS (None: never known). A chunk all of
+    # whose rows' texts are final ends there, though HF generate would decode on: those forwards
+    # change no text.
+    final: Callable[[list[int], bool], bool] | None = None
 
     def trigger(self, index: int) -> Triggers | None:
         return self.triggers[index] if self.triggers else None
@@ -144,17 +150,22 @@ class GreedyDecoder:
             after_eos = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
             # lm-eval's criterion of each stop string: which rows have met it (for good), whole batch at once.
             seen = [[False] * len(rows) for _ in stopping.stops]
+            final = [False] * len(rows)  # Stopping.final, asked once a row has had an EOS or met a stop
             while True:
                 fed = batch.logits.argmax(dim=-1).masked_fill(after_eos, self.pad_id)
                 after_eos |= torch.isin(fed, eos)
+                ended = after_eos.tolist()
                 for slot, token in enumerate(fed.tolist()):
                     tokens = outputs[rows[slot]]
                     tokens.append(token)
                     for index, met in enumerate(seen):
                         if not met[slot]:
                             met[slot] = self._stop_seen(tokens, token, stopping, marks[rows[slot]], index)
-                if (len(outputs[rows[0]]) >= stopping.max_new or bool(after_eos.all())
-                        or any(all(met) for met in seen)):  # fmt: skip
+                    if stopping.final is not None and not final[slot] and (
+                            ended[slot] or any(met[slot] for met in seen)):  # fmt: skip
+                        final[slot] = stopping.final(tokens, ended[slot])
+                if (len(outputs[rows[0]]) >= stopping.max_new or all(ended)
+                        or any(all(met) for met in seen) or all(final)):  # fmt: skip
                     break
                 batch = self._step(batch, fed)
         return outputs

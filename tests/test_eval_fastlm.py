@@ -300,11 +300,12 @@ def test_static_generation_feeds_rows_done_early_what_hf_generate_feeds_them(mod
     _assert_same_calls(calls, stock_calls)
 
 
-def test_static_generation_decodes_a_chunk_as_long_as_hf_generate_under_lm_eval(model, tokenizer):
+def test_static_generation_ends_a_chunk_once_every_rows_text_is_final(model, tokenizer):
     """Two rows ended early by two different stop strings: lm-eval gives HF generate one criterion
     per stop string, each done only when every row has met that same string, so HF decodes the
-    chunk to the cap, and FastLM with it, call by call. The texts are the same (each is cut at its
-    first stop string)."""
+    chunk to the cap. Once both texts hold their stop string far enough from their end, no later
+    token can change them as HFLM cuts them: FastLM ends the chunk there, its forwards HF's first
+    ones, call by call, and the texts are the same."""
     from lm_eval.api.instance import Instance
 
     contexts = ["Once upon a time", "The weather today"]
@@ -316,8 +317,8 @@ def test_static_generation_decodes_a_chunk_as_long_as_hf_generate_under_lm_eval(
                 for context in contexts]  # fmt: skip
     expected, got, stock_calls, calls = _stock_and_static_generation(model, tokenizer, requests, 2)
     assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
-    assert len(calls) == 10  # the prefill and nine steps: a stop in the third token, yet HF goes to the cap
-    _assert_same_calls(calls, stock_calls)
+    assert 3 <= len(calls) < len(stock_calls) == 10  # a stop in the third token; HF goes to the cap
+    _assert_same_calls(calls, stock_calls[: len(calls)])
 
 
 def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop(model, tokenizer):
@@ -354,6 +355,41 @@ def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop
     assert got == expected
     assert len(calls) == 10
     _assert_same_calls(calls, stock_calls)
+
+
+@pytest.mark.parametrize("until", [["\n\n", "\nQ:", "<|im_end|>"], ["Q", " Q:", "\nQ: (", "Q:"]])
+def test_a_text_called_final_is_what_every_longer_generation_cuts_to(model, tokenizer, until):
+    """``Stopping.final`` may end a chunk early only if no appended token could change the row's text
+    as HFLM cuts it: on random token sequences rich in newlines, "Q", ":", spaces, punctuation, the
+    special tokens and split multi-byte characters, every prefix called final cuts to the same text as
+    the whole sequence, and the check does say final for some. The second stop list has stop strings
+    inside others, where a later one can straddle an earlier one's cut."""
+    import random
+
+    from lm_eval.models.utils import postprocess_generated_text
+
+    from eval_tasks.fastlm import FastLM
+
+    final = FastLM(model, tokenizer, 2, stock_shapes=True)._final_text_check(until)
+    pieces = ["\n", "\n\n", "Q", ":", " Q", "Q:", " (", " the", " .", ".", " 's", "'", " n't", "é", "🙂", "(A)"]
+    vocabulary = sorted({t for piece in pieces for t in tokenizer.encode(piece, add_special_tokens=False)})
+    vocabulary += [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    multibyte = tokenizer.encode("🙂", add_special_tokens=False)
+    rng = random.Random(0)
+    finals = 0
+    for _ in range(300):
+        tokens = [rng.choice(vocabulary) for _ in range(rng.randint(1, 40))]
+        if rng.random() < 0.3:
+            tokens[rng.randrange(len(tokens))] = multibyte[0]  # a character's first bytes alone
+        whole = postprocess_generated_text(tokenizer.decode(tokens, skip_special_tokens=True), until, None)
+        for end in range(1, len(tokens) + 1):
+            if final(tokens[:end], False):
+                finals += 1
+                assert postprocess_generated_text(
+                    tokenizer.decode(tokens[:end], skip_special_tokens=True), until, None) == whole, tokens  # fmt: skip
+    assert finals > 200
+    # After an EOS, HF feeds padding: SmolLM2's (<|im_end|>) is a special token, dropped from the text.
+    assert final([tokenizer.encode("x")[0]], True)
 
 
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
