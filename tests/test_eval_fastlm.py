@@ -317,7 +317,12 @@ def test_static_generation_ends_a_chunk_once_every_rows_text_is_final(model, tok
                 for context in contexts]  # fmt: skip
     expected, got, stock_calls, calls = _stock_and_static_generation(model, tokenizer, requests, 2)
     assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
-    assert 3 <= len(calls) < len(stock_calls) == 10  # a stop in the third token; HF goes to the cap
+    from eval_tasks.fastlm import FastLM
+
+    # A stop in the third token; HF goes to the cap. Where the tokenizer's decoder is not plain byte
+    # level (SmolLM2's under transformers 5.17), FastLM cannot know a text final and goes on too.
+    known = FastLM(model, tokenizer, 2)._final_text_check(stops) is not None
+    assert len(stock_calls) == 10 and (3 <= len(calls) < 10 if known else len(calls) == 10)
     _assert_same_calls(calls, stock_calls[: len(calls)])
 
 
@@ -371,6 +376,8 @@ def test_a_text_called_final_is_what_every_longer_generation_cuts_to(model, toke
     from eval_tasks.fastlm import FastLM
 
     final = FastLM(model, tokenizer, 2, stock_shapes=True)._final_text_check(until)
+    if final is None:
+        pytest.skip("this transformers builds SmolLM2's tokenizer without a plain byte-level decoder")
     pieces = ["\n", "\n\n", "Q", ":", " Q", "Q:", " (", " the", " .", ".", " 's", "'", " n't", "é", "🙂", "(A)"]
     vocabulary = sorted({t for piece in pieces for t in tokenizer.encode(piece, add_special_tokens=False)})
     vocabulary += [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
