@@ -470,10 +470,13 @@ class FastLM(HFLM):
         )
 
     def _eos_ids(self) -> set[int]:
+        """HF generate's EOS tokens: the generation config's alone (none if it names none). The
+        tokenizer's EOS is not one of them unless the config says so; lm-eval makes its text a stop
+        string instead."""
         config = getattr(self.model, "generation_config", None)
         ids = getattr(config, "eos_token_id", None)
         if ids is None:
-            ids = self.tokenizer.eos_token_id
+            return set()
         return set(ids if isinstance(ids, Iterable) else [ids])
 
     def _greedy(self, contexts: list[str], until: list[str], max_new: int) -> list[str]:

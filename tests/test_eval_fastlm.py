@@ -326,11 +326,17 @@ def test_static_generation_ends_a_chunk_once_every_rows_text_is_final(model, tok
     _assert_same_calls(calls, stock_calls[: len(calls)])
 
 
-def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop(model, tokenizer):
-    """A stop string that is a special token but not the model's EOS (what made 22% of Qwen's BBH
-    texts differ on the H200): lm-eval's criterion sees it in the row's window, but HFLM decodes the chunk's tokens with
-    special tokens dropped before cutting at the stop strings, so the row's text goes on with what
-    it generated after it, until its chunk ends. Stock shapes give that same text."""
+@pytest.mark.parametrize(("token", "until", "eos"), [
+    ("<|endoftext|>", ["<|endoftext|>"], "kept"),  # a stop string given by the task
+    ("<|im_end|>", [], None),  # the tokenizer's EOS, a stop string lm-eval adds, not the generation config's
+])  # fmt: skip
+def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop(model, tokenizer, token, until, eos):
+    """A stop string that is a special token but not an EOS of the model's generation config (what
+    made 22% of Qwen's BBH texts differ on the H200): lm-eval's criterion sees it in the row's window,
+    but HF generate feeds the row on and HFLM decodes the chunk's tokens with special tokens dropped
+    before cutting at the stop strings, so the row's text goes on with what it generated after it,
+    until its chunk ends. Stock shapes give that same text from the same forwards; the second case
+    also holds them to HF's EOS, which comes from the generation config alone."""
     import copy
 
     import torch
@@ -338,9 +344,9 @@ def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop
 
     contexts = ["Once upon a time", "The weather today"]
     greedy = _greedy_tokens(model, tokenizer, contexts, 10)
-    special = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    # A token row 0 makes once, early, and nothing else holds: made <|endoftext|> by swapping the
-    # two ids' weights, so the model does what it did with the two ids' names exchanged.
+    special = tokenizer.convert_tokens_to_ids(token)
+    # A token row 0 makes once, early, and nothing else holds: made the special token by swapping
+    # the two ids' weights, so the model does what it did with the two ids' names exchanged.
     elsewhere = greedy[1] + [t for c in contexts for t in tokenizer.encode(c)]
     swapped = next(t for t in greedy[0][1:6] if greedy[0].count(t) == 1 and t not in elsewhere)
     assert special not in greedy[0] + elsewhere
@@ -348,9 +354,11 @@ def test_static_generation_keeps_what_a_row_generated_after_a_special_token_stop
     with torch.no_grad():
         for weight in {id(w): w for w in (typed.get_input_embeddings().weight, typed.lm_head.weight)}.values():
             weight[[special, swapped]] = weight[[swapped, special]]
-    assert special not in set(typed.generation_config.eos_token_id if isinstance(
-        typed.generation_config.eos_token_id, list) else [typed.generation_config.eos_token_id])  # fmt: skip
-    requests = [Instance("generate_until", {}, (c, {"until": ["<|endoftext|>"], "do_sample": False, "max_gen_toks": 10}), 0)
+    if eos is None:
+        typed.generation_config.eos_token_id = None
+    generation_eos = typed.generation_config.eos_token_id
+    assert special not in (generation_eos if isinstance(generation_eos, list) else [generation_eos])
+    requests = [Instance("generate_until", {}, (c, {"until": until, "do_sample": False, "max_gen_toks": 10}), 0)
                 for c in contexts]  # fmt: skip
     expected, got, stock_calls, calls = _stock_and_static_generation(typed, tokenizer, requests, 2)
     relabeled = [special if t == swapped else t for t in greedy[0]]
