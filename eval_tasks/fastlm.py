@@ -89,6 +89,18 @@ _PLAIN_GREEDY = {
     "num_beams": (None, 1),
     "sequence_bias": (None,),
     "logits_processor": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "penalty_alpha": (None,),
+    "dola_layers": (None,),
+    # Not the argmax but the length or the forwards: a config's max_new_tokens overrides lm-eval's
+    # max_length in HF generate; stop strings, a time limit, another cache or prompt lookup change
+    # where a row stops or what each forward computes.
+    "max_new_tokens": (None,),
+    "stop_strings": (None,),
+    "max_time": (None,),
+    "cache_implementation": (None,),
+    "prompt_lookup_num_tokens": (None,),
 }
 Request = tuple[tuple[str, str], list[int], list[int]]
 

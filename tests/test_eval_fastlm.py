@@ -407,6 +407,32 @@ def test_a_text_called_final_is_what_every_longer_generation_cuts_to(model, toke
     assert final([tokenizer.encode("x")[0]], True)
 
 
+@pytest.mark.parametrize(("field", "value"), [("repetition_penalty", 1.5), ("max_new_tokens", 3)])
+def test_a_generation_config_that_changes_greedy_decoding_goes_to_stock_hflm(model, tokenizer, field, value):
+    """A model whose generation config changes HF generate's greedy answer (a repetition penalty) or
+    its length (max_new_tokens overrides lm-eval's max_length) gets HFLM's own generate: the same
+    texts, and FastLM's loop never runs."""
+    import copy
+
+    from lm_eval.api.instance import Instance
+
+    typed = copy.deepcopy(model)
+    setattr(typed.generation_config, field, value)
+    requests = [Instance("generate_until", {}, (c, {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 8}), 0)
+                for c in ("Once upon a time", "The weather today")]  # fmt: skip
+    stock, fast = _lms(typed, tokenizer, 2)
+    fast.stock_shapes = True
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("FastLM's own loop ran")
+
+    fast._greedy = refuse
+    expected = stock.generate_until(requests, disable_tqdm=True)
+    assert fast.generate_until(requests, disable_tqdm=True) == expected
+    plain = _lms(model, tokenizer, 2)[0].generate_until(requests, disable_tqdm=True)
+    assert expected != plain  # the field does change the answer
+
+
 def test_sampling_requests_go_to_stock_hflm(model, tokenizer):
     """Anything but greedy decoding runs HFLM's own generate: the same seeded samples."""
     import torch
