@@ -3,7 +3,8 @@
 lm-eval's stop rule (kept by ``eval_tasks/greedy.py``): a row is done as soon as a stop string
 appears in the decoded last ``lookback`` generated tokens. Decoding every live row's window at every
 step, for every stop string, is host work at each step of the loop. For a byte-level BPE tokenizer
-(GPT-2's, Qwen2's, Llama 3's, SmolLM2's: a ``ByteLevel`` decoder) the decoded window is the UTF-8
+(GPT-2's, Qwen2's, Llama 3's, SmolLM2's: a ``ByteLevel`` decoder, or a chain ending in one that
+changes nothing else for the vocabulary, ``decodes_byte_level``) the decoded window is the UTF-8
 decoding (invalid bytes replaced) of its tokens' bytes concatenated, with at most spaces removed
 afterwards (``clean_up_tokenization_spaces``). An ASCII character is one byte that no other
 character's encoding contains and that a replacement never swallows, so a stop string whose last
@@ -34,14 +35,55 @@ class Triggers:
 
 def token_texts(tokenizer) -> tuple[str, ...] | None:
     """Each token id's own decoded text (special tokens included, no clean-up), or None when the
-    tokenizer is not a byte-level BPE one (module docstring)."""
-    from tokenizers import decoders
-
+    tokenizer does not decode as a byte-level BPE one (module docstring, ``decodes_byte_level``)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or type(backend.decoder) is not decoders.ByteLevel:
+    if backend is None:
         return None
     size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
+    if not decodes_byte_level(backend, size):
+        return None
     return tuple(backend.decode_batch([[token] for token in range(size)], skip_special_tokens=False))
+
+
+def decodes_byte_level(backend, size: int) -> bool:
+    """Whether ``backend`` (a ``tokenizers.Tokenizer``) decodes any ids below ``size`` exactly as a
+    lone ``ByteLevel`` decoder would. Its decoder is ``ByteLevel``, or a ``Sequence`` ending in one
+    whose other steps do nothing to this vocabulary: transformers 5.17 builds GGUF byte-level
+    tokenizers with ``ByteFallback``, ``Fuse`` and ``Replace("▁", " ")`` before it. ``ByteFallback``
+    acts only on ``<0xNN>`` tokens, ``Replace`` only where its pattern's characters occur, and
+    ``Fuse`` joins the tokens into one string, which ``ByteLevel`` maps back to bytes exactly as
+    token by token as long as every character is one of its 256 (otherwise it keeps the raw text
+    of the whole string, not just of the one token): each is checked on every token's string."""
+    import json
+
+    from tokenizers import pre_tokenizers
+
+    steps = json.loads(backend.to_str()).get("decoder") or {}
+    steps = steps.get("decoders", []) if steps.get("type") == "Sequence" else [steps]
+    if not steps or steps[-1].get("type") != "ByteLevel":
+        return False
+    if len(steps) == 1:
+        return True
+    kinds = {step.get("type") for step in steps[:-1]}
+    if not kinds <= {"ByteFallback", "Fuse", "Replace"}:
+        return False
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    replaced = set()
+    for step in steps[:-1]:
+        if step["type"] == "Replace":
+            pattern = step.get("pattern", {})
+            if "String" not in pattern:
+                return False
+            replaced |= set(pattern["String"])
+    for token in range(size):
+        text = backend.id_to_token(token)
+        if text is None:
+            continue
+        if not set(text) <= alphabet or replaced & set(text):
+            return False
+        if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            return False
+    return True
 
 
 def stop_triggers(stop: str, texts: Sequence[str] | None) -> Triggers | None:

@@ -319,8 +319,8 @@ def test_static_generation_ends_a_chunk_once_every_rows_text_is_final(model, tok
     assert got == expected and all(len(text) < len(full) for text, full in zip(got, texts, strict=True))
     from eval_tasks.fastlm import FastLM
 
-    # A stop in the third token; HF goes to the cap. Where the tokenizer's decoder is not plain byte
-    # level (SmolLM2's under transformers 5.17), FastLM cannot know a text final and goes on too.
+    # A stop in the third token; HF goes to the cap. Where the tokenizer does not decode as byte-level
+    # BPE (eval_tasks/stops.py), FastLM cannot know a text final and goes on too.
     known = FastLM(model, tokenizer, 2)._final_text_check(stops) is not None
     assert len(stock_calls) == 10 and (3 <= len(calls) < 10 if known else len(calls) == 10)
     _assert_same_calls(calls, stock_calls[: len(calls)])
@@ -385,7 +385,7 @@ def test_a_text_called_final_is_what_every_longer_generation_cuts_to(model, toke
 
     final = FastLM(model, tokenizer, 2, stock_shapes=True)._final_text_check(until)
     if final is None:
-        pytest.skip("this transformers builds SmolLM2's tokenizer without a plain byte-level decoder")
+        pytest.skip("SmolLM2's tokenizer does not decode as byte-level BPE under this transformers")
     pieces = ["\n", "\n\n", "Q", ":", " Q", "Q:", " (", " the", " .", ".", " 's", "'", " n't", "é", "🙂", "(A)"]
     vocabulary = sorted({t for piece in pieces for t in tokenizer.encode(piece, add_special_tokens=False)})
     vocabulary += [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]

@@ -95,3 +95,38 @@ def test_windows_without_a_trigger_are_not_decoded():
     expected = [end for end in range(1, len(sequence) + 1) if any(end - 11 <= i < end for i in colons)]
     assert decoded == [min(11, end) for end in expected]
     assert len(colons) == 2 and len(expected) == 11 < len(sequence)
+
+
+def _with_decoder(tokenizer, decoder):
+    """A copy of ``tokenizer``'s backend with another decoder."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.decoder = decoder
+    return backend
+
+
+def test_a_decoder_sequence_that_does_nothing_more_counts_as_byte_level():
+    """transformers 5.17 builds GGUF byte-level tokenizers with ByteFallback, Fuse and Replace("▁")
+    before ByteLevel: on a vocabulary they leave alone (SmolLM2's), every decoding is the lone
+    ByteLevel's, so the check accepts it; a token they would act on (one holding "▁", a character
+    outside ByteLevel's 256, a <0xNN> byte token) makes it refuse, and there decodings differ."""
+    from tokenizers import AddedToken, decoders
+
+    from eval_tasks.stops import decodes_byte_level
+
+    tokenizer = smollm2_tokenizer()
+    chain = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "), decoders.ByteLevel()])
+    plain, sequenced = _with_decoder(tokenizer, decoders.ByteLevel()), _with_decoder(tokenizer, chain)
+    size = plain.get_vocab_size(with_added_tokens=True)
+    assert decodes_byte_level(plain, size) and decodes_byte_level(sequenced, size)
+    for tokens in _sequences(tokenizer, 300, seed=5):
+        assert sequenced.decode(tokens, skip_special_tokens=False) == plain.decode(tokens, skip_special_tokens=False)
+    for odd in ("a▁b", "ü x", "<0x41>"):
+        plain_odd, sequenced_odd = _with_decoder(tokenizer, decoders.ByteLevel()), _with_decoder(tokenizer, chain)
+        for backend in (plain_odd, sequenced_odd):
+            backend.add_tokens([AddedToken(odd, special=False)])
+        token = sequenced_odd.token_to_id(odd)
+        assert decodes_byte_level(plain_odd, size + 1) and not decodes_byte_level(sequenced_odd, size + 1)
+        pair = [tokenizer.encode(" x", add_special_tokens=False)[0], token]
+        assert sequenced_odd.decode(pair, skip_special_tokens=False) != plain_odd.decode(pair, skip_special_tokens=False)
