@@ -32,8 +32,9 @@ post-processing of generations. Only *how* the model is run changes:
   ``decode_rows`` rows decoding together (prefilled ``batch_size`` at a time). HFLM instead
   runs static batches until its stopping criteria end them. The text is then decoded and cut as
   HFLM does, but from the row's tokens up to its stop: where a stop string is a special token
-  that is not the model's EOS, HFLM's text goes on with whatever its batch generated after it. Anything but plain greedy decoding (sampling, or a model generation config with repetition
-  penalties and the like) is handed to HFLM unchanged.
+  that is not the model's EOS, HFLM's text goes on with whatever its batch generated after it.
+  Anything but plain greedy decoding (sampling, or a model generation config with repetition
+  penalties, its own max_new_tokens and the like: ``_PLAIN_GREEDY``) is handed to HFLM unchanged.
 
 ``stock_shapes=True`` (what a run uses unless ``--eval-shapes fast``) gives every forward HFLM's
 shapes instead, keeping the rest (tokenization memo, cached tasks, batched scoring with one host
