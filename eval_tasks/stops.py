@@ -58,7 +58,8 @@ def decodes_byte_level(backend, size: int) -> bool:
 
     from tokenizers import pre_tokenizers
 
-    steps = json.loads(backend.to_str()).get("decoder") or {}
+    # The decoder's own JSON (the whole tokenizer's would serialize the vocabulary and merges too).
+    steps = json.loads(backend.decoder.__getstate__()) if backend.decoder is not None else {}
     steps = steps.get("decoders", []) if steps.get("type") == "Sequence" else [steps]
     if not steps or steps[-1].get("type") != "ByteLevel":
         return False
