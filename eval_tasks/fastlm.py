@@ -534,10 +534,8 @@ class FastLM(HFLM):
         occurrence starting before ``r + 1 + (n - k) * L`` ends before ``r + 1 + (n - k + 1) * L``;
         while that lies in the unchangeable text, the k-th split finds the same occurrences there
         in any longer text, so by induction over the splits the cut stays at ``r``."""
-        if self._token_texts is False:
-            self._token_texts = self._vocabulary_texts()
         terms = [term for term in until if term]  # HFLM's cut skips empty stop strings too
-        if self._token_texts is None or not terms:
+        if self._texts_of_tokens() is None or not terms:
             return None
         padding_dropped = self._pad_id in set(self.tokenizer.all_special_ids)
         reach = 1 + len(terms) * max(len(term) for term in terms) + _CHANGEABLE_TAIL
@@ -577,10 +575,14 @@ class FastLM(HFLM):
     def _stop_triggers(self, stop: str) -> Triggers | None:
         """``eval_tasks/stops.py``: which tokens make the stop check decode (once per stop string)."""
         if stop not in self._triggers:
-            if self._token_texts is False:
-                self._token_texts = self._vocabulary_texts()
-            self._triggers[stop] = stop_triggers(stop, self._token_texts)
+            self._triggers[stop] = stop_triggers(stop, self._texts_of_tokens())
         return self._triggers[stop]
+
+    def _texts_of_tokens(self) -> tuple[str, ...] | None:
+        """``eval_tasks.stops.token_texts`` of the tokenizer (None: not byte-level BPE), read once."""
+        if self._token_texts is False:
+            self._token_texts = self._vocabulary_texts()
+        return self._token_texts
 
 
 # How many of a byte-level BPE decoding's last characters a token appended can still change: the
