@@ -185,7 +185,10 @@ def compare_encoding(requests, stock, make_fast) -> dict:
 STOCK_SHAPED_LABELS = {
     "fast_stock_shapes": "fast with stock shapes",
     "fast_stock_scored": "stock shapes, logits at scored positions",
+    "fast_stock_graphs": "stock shapes, decoding steps as CUDA graphs",
 }
+# Variants that differ from plain stock shapes in one kind of request only.
+STOCK_SHAPED_KINDS = {"fast_stock_scored": "loglikelihood", "fast_stock_graphs": "generate_until"}
 
 
 def compare_requests(name: str, requests, stock, make_fast, device: str, repeat: int = 1,
@@ -250,21 +253,32 @@ def compare_requests(name: str, requests, stock, make_fast, device: str, repeat:
         print(f"{'':>10} noise floor, stock batch {stock.batch_size} vs stock batch {other_batch.batch_size}: "
               f"{_describe(floor)} (fast vs the latter: {_describe(figures['noise_floor']['fast_vs_stock'])})",
               flush=True)
+    shaped_answers = {}
     for label, make in (stock_shaped or {}).items():
-        if method != "loglikelihood" and label != "fast_stock_shapes":
-            continue  # the scored-logits variant differs from plain stock shapes in log-likelihoods only
+        if STOCK_SHAPED_KINDS.get(label, method) != method:
+            continue
         getattr(make(), method)(requests[:2], **kwargs)  # warm-up, as the others had
         shaped = make()
         answers, seconds, peak = _timed(device, lambda shaped=shaped: getattr(shaped, method)(requests, **kwargs))
+        shaped_answers[label] = answers
         figures[label] = {"seconds": seconds, "items_per_s": items / seconds, "peak_bytes": peak,
                           "speedup": stock_s / seconds}  # fmt: skip
         figures[label] |= agreement(method, requests, stock_answers, answers)
+        if label == "fast_stock_graphs":
+            figures[label]["decode_steps"] = shaped.decode_steps
+            if "fast_stock_shapes" in shaped_answers:  # the same path without graphs: every text must be equal
+                figures[label]["vs_eager_stock_shapes"] = agreement(
+                    method, requests, shaped_answers["fast_stock_shapes"], answers)  # fmt: skip
         if method == "loglikelihood":
             figures[label]["answers_identical"] = sum(
                 a == b for a, b in zip(stock_answers, answers, strict=True)) / len(requests)  # fmt: skip
         memory = f" | peak {peak / 2**30:.1f} GiB (stock {stock_peak / 2**30:.1f})" if peak else ""
         print(f"{'':>10} {STOCK_SHAPED_LABELS[label]}: {items / seconds:9.2f} items/s | x{stock_s / seconds:.2f}"
               f"{memory} | vs stock: {_describe(figures[label])}", flush=True)
+        if "vs_eager_stock_shapes" in figures[label]:
+            print(f"{'':>10} {'':>10} ({figures[label]['decode_steps']}) vs stock shapes without graphs: "
+                  f"{_describe(figures[label]['vs_eager_stock_shapes'])}, x{figures['fast_stock_shapes']['seconds'] / seconds:.2f} "
+                  f"their speed", flush=True)  # fmt: skip
     return figures
 
 
@@ -350,6 +364,7 @@ def main() -> None:
     stock_shaped = {} if args.no_stock_shapes else {
         "fast_stock_shapes": lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True),
         "fast_stock_scored": lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True, scored_logits=True),
+        "fast_stock_graphs": lambda: FastLM(model, tokenizer, args.batch_size, stock_shapes=True, cuda_graphs=True),
     }
 
     cache = TaskCache()

@@ -72,6 +72,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 
 from eval_tasks.greedy import GreedyDecoder, Stopping
 from eval_tasks.pair_split import continuation_tokens, splits_at_lines, tail_start
+from eval_tasks.step_graphs import StepGraphs
 from eval_tasks.stops import Triggers, stop_triggers, token_texts
 
 # Generation-config fields that change greedy decoding away from a plain argmax; with any of them
@@ -132,6 +133,7 @@ class FastLM(HFLM):
         scored_logits: bool = False,
         vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
         decode_rows: int | None = None,
+        cuda_graphs: bool = False,
         **hflm_options,
     ):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
@@ -147,6 +149,9 @@ class FastLM(HFLM):
         self._token_texts: tuple[str, ...] | None | bool = False  # False: not read yet
         self._triggers: dict[str, Triggers | None] = {}
         self._drops_full_mask: bool | None = None  # hf_generate_drops_full_mask's answer, once known
+        # Stock shapes on CUDA with SDPA attention: decoding steps replayed as CUDA graphs, kept across
+        # calls so that chunks of one shape share one graph (eval_tasks/step_graphs.py).
+        self.step_graphs = StepGraphs(self._forward) if cuda_graphs and self._graphs_apply() else None
 
     # ----- tokenization -------------------------------------------------------------------------
 
@@ -515,7 +520,8 @@ class FastLM(HFLM):
         )
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
                                 static=self.stock_shapes, decode_rows=self.decode_rows,
-                                drop_full_mask=self.hf_generate_drops_full_mask() if self.stock_shapes else True)
+                                drop_full_mask=self.hf_generate_drops_full_mask() if self.stock_shapes else True,
+                                step_graphs=self.step_graphs)
         generated = decoder.run([encoded[i] for i in order], stopping)
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):
@@ -548,6 +554,23 @@ class FastLM(HFLM):
             return cut < len(text) and cut + reach <= len(text)
 
         return final
+
+    @property
+    def decode_steps(self) -> str:
+        """How greedy decoding steps ran: ``eager``, ``cuda graphs``, or eager because capturing failed."""
+        if self.step_graphs is None:
+            return "eager"
+        if self.step_graphs.failed:
+            return f"eager (cuda graphs failed: {self.step_graphs.failed})"
+        return "cuda graphs"
+
+    def _graphs_apply(self) -> bool:
+        """Whether decoding steps can be CUDA graphs with no number changed: stock shapes (the fast
+        path's refilling batches change shape every step), CUDA, no autocast, and SDPA attention, whose
+        masked key columns are exact (eval_tasks/step_graphs.py)."""
+        attention = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        return (self.stock_shapes and self.device.type == "cuda" and self.mixed_precision_dtype is None
+                and attention == "sdpa")  # fmt: skip
 
     def hf_generate_drops_full_mask(self) -> bool:
         """Whether HF ``generate``, called as HFLM calls it, runs a batch without padding with no

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from eval_tasks.step_graphs import GraphUnavailable, StepGraphs
 from eval_tasks.stops import Triggers
 
 # The key/value cache that rows decoding together may need by their last token, beyond the first
@@ -98,7 +99,7 @@ class GreedyDecoder:
 
     def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
                  decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES,
-                 drop_full_mask: bool = True) -> None:
+                 drop_full_mask: bool = True, step_graphs: StepGraphs | None = None) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -115,6 +116,8 @@ class GreedyDecoder:
         # attention kernel, and so bfloat16 rounding); the caller says what the installed one does.
         self.drop_full_mask = drop_full_mask
         self._cache_token_bytes: float | None = None
+        # Static batches: decoding steps on fixed buffers, replayed as CUDA graphs (eval_tasks/step_graphs.py).
+        self.step_graphs = step_graphs
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         if self.static:
@@ -151,6 +154,7 @@ class GreedyDecoder:
             # lm-eval's criterion of each stop string: which rows have met it (for good), whole batch at once.
             seen = [[False] * len(rows) for _ in stopping.stops]
             final = [False] * len(rows)  # Stopping.final, asked once a row has had an EOS or met a stop
+            graph_step = self._graph_step(batch, stopping.max_new - 1)
             while True:
                 fed = batch.logits.argmax(dim=-1).masked_fill(after_eos, self.pad_id)
                 after_eos |= torch.isin(fed, eos)
@@ -167,8 +171,23 @@ class GreedyDecoder:
                 if (len(outputs[rows[0]]) >= stopping.max_new or all(ended)
                         or any(all(met) for met in seen) or all(final)):  # fmt: skip
                     break
+                if graph_step is not None:
+                    try:
+                        batch.logits = graph_step(fed)
+                        continue
+                    except GraphUnavailable:  # on its first step, before the chunk's own cache moved on
+                        graph_step = None
                 batch = self._step(batch, fed)
         return outputs
+
+    def _graph_step(self, batch: _Batch, steps: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The chunk's decoding step on fixed buffers (``step_graphs``), or None: graphs off or
+        unusable, or a chunk without padding, to which HF may pass no mask (so another attention
+        kernel than the one whose masked columns are exact)."""
+        graphs = self.step_graphs
+        if graphs is None or not graphs.usable or steps < 1 or batch.unmasked or bool(batch.mask.all()):
+            return None
+        return graphs.start(_layers(batch.cache), batch.mask, batch.positions, steps)
 
     def _choose(
         self, batch: _Batch, outputs: list[list[int]], stopping: Stopping, marks: list[list[int]]

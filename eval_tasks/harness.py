@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -65,6 +65,7 @@ class EvalOptions:
     backend: str = "fast"  # a key of EVAL_BACKENDS
     decode_rows: int | None = None  # rows generating together (fast backend, fast shapes); None: the batch size
     shapes: str = "stock"  # a member of EVAL_SHAPES (module docstring)
+    cuda_graphs: bool = False  # stock shapes on CUDA: decoding steps as CUDA graphs (eval_tasks/step_graphs.py)
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -125,6 +126,7 @@ def evaluate(
     on_benchmark: Callable[[str, dict | None], None] | None = None,
     decode_rows: int | None = None,
     eval_shapes: str = "stock",
+    cuda_graphs: bool = False,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
@@ -135,13 +137,14 @@ def evaluate(
     tokenizations for the next call; ``decode_rows`` (fast backend) is how many prompts generate
     together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch
     size) where ``eval_shapes`` is ``fast``; ``stock`` (default) keeps HFLM's shapes (module
-    docstring). ``on_benchmark(name, None)`` is called when a benchmark starts and
+    docstring), and with ``cuda_graphs`` on CUDA replays its decoding steps as CUDA graphs
+    (``eval_tasks/step_graphs.py``; settings.decode_steps says how they ran). ``on_benchmark(name, None)`` is called when a benchmark starts and
     ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
     options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend, decode_rows,
-                          eval_shapes)
+                          eval_shapes, cuda_graphs)
     data_files = hash_data_files(specs, chosen, data_root)
     task_cache = task_cache or TaskCache()
     references = {
@@ -208,6 +211,7 @@ def evaluate(
             "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
             "eval_backend": options.backend,
             "eval_shapes": options.shapes if options.backend == "fast" else None,
+            "decode_steps": context.notes.get("decode_steps"),
             "timing": timing,  # wall time per benchmark, tasks and requests built or cached included
         },
         sample_files=sample_files,
@@ -274,6 +278,8 @@ class _RunContext:
     data_files: Mapping[str, str]
     cache_key: str | None  # response-cache fingerprint, when a response cache is used
     task_cache: TaskCache
+    # What the backend did that the options alone do not say (settings.decode_steps), filled as it runs.
+    notes: dict = field(default_factory=dict)
 
 
 RunBenchmark = Callable[[BenchmarkSpec, Sequence[str]], dict]
@@ -304,7 +310,8 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     cache = context.task_cache
     lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
                 vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows,
-                **EVAL_SHAPES[options.shapes])  # fmt: skip
+                cuda_graphs=options.cuda_graphs, **EVAL_SHAPES[options.shapes])  # fmt: skip
+    fast_lm = lm
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)
         lm = CachingLM(lm, f"{_cache_path(options, context.cache_key)}_rank0.db")
@@ -313,9 +320,11 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
         key = _task_key(spec, subtasks, context.data_root, context.data_files, options)
         tasks = context.task_cache.tasks(key, context.data_root, options.gen_kwargs(spec))
         seed_like_lm_eval()
-        return lm_eval_evaluate(
+        output = lm_eval_evaluate(
             lm=lm, task_dict=tasks, limit=options.limit, log_samples=True, bootstrap_iters=0
         )
+        context.notes["decode_steps"] = fast_lm.decode_steps
+        return output
 
     return run
 

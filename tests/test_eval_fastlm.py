@@ -455,16 +455,17 @@ def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, to
     results = {
         (backend, shapes): evaluate(model, tokenizer, list(subtasks), data_root=data_root, limit=3, batch_size=4,
                                     max_gen_tokens=8, subtasks=subtasks, output_dir=tmp_path / f"{backend}-{shapes}",
-                                    eval_backend=backend, eval_shapes=shapes, decode_rows=6)
+                                    eval_backend=backend, eval_shapes=shapes, decode_rows=6, cuda_graphs=True)
         for backend, shapes in (("hflm", "stock"), ("fast", "stock"), ("fast", "stock-scored"), ("fast", "fast"))
     }  # fmt: skip
     stock = results["hflm", "stock"]
     assert stock.settings["eval_backend"] == "hflm" and stock.settings["eval_shapes"] is None
-    assert stock.settings["decode_rows"] is None
+    assert stock.settings["decode_rows"] is None and stock.settings["decode_steps"] is None
     for shapes, rows in (("stock", 4), ("stock-scored", 4), ("fast", 6)):  # stock shapes: HFLM's batches of 4
         fast = results["fast", shapes]
         assert fast.settings["eval_backend"] == "fast" and fast.settings["eval_shapes"] == shapes
         assert fast.settings["decode_rows"] == rows
+        assert fast.settings["decode_steps"] == "eager"  # CUDA graphs asked for, and a CPU has none
         assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
         assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
             (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks

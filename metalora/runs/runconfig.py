@@ -106,6 +106,7 @@ GPU_EVAL_BATCH_SIZE = 64
 # depends on how many rows it decodes; more rows, fewer steps (bench/eval_profile.py, README). What
 # bounds it is the key/value cache. On a CPU each row costs arithmetic: the batch size is kept.
 GPU_DECODE_ROWS = 256
+CUDA_GRAPH_CHOICES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,12 @@ class ExecutionOptions:
                  "(stock, the output layer only at scored positions: less memory) | fast (shared prefixes, float32 "
                  "scoring, --eval-decode-rows refilling: faster, differs at bfloat16 near-ties)."
     )
+    # Replays of the same kernels, so the same numbers (eval_tasks/step_graphs.py; bench/eval_speed.py
+    # compares them with stock HFLM on the GPU). Recorded in eval/results.json as settings.decode_steps.
+    eval_cuda_graphs: str = option(
+        "off", "auto (stock shapes on CUDA with SDPA attention: each generation chunk's decoding steps replayed as "
+               "one CUDA graph, no host work per layer) | off."
+    )
     log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
     def validate(self) -> ExecutionOptions:
@@ -148,6 +155,9 @@ class ExecutionOptions:
             )
         if self.eval_shapes not in EVAL_SHAPES:
             raise MlbenchError(f"--eval-shapes must be one of {', '.join(EVAL_SHAPES)}, got {self.eval_shapes!r}")
+        if self.eval_cuda_graphs not in CUDA_GRAPH_CHOICES:
+            raise MlbenchError(f"--eval-cuda-graphs must be one of {', '.join(CUDA_GRAPH_CHOICES)}, "
+                               f"got {self.eval_cuda_graphs!r}")
         self.checkpoint_schedule()  # one line if malformed
         rows = self.eval_decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):

@@ -442,6 +442,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "eval_decode_rows": options.decode_rows_for(loaded.device),
         "eval_backend": options.eval_backend,
         "eval_shapes": options.eval_shapes,
+        "eval_cuda_graphs": options.eval_cuda_graphs,
         "base_model_reused": reused,  # kept loaded from an earlier run of this worker (verified unchanged)
     }
     files.write_env(folder, environment)
@@ -544,6 +545,7 @@ def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, r
         on_benchmark=on_benchmark,
         decode_rows=options.eval_decode_rows,
         eval_shapes=options.eval_shapes,
+        cuda_graphs=options.eval_cuda_graphs == "auto",
     )
 
 
