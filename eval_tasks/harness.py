@@ -65,7 +65,7 @@ class EvalOptions:
     backend: str = "fast"  # a key of EVAL_BACKENDS
     decode_rows: int | None = None  # rows generating together (fast backend, fast shapes); None: the batch size
     shapes: str = "stock"  # a member of EVAL_SHAPES (module docstring)
-    cuda_graphs: bool = False  # stock shapes on CUDA: decoding steps as CUDA graphs (eval_tasks/step_graphs.py)
+    cuda_graphs: bool = True  # stock shapes on CUDA: decoding steps as CUDA graphs (eval_tasks/step_graphs.py)
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -126,7 +126,7 @@ def evaluate(
     on_benchmark: Callable[[str, dict | None], None] | None = None,
     decode_rows: int | None = None,
     eval_shapes: str = "stock",
-    cuda_graphs: bool = False,
+    cuda_graphs: bool = True,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 

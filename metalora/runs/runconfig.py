@@ -134,11 +134,12 @@ class ExecutionOptions:
                  "(stock, the output layer only at scored positions: less memory) | fast (shared prefixes, float32 "
                  "scoring, --eval-decode-rows refilling: faster, differs at bfloat16 near-ties)."
     )
-    # Replays of the same kernels, so the same numbers (eval_tasks/step_graphs.py; bench/eval_speed.py
-    # compares them with stock HFLM on the GPU). Recorded in eval/results.json as settings.decode_steps.
+    # Replays of the same kernels, so the same numbers (eval_tasks/step_graphs.py): on the H200 every
+    # generation measured was stock HFLM's, and a full run's every score the same as with "off" (README).
+    # Recorded in eval/results.json as settings.decode_steps.
     eval_cuda_graphs: str = option(
-        "off", "auto (stock shapes on CUDA with SDPA attention: each generation chunk's decoding steps replayed as "
-               "one CUDA graph, no host work per layer) | off."
+        "auto", "auto (stock shapes on CUDA with SDPA attention: each generation chunk's decoding steps replayed as "
+                "one CUDA graph, no host work per layer; the same generations) | off."
     )
     log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
