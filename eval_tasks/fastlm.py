@@ -149,8 +149,8 @@ class FastLM(HFLM):
         self._token_texts: tuple[str, ...] | None | bool = False  # False: not read yet
         self._triggers: dict[str, Triggers | None] = {}
         self._drops_full_mask: bool | None = None  # hf_generate_drops_full_mask's answer, once known
-        # Stock shapes on CUDA with SDPA attention: decoding steps replayed as CUDA graphs, kept across
-        # calls so that chunks of one shape share one graph (eval_tasks/step_graphs.py).
+        # Stock shapes on CUDA with SDPA attention: decoding steps replayed as CUDA graphs; the chunks of
+        # one call that share a shape share a graph, freed when the call ends (eval_tasks/step_graphs.py).
         self.step_graphs = StepGraphs(self._forward) if cuda_graphs and self._graphs_apply() else None
 
     # ----- tokenization -------------------------------------------------------------------------
@@ -522,7 +522,11 @@ class FastLM(HFLM):
                                 static=self.stock_shapes, decode_rows=self.decode_rows,
                                 drop_full_mask=self.hf_generate_drops_full_mask() if self.stock_shapes else True,
                                 step_graphs=self.step_graphs)
-        generated = decoder.run([encoded[i] for i in order], stopping)
+        try:
+            generated = decoder.run([encoded[i] for i in order], stopping)
+        finally:
+            if self.step_graphs is not None:  # lm-eval asks for a benchmark's generations in one call
+                self.step_graphs.release()
         texts: list[str | None] = [None] * len(contexts)
         for index, tokens in zip(order, generated, strict=True):
             texts[index] = postprocess_generated_text(self.tok_decode(tokens), until, None)

@@ -105,6 +105,11 @@ class StepGraphs:
         self._logits: torch.Tensor | None = None
         self._proven = False  # a step has run on these buffers' kind without failing
 
+    def release(self) -> None:
+        """Free the buffers and the graph's memory (a benchmark's generation is done; the next one,
+        or a sweep worker's next run, captures its own). What ``failed`` says is kept."""
+        self._buffers, self._graph, self._logits = None, None, None
+
     @property
     def usable(self) -> bool:
         return self.failed is None
@@ -116,7 +121,7 @@ class StepGraphs:
         rows, columns = mask.shape
         width = math.ceil((columns + steps) / WIDTH_STEP) * WIDTH_STEP
         if self._buffers is None or self._buffers.key != _Buffers.signature(layers, rows, width):
-            self._buffers, self._graph, self._logits = None, None, None  # free the old graph's memory first
+            self.release()  # the old graph's memory first
             self._buffers = _Buffers(layers, rows, width)
         self._buffers.load(layers, mask, positions)
         return self._step
@@ -142,7 +147,7 @@ class StepGraphs:
             logits = self._first_step()
         except Exception as error:  # any model whose forward cannot run or be captured this way
             self.failed = f"{type(error).__name__}: {error}".splitlines()[0]
-            self._buffers, self._graph, self._logits = None, None, None
+            self.release()
             log.warning("decoding steps as CUDA graphs: not for this model (%s); decoding eagerly", self.failed)
             raise GraphUnavailable(self.failed) from error
         self._proven = True
@@ -154,15 +159,15 @@ class StepGraphs:
         kernels without running them, so the buffers stay at the second step."""
         if not self.capture:
             return self._body()
-        device = self._buffers.mask.device
-        stream = torch.cuda.Stream(device=device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            logits = self._body()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._logits = self._body()
+        with torch.cuda.device(self._buffers.mask.device):  # the model's GPU, whichever is current
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                logits = self._body()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._body()
         self._graph = graph
         return logits
 

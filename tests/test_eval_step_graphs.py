@@ -56,6 +56,7 @@ def test_steps_on_fixed_buffers_give_the_growing_caches_texts(model, tokenizer, 
     # Every chunk of 4 or 16 has padding here; a chunk of one has none.
     assert (len(steps) > 0) == (batch_size > 1)
     assert fast.step_graphs.failed is None
+    assert fast.step_graphs._buffers is None  # freed once the call is done
 
 
 def test_buffers_are_reused_by_a_chunk_of_the_same_shape_and_reloaded(model, tokenizer):
