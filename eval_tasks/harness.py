@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from eval_tasks.dataroot import DATA_ROOT_KEY, task_metadata
+from eval_tasks.generation_rules import OWN_STOP_GENERATION_RULE, STOCK_GENERATION_RULE
 from eval_tasks.greedy import decoding_rows
 from eval_tasks.model_state import evaluation_state, model_fingerprint
 from eval_tasks.records import sample_record, write_records
@@ -87,6 +88,10 @@ class EvalOptions:
         rows = self.decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise MlbenchError(f"decode rows must be a positive integer, got {self.decode_rows!r}")
+
+    def stock_shaped(self) -> bool:
+        """The fast backend with HFLM's shapes (``stock`` or ``stock-scored``)."""
+        return self.backend == "fast" and bool(EVAL_SHAPES[self.shapes].get("stock_shapes"))
 
     def generation_rows(self) -> int | str | None:
         """Rows generating together in the fast backend (never fewer than the batch size); None for
@@ -211,6 +216,8 @@ def evaluate(
             "response_cache": str(_cache_path(options, cache_key)) if cache_key else None,
             "eval_backend": options.backend,
             "eval_shapes": options.shapes if options.backend == "fast" else None,
+            "generation_rule": OWN_STOP_GENERATION_RULE if options.backend == "fast" and not options.stock_shaped()
+            else STOCK_GENERATION_RULE,
             "decode_steps": context.notes.get("decode_steps"),
             "timing": timing,  # wall time per benchmark, tasks and requests built or cached included
         },

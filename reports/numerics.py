@@ -2,11 +2,14 @@
 
 In bfloat16 which forwards compute an answer changes its rounding, and so the answer at near-ties:
 ``--eval-shapes`` (stock HFLM's shapes or mlbench's faster ones), the evaluation batch size and the
-rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too. Runs
+rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too, and so is
+the rule by which stock shapes end a generation chunk (``settings.generation_rule``), which changes texts
+in any dtype. Runs
 that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
-evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype that differs.
+evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype or a
+generation rule that differs.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from eval_tasks.generation_rules import STOCK_GENERATION_RULE
 from reports.settings import Setting
 from reports.tables import MARK_GROUP, setting_fields
 
 HALF_PRECISION = ("bfloat16", "float16")
 UNRECORDED_SHAPES = "fast (recorded before --eval-shapes existed)"
+# Fast-backend results recorded before settings.generation_rule existed: stock shapes before f4bd08b,
+# and fast shapes, cut each generated row at its own first stop string (eval_tasks/greedy.py), other
+# texts in any dtype, so they are never ranked silently against runs whose rule is recorded. lm-eval's
+# own backend always followed HF generate.
+UNRECORDED_RULE = "not recorded"
 
 
 @dataclass(frozen=True)
@@ -29,17 +38,20 @@ class Numerics:
     shapes: str | None  # the fast backend's --eval-shapes; None for the stock backend
     batch_size: object
     decode_rows: object
+    generation_rule: str  # how generation chunks end and texts are cut (settings.generation_rule)
 
     def describe(self, dtype_only: bool = False) -> str:
+        # The generation rule changes texts in any dtype, so it is named even where rounding is not.
+        rule = [f"generation: {self.generation_rule}"]
         if dtype_only:
-            return self.dtype
+            return ", ".join([self.dtype, *rule])
         parts = [self.dtype, f"backend {self.backend}"]
         if self.shapes is not None:
             parts.append(f"shapes {self.shapes}")
         parts.append(f"batch {self.batch_size}")
         if self.decode_rows not in (None, self.batch_size):
             parts.append(f"{self.decode_rows} rows generating together")
-        return ", ".join(parts)
+        return ", ".join(parts + rule)
 
 
 def run_numerics(run) -> Numerics:
@@ -48,7 +60,8 @@ def run_numerics(run) -> Numerics:
     backend = str(settings.get("eval_backend") or "not recorded")
     shapes = settings.get("eval_shapes") or (UNRECORDED_SHAPES if backend == "fast" else None)
     dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
-    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"))
+    rule = settings.get("generation_rule") or (STOCK_GENERATION_RULE if backend == "hflm" else UNRECORDED_RULE)
+    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,10 @@ def _store(tmp_path: Path, numerics: dict[int, tuple[str, dict]]) -> Path:
     return store
 
 
-STOCK = {"eval_backend": "fast", "eval_shapes": "stock", "batch_size": 64, "decode_rows": 64}
-FAST = {"eval_backend": "fast", "eval_shapes": "fast", "batch_size": 64, "decode_rows": 256}
+STOCK = {"eval_backend": "fast", "eval_shapes": "stock", "batch_size": 64, "decode_rows": 64,
+         "generation_rule": "hf-generate chunks"}
+FAST = {"eval_backend": "fast", "eval_shapes": "fast", "batch_size": 64, "decode_rows": 256,
+        "generation_rule": "each row to its own first stop"}
 
 
 def test_a_block_with_runs_under_other_shapes_in_bfloat16_is_listed_with_its_runs(tmp_path):
@@ -42,8 +44,10 @@ def test_a_block_with_runs_under_other_shapes_in_bfloat16_is_listed_with_its_run
     assert HEADING in html
     section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
     assert f"{MODEL}, full, multitask, 50 per task:" in section
-    stock_line = section.split("bfloat16, backend fast, shapes stock, batch 64:")[1].split("</li>")[0]
-    fast_line = section.split("bfloat16, backend fast, shapes fast, batch 64, 256 rows generating together:")[1]
+    stock_line = section.split("bfloat16, backend fast, shapes stock, batch 64, generation: hf-generate chunks:")[1]
+    stock_line = stock_line.split("</li>")[0]
+    fast_line = section.split("bfloat16, backend fast, shapes fast, batch 64, 256 rows generating together, "
+                              "generation: each row to its own first stop:")[1]
     assert rid(1) in stock_line and rid(3) in stock_line and rid(2) not in stock_line
     assert rid(2) in fast_line.split("</li>")[0]
 
@@ -52,16 +56,33 @@ def test_runs_recorded_before_eval_shapes_read_as_the_fast_path(tmp_path):
     before = {"eval_backend": "fast", "batch_size": 64, "decode_rows": 64}
     store = _store(tmp_path, {1: ("bfloat16", STOCK), 2: ("bfloat16", before), 3: ("bfloat16", STOCK)})
     html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
-    assert "shapes fast (recorded before --eval-shapes existed), batch 64:" in html
+    assert "shapes fast (recorded before --eval-shapes existed), batch 64, generation: not recorded:" in html
 
 
 def test_same_numerics_or_float32_shapes_are_not_listed_but_a_dtype_is(tmp_path):
     same = _store(tmp_path / "a", {1: ("bfloat16", STOCK), 2: ("bfloat16", STOCK), 3: ("bfloat16", STOCK)})
     assert HEADING not in build_report(same, tmp_path / "a" / "site").read_text(encoding="utf-8")
-    # float32: other shapes and batches give the same answers to rounding; not a mixed block.
-    float32 = _store(tmp_path / "b", {1: ("float32", STOCK), 2: ("float32", FAST), 3: ("float32", STOCK)})
+    # float32: another batch gives the same answers to rounding; not a mixed block.
+    batch32 = STOCK | {"batch_size": 32, "decode_rows": 32}
+    float32 = _store(tmp_path / "b", {1: ("float32", STOCK), 2: ("float32", batch32), 3: ("float32", STOCK)})
     assert HEADING not in build_report(float32, tmp_path / "b" / "site").read_text(encoding="utf-8")
+    # Fast shapes cut each row at its own first stop string: other texts in float32 too, so listed.
+    rules = _store(tmp_path / "d", {1: ("float32", STOCK), 2: ("float32", FAST), 3: ("float32", STOCK)})
+    html = build_report(rules, tmp_path / "d" / "site").read_text(encoding="utf-8")
+    assert HEADING in html and "float32, generation: each row to its own first stop:" in html
     # A dtype that differs always is.
     dtypes = _store(tmp_path / "c", {1: ("float32", STOCK), 2: ("bfloat16", STOCK), 3: ("float32", STOCK)})
     html = build_report(dtypes, tmp_path / "c" / "site").read_text(encoding="utf-8")
-    assert HEADING in html and "bfloat16, backend fast, shapes stock, batch 64:" in html
+    assert HEADING in html and "bfloat16, backend fast, shapes stock, batch 64, generation: hf-generate chunks:" in html
+
+
+def test_stock_shaped_runs_without_a_recorded_generation_rule_are_listed_in_float32_too(tmp_path):
+    """Results recorded before settings.generation_rule (stock shapes before f4bd08b cut each row at
+    its own stop string): other texts whatever the dtype, so never ranked silently with recorded ones."""
+    unrecorded = {key: value for key, value in STOCK.items() if key != "generation_rule"}
+    store = _store(tmp_path, {1: ("float32", STOCK), 2: ("float32", unrecorded), 3: ("float32", STOCK)})
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert HEADING in html
+    section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
+    assert "float32, generation: not recorded:" in section and "float32, generation: hf-generate chunks:" in section
+    assert rid(2) in section.split("float32, generation: not recorded:")[1].split("</li>")[0]
