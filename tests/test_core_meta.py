@@ -344,7 +344,8 @@ def test_stacked_inner_loop_equals_sequential(tokenizer, variant, weighting):
         results[inner_loop] = meta_update_direction(model, shared_params(model), batches, options, weighting)
     (sequential, seq_stats), (stacked, stacked_stats) = results["sequential"], results["stacked"]
     for name in sequential:
-        torch.testing.assert_close(stacked[name], sequential[name], atol=1e-7, rtol=1e-5)
+        # float32 sums over other batch shapes (one element of 128 was 1.7e-7 apart on an AVX-512 CPU)
+        torch.testing.assert_close(stacked[name], sequential[name], atol=1e-6, rtol=1e-5)
     for key in ("support_loss", "query_loss"):
         if seq_stats[key] is None:
             assert stacked_stats[key] is None and variant == "phase2_only"

@@ -78,8 +78,10 @@ def test_inner_loop_gradients_equal_with_checkpointing_and_functional_call_would
         wrong_grads = torch.autograd.grad(wrong, list(theta.values()))
     assert torch.equal(loss, loss_recomputed)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_recomputed, strict=True))
-    assert torch.equal(wrong.detach(), loss.detach())  # the forward is right ...
-    assert not all(torch.equal(a, b) for a, b in zip(grads, wrong_grads, strict=True))  # ... its gradient not
+    # The forward is right (to float32 rounding: functional_call's forward may take other CPU kernels) ...
+    torch.testing.assert_close(wrong.detach(), loss.detach(), rtol=1e-6, atol=0)
+    # ... its gradient is not, by far more than rounding: every tensor off by over 10% of its norm.
+    assert all((a - b).norm() > 0.1 * a.norm() for a, b in zip(grads, wrong_grads, strict=True))
 
 
 def test_checkpointing_is_recorded_but_not_in_the_run_id():

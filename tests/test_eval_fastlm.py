@@ -153,7 +153,9 @@ def test_stock_shaped_loglikelihoods_are_stock_hflms_bit_for_bit(model, tokenize
 def test_scored_logits_keep_stock_hflms_inputs_and_answers(model, tokenizer, loglikelihood_requests, dtype,
                                                            batch_size):
     """``scored_logits`` (``--eval-shapes stock-scored``): the same input ids as HFLM call by call,
-    the output layer at the scored positions only, and on this CPU HFLM's answers bit for bit."""
+    the output layer at the scored positions only, and HFLM's answers: in bfloat16 bit for bit; in
+    float32 to float32 rounding, because the output layer's matrix product over fewer rows can take
+    another CPU kernel (a single row did on an AVX-512 CPU: 1e-6 apart)."""
     import copy
 
     import torch
@@ -173,7 +175,11 @@ def test_scored_logits_keep_stock_hflms_inputs_and_answers(model, tokenizer, log
     _assert_same_calls(our_calls, stock_calls)
     # Every call kept fewer positions than it ran (MMLU's one-token options: one or a few per batch).
     assert len(kept) == len(our_calls) and all(len(keep) < ids.shape[1] for keep, (ids, _, _) in zip(kept, our_calls))
-    assert got == expected
+    if dtype == "bfloat16":
+        assert got == expected
+    else:
+        assert [greedy for _, greedy in got] == [greedy for _, greedy in expected]
+        assert max(abs(a - b) for (a, _), (b, _) in zip(got, expected, strict=True)) <= 1e-5
 
 
 def test_stock_shaped_loglikelihoods_hold_under_left_truncation(model, tokenizer, manager):
@@ -461,11 +467,14 @@ def test_fast_backend_reports_what_the_stock_backend_reports(tmp_path, model, to
     stock = results["hflm", "stock"]
     assert stock.settings["eval_backend"] == "hflm" and stock.settings["eval_shapes"] is None
     assert stock.settings["decode_rows"] is None and stock.settings["decode_steps"] is None
+    assert stock.settings["generation_rule"] == "hf-generate chunks"  # lm-eval's own
     for shapes, rows in (("stock", 4), ("stock-scored", 4), ("fast", 6)):  # stock shapes: HFLM's batches of 4
         fast = results["fast", shapes]
         assert fast.settings["eval_backend"] == "fast" and fast.settings["eval_shapes"] == shapes
         assert fast.settings["decode_rows"] == rows
         assert fast.settings["decode_steps"] == "eager"  # CUDA graphs asked for, and a CPU has none
+        assert fast.settings["generation_rule"] == (
+            "hf-generate chunks" if shapes != "fast" else "each row to its own first stop")
         assert fast.settings["timing"]["mmlu"]["items"] == 3 and fast.settings["timing"]["bbh_mc"]["items"] == 3
         assert [(s.task, s.metrics, s.n_evaluated, s.config_hash) for s in fast.tasks] == [
             (s.task, s.metrics, s.n_evaluated, s.config_hash) for s in stock.tasks
