@@ -132,3 +132,57 @@ def test_a_step_on_fixed_buffers_computes_the_growing_caches_logits(model, token
         logits = step(fed)
         torch.testing.assert_close(logits, growing.logits, rtol=0, atol=1e-5)
         fed = torch.tensor([7, 11, 13]) + fed % 5  # any tokens: the two paths are fed the same
+
+
+def _adapted(kind: str, tokenizer):
+    """A tiny model as evaluation sees it: plain (LoRA merged), peft LoRA unmerged, or HydraLoRA (never merged)."""
+    from baselines.hydralora import inject_hydralora
+    from metalora.training.config import TrainConfig
+    from metalora.training.lora import new_lora_model
+
+    model = tiny_llama(tokenizer)
+    if kind == "lora":
+        model = new_lora_model(model, TrainConfig(rank=2, dropout=0.0))
+    elif kind == "hydralora":
+        inject_hydralora(model, {"target_modules": ["q_proj", "v_proj", "down_proj"], "rank": 2, "alpha": 4.0,
+                                 "dropout": 0.0, "num_heads": 2})  # fmt: skip
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["plain", "lora", "hydralora"])
+def test_a_step_on_fixed_buffers_reads_nothing_back_to_the_host(monkeypatch, tokenizer, kind):
+    """What a CUDA graph cannot capture is a value read back to the host (a synchronisation): a
+    decoding step on the buffers makes none, for each way evaluation runs a model, so capturing
+    fails on none of them for that reason (on a CPU the same Python runs as on a GPU)."""
+    import torch
+
+    from eval_tasks.fastlm import FastLM
+    from eval_tasks.greedy import GreedyDecoder, _layers
+    from eval_tasks.step_graphs import StepGraphs
+
+    model = _adapted(kind, tokenizer)
+    fast = FastLM(model, tokenizer, 2)
+    prompts = [tokenizer.encode(text) for text in ["Once upon a time there was", "Hi there"]]
+    decoder = GreedyDecoder(fast._forward, tokenizer, fast._pad_id, 2, fast.device, static=True)
+    batch = decoder._prefill(prompts, range(2))
+    graphs = StepGraphs(fast._forward, capture=False)
+    step = graphs.start(_layers(batch.cache), batch.mask, batch.positions, 5)
+    fed = batch.logits.argmax(dim=-1)
+    fed = step(fed).argmax(dim=-1)  # the first step (lazy initialisations may read)
+    reads = []
+
+    def counting(original, name):
+        def read(*args, **kwargs):
+            reads.append(name)
+            return original(*args, **kwargs)
+
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+            patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name), name))
+        for name in ("unique", "any", "all"):
+            patch.setattr(torch, name, counting(getattr(torch, name), name))
+        for _ in range(3):
+            fed = step(fed).argmax(dim=-1)
+    assert reads == [] and graphs.failed is None
