@@ -6,29 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from eval_tasks.dataroot import task_metadata
-from eval_tasks.registry import EVAL_TASKS_DIR
-from tests.helpers import smollm2_tokenizer, tiny_llama
+from tests import test_eval_fastlm
+from tests.helpers import tiny_llama
 from tests.test_eval_fastlm import _generation_requests, _lms
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return smollm2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_llama(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def manager(data_root):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(
-        include_path=str(EVAL_TASKS_DIR), include_defaults=False, metadata=task_metadata(data_root)
-    )
+# The SmolLM2 tokenizer, the tiny model sized to it and lm-eval's task manager: test_eval_fastlm's fixtures.
+tokenizer, model, manager = test_eval_fastlm.tokenizer, test_eval_fastlm.model, test_eval_fastlm.manager
 
 
 def _with_buffers(fast, forward=None):
