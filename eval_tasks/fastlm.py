@@ -43,7 +43,8 @@ order), each input right-padded with zeros and run without a mask through HFLM's
 the log-softmax in HFLM's dtype at the scored positions only (row-wise, so the same values), the
 sums as HFLM's ``torch.sum``. Generation: HFLM's static batches (same order, same chunks, each
 decoded exactly as long as HF ``generate`` under lm-eval decodes it, each row fed what that feeds
-it, and each row's text decoded from all its chunk's tokens, as HFLM's is: ``eval_tasks/greedy.py``).
+it, and each row's text decoded from all its chunk's tokens, as HFLM's is: ``eval_tasks/greedy.py``;
+with ``cuda_graphs`` on CUDA its decoding steps are replayed as CUDA graphs, ``eval_tasks/step_graphs.py``).
 Tests hold the forwards equal call by call and the answers equal bit for bit, in float32 and
 bfloat16, on a CPU. With ``scored_logits`` as well
 (``--eval-shapes stock-scored``), the model's output layer runs only at the positions a

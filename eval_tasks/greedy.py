@@ -28,7 +28,9 @@ seen in every row; and each row's output is every token of its chunk, because HF
 token that is not the model's EOS (as lm-eval's added EOS text can be) keeps the text it generated
 after it. Every forward then has the very shapes of HFLM's, so in bfloat16, where a different batch
 or padding width changes rounding and so can flip a near-tie of the argmax, it reproduces HFLM's
-generations; it gives up the refilling, not the cheaper loop.
+generations; it gives up the refilling, not the cheaper loop. With ``step_graphs`` (CUDA) a chunk's
+decoding steps run on fixed key/value buffers, one CUDA graph replayed per step
+(``eval_tasks/step_graphs.py``): HF's step's kernels, attention over masked extra columns that add nothing.
 
 Layout: all rows share one cache whose columns are aligned on the right (the newest token of every
 row is in the last column); a row's own tokens are preceded by masked padding. New rows are
