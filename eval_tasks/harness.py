@@ -99,7 +99,7 @@ class EvalOptions:
         if self.backend != "fast":
             return None
         # Stock shapes generate in HFLM's static batches; "auto" is known only once FastLM has probed it.
-        if self.batch_size == "auto" or EVAL_SHAPES[self.shapes].get("stock_shapes"):
+        if self.batch_size == "auto" or self.stock_shaped():
             return self.batch_size
         return decoding_rows(self.batch_size, self.decode_rows)
 

@@ -3,8 +3,8 @@
 In bfloat16 which forwards compute an answer changes its rounding, and so the answer at near-ties:
 ``--eval-shapes`` (stock HFLM's shapes or mlbench's faster ones), the evaluation batch size and the
 rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too, and so is
-the rule by which stock shapes end a generation chunk (``settings.generation_rule``), which changes texts
-in any dtype. Runs
+the rule by which a generation chunk ends and its texts are cut (``settings.generation_rule``,
+``eval_tasks/generation_rules.py``), which changes texts in any dtype. Runs
 that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
