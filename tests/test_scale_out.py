@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from metalora.cli import app
-from metalora.runs.launch import LaunchOptions, assignments, chunks, job_command, make_executor
+from metalora.errors import MlbenchError
+from metalora.runs.launch import LaunchOptions, assignments, chunks, job_command, make_executor, worker_env
 from metalora.runs.progress import Progress
 from metalora.runs.store import RunStore
 from tests.test_store_sweep import write_sweep
@@ -59,6 +60,20 @@ def test_workers_per_gpu_share_the_gpus_round_robin():
     assert job_command(worker, LaunchOptions("local", gpus_per_job=2)) == [*worker, "--gpus", "2", "--only"]
     assert job_command(worker, LaunchOptions("local", workers_per_gpu=3)) == [
         *worker, "--gpus", "1", "--workers-per-gpu", "3", "--only"]
+
+
+def test_workers_see_the_launchers_own_gpus(monkeypatch):
+    # CUDA_VISIBLE_DEVICES=2,3 mlbench sweep --gpus 2 (or a SLURM job given GPUs 3 and 5): the
+    # workers run on those GPUs, not on the host's first two.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert [worker_env(gpu, None)["CUDA_VISIBLE_DEVICES"] for gpu in (0, 1)] == ["2", "3"]
+    with pytest.raises(MlbenchError, match="CUDA_VISIBLE_DEVICES=2, 3 shows 2"):
+        worker_env(2, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa,GPU-bbbb")
+    assert worker_env(1, None)["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker_env(1, None)["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(None, 2)  # CPU workers: no GPU named
 
 
 def test_progress_line_and_eta():

@@ -138,6 +138,21 @@ def worker_command(config: Path, store: Path, profile: str | None, execution: Ex
     return command + (["--profile", profile] if profile else [])
 
 
+def visible_gpu(gpu: int, launcher_visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` of the worker on this launcher's ``gpu``-th GPU: the launcher's
+    own list, if it was given one (``CUDA_VISIBLE_DEVICES=2,3 mlbench sweep --gpus 2`` runs on GPUs
+    2 and 3, not 0 and 1), else the GPU's index."""
+    entries = [entry.strip() for entry in (launcher_visible or "").split(",") if entry.strip()]
+    if not entries:
+        return str(gpu)
+    if gpu >= len(entries):
+        raise MlbenchError(
+            f"--gpus asks for GPU {gpu + 1} but CUDA_VISIBLE_DEVICES={launcher_visible} shows {len(entries)}; "
+            f"ask for at most {len(entries)} GPUs or widen CUDA_VISIBLE_DEVICES"
+        )
+    return entries[gpu]
+
+
 def worker_env(gpu: int | None, threads: int | None) -> dict[str, str]:
     """A worker's environment: this code first on the path (so workers run exactly the launcher's
     code, installed or not), its GPU, and its share of the CPU threads."""
@@ -146,7 +161,7 @@ def worker_env(gpu: int | None, threads: int | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([code, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env["TQDM_DISABLE"] = "1"  # workers write to log files
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        env["CUDA_VISIBLE_DEVICES"] = visible_gpu(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
