@@ -365,12 +365,13 @@ def _wait_for_other_worker(run_store, run_id: str, wait: bool, out: Console) -> 
 
 def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, launcher: str, workers: int | None,
           gpus: int | None, partition: str | None, time_min: int, gpus_per_job: int, array_parallelism: int,
-          runs_per_job: int, workers_per_gpu: int, **given):
+          runs_per_job: int, workers_per_gpu: int, mps: bool, **given):
     """Run every run of a grid that is not done yet. Safe to restart, and to run twice at once.
 
     Example: mlbench sweep configs/table2.yaml --dry-run
     On 4 GPUs of this host: mlbench sweep configs/table2.yaml --gpus 4
     Four workers sharing one GPU: mlbench sweep configs/table2.yaml --gpus 1 --workers-per-gpu 4
+    ... their kernels side by side: mlbench sweep configs/table2.yaml --gpus 1 --workers-per-gpu 4 --mps
     On SLURM: mlbench sweep configs/table2.yaml --launcher slurm --partition gpu --time-min 120
     """
     from metalora.runs.launch import LaunchOptions
@@ -381,7 +382,7 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     store, verbose = given.pop("store"), given.pop("verbose")
     execution = execution_options(given)
     launch = LaunchOptions(launcher, workers, gpus, partition, time_min, gpus_per_job, array_parallelism,
-                           runs_per_job, workers_per_gpu).validate()
+                           runs_per_job, workers_per_gpu, mps).validate()
     if gpus is not None and execution.device not in (None, "cuda"):
         raise MlbenchError(f"--gpus gives each worker one GPU of its own; leave out --device {execution.device}")
     loaded = load_sweep(config, {"profile": profile} if profile else None)
@@ -520,6 +521,8 @@ _SWEEP_FLAGS = [
     _sweep_flag("gpus", Optional[int], None, "One worker per GPU of this host (GPU i for worker i)."),  # noqa: UP045
     _sweep_flag("workers_per_gpu", int, 1, "Worker processes sharing each GPU (with --gpus, and in each cluster "
                 "job); small models leave a GPU mostly idle, so several overlap."),
+    _sweep_flag("mps", bool, False, "Run the workers under a private NVIDIA MPS daemon, so workers sharing a GPU "
+                "run their kernels side by side instead of taking turns (needs nvidia-cuda-mps-control)."),
     _sweep_flag("partition", Optional[str], None, "SLURM partition."),  # noqa: UP045
     _sweep_flag("time_min", int, 240, "A job's time limit in minutes (slurm, local)."),
     _sweep_flag("gpus_per_job", int, 1, "GPUs per job (slurm, local); a job with several runs one worker per GPU."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -91,6 +92,9 @@ def environment_record(device: str) -> dict:
         "code_dirty": dirty,
         "device": device_description(device),
         "attention_kernels": attention_kernels(device),
+        # The MPS pipe a GPU worker was pointed at (mlbench sweep --mps), None without: MPS changes
+        # where kernels run, not what they compute; recorded so that claim can be checked
+        "cuda_mps_pipe": os.environ.get("CUDA_MPS_PIPE_DIRECTORY") if device.startswith("cuda") else None,
     }
 
 

@@ -224,3 +224,73 @@ def test_submitit_local_executor_runs_the_runs_in_the_store(tmp_path, tiny_model
     again = cli("sweep", str(sweep), "--store", str(store), "--launcher", "local",
                 "--data-root", str(data_root.path), "--device", "cpu")
     assert again.exit_code == 0 and "nothing to run" in again.output  # only runs not done are submitted
+
+
+FAKE_MPS_CONTROL = """#!/bin/sh
+# Stands in for nvidia-cuda-mps-control: -d starts (a control pipe appears), "quit" on stdin stops.
+log="$(dirname "$0")/calls.log"
+if [ "$1" = "-d" ]; then
+  [ -n "$FAIL" ] && { echo "cannot start: no GPU for MPS" >&2; exit 1; }
+  echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$log"; touch "$CUDA_MPS_PIPE_DIRECTORY/control"
+else
+  echo "$(cat) $CUDA_MPS_PIPE_DIRECTORY" >> "$log"
+fi
+"""
+
+
+@pytest.fixture
+def fake_mps(tmp_path, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    control = folder / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder / "calls.log"
+
+
+def test_mps_workers_share_a_private_daemon_that_is_stopped_after_them(tmp_path, fake_mps, monkeypatch):
+    import sys
+
+    from metalora.runs.launch import run_host_workers
+
+    # Two workers that write down the MPS pipe and the GPU they were given, then end.
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    script = ("import os, sys; open(os.path.join(sys.argv[1], sys.argv[3]), 'w').write("
+              "os.environ['CUDA_MPS_PIPE_DIRECTORY'] + ' ' + os.environ.get('CUDA_VISIBLE_DEVICES', '-'))")
+    worker = [sys.executable, "-c", script, str(seen)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the daemon sees GPUs 2 and 3; workers count within them
+    options = LaunchOptions(gpus=2, mps=True)  # built without validate(): this machine has no GPU
+    lines = []
+    run_host_workers(worker, ["0123456789abcdef", "fedcba9876543210"], RunStore(tmp_path / "store"), options, tmp_path, lines.append,
+                     poll_s=0.05)
+    calls = fake_mps.read_text().splitlines()
+    assert len(calls) == 2 and calls[0].startswith("start ") and calls[1].startswith("quit ")
+    pipe = calls[0].split()[1]
+    assert calls[1].split()[1] == pipe  # stopped through the same private pipe it was started with
+    assert sorted(path.read_text() for path in seen.iterdir()) == [f"{pipe} 0", f"{pipe} 1"]
+    assert not Path(pipe).exists()  # its folder is removed
+    assert any(line.startswith("MPS control daemon started") for line in lines)
+
+
+def test_mps_options_are_checked_before_any_work(fake_mps, monkeypatch):
+    with pytest.raises(MlbenchError, match="give --gpus N"):
+        LaunchOptions(mps=True).validate()
+    with pytest.raises(MlbenchError, match="a job of one worker has nothing to share"):
+        LaunchOptions("local", mps=True).validate()
+    worker = ["python", "-m", "metalora.cli", "sweep", "grid.yaml"]
+    assert job_command(worker, LaunchOptions("local", gpus_per_job=2, mps=True)) == [
+        *worker, "--gpus", "2", "--mps", "--only"]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MlbenchError, match="needs nvidia-cuda-mps-control on PATH"):
+        LaunchOptions("local", gpus_per_job=2, mps=True).validate()
+
+
+def test_an_mps_daemon_that_fails_to_start_is_one_line(fake_mps, monkeypatch):
+    from metalora.runs.mps import mps_daemon
+
+    monkeypatch.setenv("FAIL", "1")
+    failed = r"nvidia-cuda-mps-control -d failed \(cannot start: no GPU for MPS\)"
+    with pytest.raises(MlbenchError, match=failed), mps_daemon():
+        pass

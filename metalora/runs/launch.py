@@ -12,7 +12,8 @@ two workers, two launchers or a launcher and a plain ``mlbench sweep`` never tra
   i mod N): a run of a small model leaves a GPU mostly idle (its time goes to Python and kernel
   launches), so several processes on one GPU overlap their overheads. Worker i takes every M-th
   run that is not done (M workers), then helps with the others' runs from the end of their lists,
-  so the workers rarely meet.
+  so the workers rarely meet. ``--mps`` runs them under a private MPS daemon (``metalora.runs.mps``),
+  so that workers sharing a GPU run their kernels side by side instead of taking turns.
 - ``slurm``: the runs that are not done, in chunks of ``--runs-per-job``, as one submitit job
   array (partition, time limit, GPUs per job, array parallelism); a job with several GPUs runs
   host workers inside it.
@@ -28,10 +29,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from metalora.errors import MlbenchError
+from metalora.runs.mps import mps_daemon, require_control
 from metalora.runs.progress import SweepProgress
 from metalora.runs.runconfig import ExecutionOptions
 from metalora.runs.store import RunStore
@@ -52,6 +55,7 @@ class LaunchOptions:
     array_parallelism: int = 16  # jobs of the array running at once
     runs_per_job: int = 1
     workers_per_gpu: int = 1  # worker processes sharing each GPU (host; and inside each cluster job)
+    mps: bool = False  # host workers run under a private MPS daemon (metalora/runs/mps.py)
 
     def validate(self) -> LaunchOptions:
         if self.launcher not in LAUNCHERS:
@@ -78,10 +82,21 @@ class LaunchOptions:
         if self.launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
             raise MlbenchError("--launcher slurm needs SLURM's sbatch and srun on this machine (run it on a login "
                                "node); --launcher local runs the same jobs here")
+        if self.mps:
+            self._check_mps()
         if self.gpus is not None and self.gpus > (count := available_gpus()):
             raise MlbenchError(f"--gpus {self.gpus}: this host has {count} CUDA GPU(s); "
                                "use --workers N for worker processes without GPUs")
         return self
+
+    def _check_mps(self) -> None:
+        if self.launcher == "host" and self.gpus is None:
+            raise MlbenchError("--mps lets the workers of --gpus N share a GPU's multiprocessors; give --gpus N")
+        if self.launcher != "host" and self.gpus_per_job == 1 and self.workers_per_gpu == 1:
+            raise MlbenchError("--mps is for jobs with several workers (--gpus-per-job N or --workers-per-gpu K); "
+                               "a job of one worker has nothing to share")
+        if self.launcher != "slurm":  # on SLURM the jobs' nodes have it, not necessarily the login node
+            require_control()
 
     @property
     def worker_count(self) -> int:
@@ -153,15 +168,16 @@ def visible_gpu(gpu: int, launcher_visible: str | None) -> str:
     return entries[gpu]
 
 
-def worker_env(gpu: int | None, threads: int | None) -> dict[str, str]:
+def worker_env(gpu: int | None, threads: int | None, mps: Mapping[str, str] | None = None) -> dict[str, str]:
     """A worker's environment: this code first on the path (so workers run exactly the launcher's
-    code, installed or not), its GPU, and its share of the CPU threads."""
-    env = dict(os.environ)
+    code, installed or not), its GPU, and its share of the CPU threads. Under an MPS daemon
+    (``mps``: its variables) the GPU is an index within the daemon's GPUs, which are the launcher's."""
+    env = dict(os.environ) | dict(mps or {})
     code = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([code, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env["TQDM_DISABLE"] = "1"  # workers write to log files
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible_gpu(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu) if mps else visible_gpu(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -184,6 +200,11 @@ def run_host_workers(
     report: Report, poll_s: float = 1.0,
 ) -> None:
     """Start one worker process per share of ``run_ids``, print progress as runs finish, wait."""
+    with mps_daemon(report) if options.mps else nullcontext() as mps:
+        _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps)
+
+
+def _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps) -> None:
     workers = min(options.worker_count, len(run_ids))
     threads = max(1, (os.cpu_count() or 1) // workers)
     processes = []
@@ -193,7 +214,7 @@ def run_host_workers(
             gpu = options.worker_gpu(index)
             with open(log, "w", encoding="utf-8") as stream:
                 process = subprocess.Popen([*command, "--only", ",".join(share)], stdout=stream,
-                                           stderr=subprocess.STDOUT, env=worker_env(gpu, threads))
+                                           stderr=subprocess.STDOUT, env=worker_env(gpu, threads, mps))
             processes.append((index, process, log))
             report(f"worker {index}{f' (GPU {gpu})' if gpu is not None else ''}: pid {process.pid}, "
                    f"{len(run_ids[index::workers])} runs of its own, log {log}")
@@ -266,7 +287,8 @@ def job_command(command: Sequence[str], options: LaunchOptions) -> list[str]:
     workers when the job has several GPUs or shares its GPU among several workers."""
     shared = options.workers_per_gpu > 1
     return [*command, *(["--gpus", str(options.gpus_per_job)] if options.gpus_per_job > 1 or shared else []),
-            *(["--workers-per-gpu", str(options.workers_per_gpu)] if shared else []), "--only"]
+            *(["--workers-per-gpu", str(options.workers_per_gpu)] if shared else []),
+            *(["--mps"] if options.mps else []), "--only"]
 
 
 def submit_jobs(
