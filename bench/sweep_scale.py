@@ -74,6 +74,7 @@ def main() -> None:
                         help="compare --workers counts instead (CPU worker processes: checks the script)")
     parser.add_argument("--match", default=None, help="only the runs whose dry-run line matches this regex")
     parser.add_argument("--runs", type=int, default=None, help="only the first N runs of the plan (after --match)")
+    parser.add_argument("--mps", action="store_true", help="launch the workers with --mps (an MPS daemon of their own)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate N items per task (a config copy)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlbench-sweep-scale"))
     parser.add_argument("--out", type=Path, default=None)
@@ -93,7 +94,7 @@ def main() -> None:
         ids = plan_ids(config, store, options.extra, options.match)[: options.runs]
         if not ids:
             sys.exit(f"no run of {config} matches --match {options.match!r}")
-        shared = ["--workers-per-gpu", str(per_gpu)] if per_gpu > 1 else []
+        shared = (["--workers-per-gpu", str(per_gpu)] if per_gpu > 1 else []) + (["--mps"] if options.mps else [])
         started = time.perf_counter()
         result = mlbench("sweep", config, "--store", str(store), flag, str(gpus), *shared,
                          "--only", ",".join(ids), *options.extra)
@@ -102,13 +103,13 @@ def main() -> None:
             sys.exit(f"{flag} {gpus} {' '.join(shared)} failed:\n{result.stderr[-4000:]}")
         costs = {run_id: run_record(store / run_id) for run_id in ids if (store / run_id / DONE_FILE).is_file()}
         busy_s = sum(record["total_s"] for record in costs.values())  # = device_s on a GPU
-        figure = {"gpus": gpus, "workers_per_gpu": per_gpu, "runs": len(ids), "done": len(costs),
+        figure = {"gpus": gpus, "workers_per_gpu": per_gpu, "mps": options.mps, "runs": len(ids), "done": len(costs),
                   "wall_s": round(wall, 1), "runs_per_hour": round(len(costs) * 3600 / wall, 2),
                   "busy": round(busy_s / (wall * gpus * per_gpu), 3), "run_costs": costs}
         figures.append(figure)
         base = figures[0]
         speedup = figure["runs_per_hour"] / base["runs_per_hour"] if base["runs_per_hour"] else float("nan")
-        label = f"{flag} {gpus}" + (f" x{per_gpu} workers" if per_gpu > 1 else "")
+        label = f"{flag} {gpus}" + (f" x{per_gpu} workers" if per_gpu > 1 else "") + (" under MPS" if options.mps else "")
         print(f"{label}: {figure['done']}/{figure['runs']} runs in {wall:.0f} s, "
               f"{figure['runs_per_hour']} runs/h, x{speedup:.2f} vs the first setting, "
               f"workers busy with runs {figure['busy']:.0%} of the wall time")
