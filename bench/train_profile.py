@@ -89,6 +89,7 @@ def median(values: list[float]) -> float:
 
 
 def profile_torch(method, model, tokenizer, budgets, args) -> dict:
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
@@ -105,19 +106,23 @@ def profile_torch(method, model, tokenizer, budgets, args) -> dict:
     prof.stop()
     steps = args.profile_steps
     events = prof.key_averages()
-    device_time = sum(getattr(event, "self_device_time_total", 0.0) for event in events)  # microseconds
-    kernels = sum(event.count for event in events if getattr(event, "self_device_time_total", 0.0) > 0)
+    # The device's own events (kernels, copies); an operator's device time repeats its kernels', so
+    # summing every event would count each kernel twice (as torch's own table total avoids).
+    on_device = [event for event in events
+                 if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)]
+    device_time = sum(event.self_device_time_total for event in on_device)  # microseconds
+    kernels = sum(event.count for event in on_device)
     by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]
-    by_device = sorted(events, key=lambda e: getattr(e, "self_device_time_total", 0.0), reverse=True)[:15]
+    by_device = sorted(on_device, key=lambda e: e.self_device_time_total, reverse=True)[:15]
     return {
         "steps": steps,
         "wall_s_per_step": round(wall / steps, 4),
         "device_busy_s_per_step": round(device_time / 1e6 / steps, 4),
         "device_busy_fraction": round(device_time / 1e6 / wall, 3) if wall else None,
-        "device_ops_per_step": round(kernels / steps, 1),
+        "device_events_per_step": round(kernels / steps, 1),
         "top_host_ops": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
                           "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 3)} for e in by_cpu],
-        "top_device_ops": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
+        "top_device_events": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
                             "device_ms_per_step": round(getattr(e, "self_device_time_total", 0.0) / 1e3 / steps, 3)}
                            for e in by_device],
     }
