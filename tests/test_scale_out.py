@@ -148,7 +148,8 @@ def test_two_workers_run_every_run_once_with_one_workers_results(tmp_path, tiny_
     texts = [log.read_text() for log in logs]
     done = [run_id for text in texts for run_id in _done_lines(text)]
     assert sorted(done) == sorted(row.run_id for row in rows)  # each run finished once, by one worker
-    assert all(_done_lines(text) for text in texts)  # both workers ran runs
+    # (Which worker ran which run depends on timing: a worker that starts late may find every run
+    # taken. The shares themselves are test_each_worker_takes_its_share_then_the_others_from_their_ends.)
     for text in texts:
         assert "resuming training" not in text and "reusing the trained adapter" not in text
 
