@@ -4,12 +4,15 @@ In bfloat16 which forwards compute an answer changes its rounding, and so the an
 ``--eval-shapes`` (stock HFLM's shapes or mlbench's faster ones), the evaluation batch size and the
 rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too, and so is
 the rule by which a generation chunk ends and its texts are cut (``settings.generation_rule``,
-``eval_tasks/generation_rules.py``), which changes texts in any dtype. Runs
+``eval_tasks/generation_rules.py``), which changes texts in any dtype, and so is a GPU shared under
+MPS (``mlbench sweep --mps``, recorded as ``env.cuda_mps_pipe``): kernels that sum with atomics
+then add in another order, in training too, so its runs' numbers differ from time-sliced ones in
+any dtype (README, Scale-out). Runs
 that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
-evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype or a
-generation rule that differs.
+evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype, a
+generation rule or GPU sharing that differs.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ class Numerics:
     batch_size: object
     decode_rows: object
     generation_rule: str  # how generation chunks end and texts are cut (settings.generation_rule)
+    shared_gpu: str | None = None  # "MPS" when the run's worker shared its GPU under MPS; None otherwise
 
     def describe(self, dtype_only: bool = False) -> str:
-        # The generation rule changes texts in any dtype, so it is named even where rounding is not.
-        rule = [f"generation: {self.generation_rule}"]
+        # The generation rule and MPS change numbers in any dtype, so they are named even where
+        # rounding is not.
+        rule = [f"generation: {self.generation_rule}"] + ([f"GPU shared under {self.shared_gpu}"] if self.shared_gpu else [])
         if dtype_only:
             return ", ".join([self.dtype, *rule])
         parts = [self.dtype, f"backend {self.backend}"]
@@ -61,7 +66,8 @@ def run_numerics(run) -> Numerics:
     shapes = settings.get("eval_shapes") or (UNRECORDED_SHAPES if backend == "fast" else None)
     dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
     rule = settings.get("generation_rule") or (STOCK_GENERATION_RULE if backend == "hflm" else UNRECORDED_RULE)
-    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule)
+    shared = "MPS" if (run.env or {}).get("cuda_mps_pipe") else None
+    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule, shared)
 
 
 @dataclass(frozen=True)

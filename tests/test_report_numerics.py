@@ -86,3 +86,16 @@ def test_stock_shaped_runs_without_a_recorded_generation_rule_are_listed_in_floa
     section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
     assert "float32, generation: not recorded:" in section and "float32, generation: hf-generate chunks:" in section
     assert rid(2) in section.split("float32, generation: not recorded:")[1].split("</li>")[0]
+
+
+def test_runs_whose_gpu_was_shared_under_mps_are_listed_apart_in_any_dtype(tmp_path):
+    store = _store(tmp_path, {1: ("float32", STOCK), 2: ("float32", STOCK), 3: ("float32", STOCK)})
+    env = store / rid(2) / "env.json"
+    env.write_text(json.dumps(json.loads(env.read_text()) | {"cuda_mps_pipe": "/tmp/mlbench-mps-x/pipe"}))
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    assert HEADING in html
+    section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
+    shared = section.split("float32, generation: hf-generate chunks, GPU shared under MPS:")[1].split("</li>")[0]
+    alone = section.split("float32, generation: hf-generate chunks:")[1].split("</li>")[0]
+    assert rid(2) in shared and rid(1) not in shared
+    assert rid(1) in alone and rid(3) in alone and rid(2) not in alone
