@@ -91,7 +91,7 @@ class EvalOptions:
 
     def stock_shaped(self) -> bool:
         """The fast backend with HFLM's shapes (``stock`` or ``stock-scored``)."""
-        return self.backend == "fast" and bool(EVAL_SHAPES[self.shapes].get("stock_shapes"))
+        return self.backend == "fast" and shapes_are_stock(self.shapes)
 
     def generation_rows(self) -> int | str | None:
         """Rows generating together in the fast backend (never fewer than the batch size); None for
@@ -353,6 +353,13 @@ EVAL_SHAPES: Mapping[str, Mapping[str, bool]] = MappingProxyType({
     "stock-scored": MappingProxyType({"stock_shapes": True, "scored_logits": True}),
     "fast": MappingProxyType({}),
 })
+
+
+def shapes_are_stock(shapes: str) -> bool:
+    """Whether ``--eval-shapes shapes`` gives every forward HFLM's inputs (``stock``, ``stock-scored``)."""
+    return bool(EVAL_SHAPES[shapes].get("stock_shapes"))
+
+
 # Registry of evaluation backends: name -> (model, tokenizer, context) -> per-benchmark runner.
 EVAL_BACKENDS: Mapping[str, Callable[..., RunBenchmark]] = MappingProxyType(
     {"fast": _fast_backend, "hflm": _stock_backend}

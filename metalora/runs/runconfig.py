@@ -200,9 +200,9 @@ class ExecutionOptions:
         """Rows generating together on ``device``: the ones given, else the device's default
         (None on a CPU: the evaluation batch size); stock shapes generate in HFLM's batches of the
         batch size, so none."""
-        from eval_tasks.harness import EVAL_SHAPES
+        from eval_tasks.harness import shapes_are_stock
 
-        if EVAL_SHAPES[self.eval_shapes].get("stock_shapes"):
+        if shapes_are_stock(self.eval_shapes):
             return None
         if self.eval_decode_rows is not None:
             return self.eval_decode_rows
