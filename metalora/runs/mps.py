@@ -3,7 +3,7 @@
 Without MPS, processes sharing a GPU take turns: one context's kernels at a time. A worker of a
 small model launches thousands of small kernels that each fill a fraction of the GPU, so four
 workers saturate it in time while most of its multiprocessors idle. Under MPS their kernels run
-side by side. The kernels are the same, but kernels that sum with floating-point atomics then add
+side by side. The kernels are the same, but kernels that sum with floating-point atomics can add
 in another order, so a run's numbers can differ from its numbers without MPS (measured: README,
 Scale-out); runs record the pipe (``env.json`` ``cuda_mps_pipe``) and the report lists a
 leaderboard block that mixes them with others (``reports/numerics.py``).
