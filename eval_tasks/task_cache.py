@@ -28,11 +28,13 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 from eval_tasks.dataroot import task_metadata
 from eval_tasks.registry import EVAL_TASKS_DIR
+from eval_tasks.templates import compiled_once
 from metalora.data.root import DataRoot
 
 
@@ -149,20 +151,25 @@ class TaskCache:
         return known[1]
 
 
-def build_tasks(manager, names: Sequence[str], limit: int | None, gen_kwargs: Mapping | None) -> dict:
-    """Load tasks and build their requests exactly as ``lm_eval.simple_evaluate`` would."""
+def build_tasks(
+    manager, names: Sequence[str], limit: int | None, gen_kwargs: Mapping | None, templates_once: bool = True
+) -> dict:
+    """Load tasks and build their requests exactly as ``lm_eval.simple_evaluate`` would, with
+    each prompt template compiled once instead of once per document (``eval_tasks/templates.py``;
+    ``templates_once=False``: lm-eval's own compiling, for the tests and ``bench/task_build.py``)."""
     from lm_eval.defaults import DEFAULT_OTHER_SEED
     from lm_eval.evaluator_utils import get_sample_size
 
     seed_like_lm_eval()
-    loaded = manager.load(list(names))
-    for task in loaded["tasks"].values():
-        if task.get_config("output_type") == "generate_until" and gen_kwargs:
-            task.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
-        if task.get_config("num_fewshot") is None:
-            task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-        task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
+    with compiled_once() if templates_once else nullcontext():
+        loaded = manager.load(list(names))
+        for task in loaded["tasks"].values():
+            if task.get_config("output_type") == "generate_until" and gen_kwargs:
+                task.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+            task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
     return loaded
 
 

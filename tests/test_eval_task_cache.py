@@ -95,3 +95,24 @@ def test_a_cached_evaluation_scores_exactly_as_a_fresh_one(tmp_path, tokenizer, 
     second.references["bbh"]["random"]["macro"] = -1.0  # a caller's change stays its own
     assert run().references == first.references
     assert len(cache.encodings(tokenizer)) > 0  # FastLM tokenized through the cache's memo
+
+
+def test_templates_compiled_once_give_lm_evals_own_requests(data_root, monkeypatch):
+    # lm-eval compiles a task's Jinja templates again for every document; the task cache compiles
+    # each distinct template once (eval_tasks/templates.py) and must build the very same requests.
+    from lm_eval import utils
+
+    compiled = []
+    compile_template = utils.env.from_string
+    monkeypatch.setattr(utils.env, "from_string", lambda source, *args, **kwargs: compiled.append(source)
+                        or compile_template(source, *args, **kwargs))
+    lm_evals_own = utils.apply_template
+    manager = TaskCache().manager(data_root)
+    per_document = build_tasks(manager, TASKS, 5, GEN_KWARGS, templates_once=False)
+    compiled_per_document = list(compiled)
+    compiled.clear()
+    once = build_tasks(manager, TASKS, 5, GEN_KWARGS)
+    assert _signature(once) == _signature(per_document)
+    assert len(compiled) == len(set(compiled)) == len(set(compiled_per_document))  # each template once
+    assert len(compiled_per_document) >= 2 * 15  # a prompt and a target per document, at least
+    assert utils.apply_template is lm_evals_own  # lm-eval is left as it was
