@@ -6,8 +6,8 @@ fresh adapter, and prints one JSON object:
 
 - ``plain``: seconds per step without any profiler (the device synchronized after each step).
 - ``torch_profiler``: over ``--profile-steps`` steps, the device's busy time per step (the sum of
-  its kernels' durations), kernels launched per step, and the operators with the most host time
-  (self CPU) and device time. Busy time far below the step's wall time means the step is bound by
+  its kernels' and copies' durations), kernels launched per step (host launch calls), and the
+  operators with the most host time (self CPU) and the device events with the most device time. Busy time far below the step's wall time means the step is bound by
   the host (Python and launches), not by the GPU.
 - ``cprofile``: over the same number of steps, the host seconds per step inside the trainer's
   phases (the forward pass with its loss, the backward pass, the optimizer, batch building, the step
@@ -46,6 +46,8 @@ from metalora.methods import make_trainer
 from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
 from metalora.provenance import package_versions
 
+# The host calls that launch a kernel (the CUDA runtime's and driver's), as torch.profiler names them.
+LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"})
 # The trainer's phases, found in cProfile's table by (file suffix, function name).
 PHASES = {
     "forward_and_loss": [("metalora/training/batching.py", "row_losses")],
@@ -112,6 +114,7 @@ def profile_torch(method, model, tokenizer, budgets, args) -> dict:
                  if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)]
     device_time = sum(event.self_device_time_total for event in on_device)  # microseconds
     kernels = sum(event.count for event in on_device)
+    launches = sum(event.count for event in events if event.key in LAUNCH_CALLS)
     by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]
     by_device = sorted(on_device, key=lambda e: e.self_device_time_total, reverse=True)[:15]
     return {
@@ -120,6 +123,7 @@ def profile_torch(method, model, tokenizer, budgets, args) -> dict:
         "device_busy_s_per_step": round(device_time / 1e6 / steps, 4),
         "device_busy_fraction": round(device_time / 1e6 / wall, 3) if wall else None,
         "device_events_per_step": round(kernels / steps, 1),
+        "kernel_launches_per_step": round(launches / steps, 1),
         "top_host_ops": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
                           "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 3)} for e in by_cpu],
         "top_device_events": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
@@ -135,10 +139,8 @@ def profile_python(method, model, tokenizer, budgets, args) -> dict:
         if count == args.warmup:
             profiler.enable()
 
-    started = time.perf_counter()
     train_steps(method, model, tokenizer, budgets, args, args.warmup + args.profile_steps, each_step)
     profiler.disable()
-    del started
     stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive, tottime, cumtime, callers)
     steps = args.profile_steps
     phases = {}
