@@ -5,9 +5,9 @@ In bfloat16 which forwards compute an answer changes its rounding, and so the an
 rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too, and so is
 the rule by which a generation chunk ends and its texts are cut (``settings.generation_rule``,
 ``eval_tasks/generation_rules.py``), which changes texts in any dtype, and so is a GPU shared under
-MPS (``mlbench sweep --mps``, recorded as ``env.cuda_mps_pipe``): kernels that sum with atomics
-then add in another order, in training too, so its runs' numbers differ from time-sliced ones in
-any dtype (README, Scale-out). Runs
+MPS (``mlbench sweep --mps``, recorded as ``env.cuda_mps_pipe``): measured, its runs' numbers
+differed from time-sliced ones, in training too, likely because kernels that sum with atomics can
+add in another order, which rounding in any dtype shows (README, Scale-out). Runs
 that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
@@ -47,16 +47,18 @@ class Numerics:
     def describe(self, dtype_only: bool = False) -> str:
         # The generation rule and MPS change numbers in any dtype, so they are named even where
         # rounding is not.
-        rule = [f"generation: {self.generation_rule}"] + ([f"GPU shared under {self.shared_gpu}"] if self.shared_gpu else [])
+        in_any_dtype = [f"generation: {self.generation_rule}"]
+        if self.shared_gpu:
+            in_any_dtype.append(f"GPU shared under {self.shared_gpu}")
         if dtype_only:
-            return ", ".join([self.dtype, *rule])
+            return ", ".join([self.dtype, *in_any_dtype])
         parts = [self.dtype, f"backend {self.backend}"]
         if self.shapes is not None:
             parts.append(f"shapes {self.shapes}")
         parts.append(f"batch {self.batch_size}")
         if self.decode_rows not in (None, self.batch_size):
             parts.append(f"{self.decode_rows} rows generating together")
-        return ", ".join(parts + rule)
+        return ", ".join(parts + in_any_dtype)
 
 
 def run_numerics(run) -> Numerics:
