@@ -171,12 +171,13 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def batch_loss(model, batch: dict, weighting: str = "task") -> torch.Tensor:
+def batch_loss(model, batch: dict, weighting: str = "task", graphs=None) -> torch.Tensor:
     """The batch's loss under ``weighting`` (``metalora.training.weighting``): by default the mean
-    over each task's target tokens, then over the tasks of the batch. One task: the token mean."""
+    over each task's target tokens, then over the tasks of the batch. One task: the token mean.
+    ``graphs``: the fit's ``DecoderGraphs`` (``metalora.training.graphed_decoder``), or None."""
     groups = batch.get("task_groups")
     count = len(set(batch["counts"].task_ids)) if groups is not None else None
-    return combine_row_losses(*row_losses(model, batch), batch.get("task_ids"), weighting, groups, count)
+    return combine_row_losses(*row_losses(model, batch, graphs), batch.get("task_ids"), weighting, groups, count)
 
 
 # Model types whose causal-LM forward is exactly ``lm_head(decoder(...).last_hidden_state)``: no
@@ -218,14 +219,15 @@ def model_inputs(model, batch: dict) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": mask}
 
 
-def row_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def row_losses(model, batch: dict, graphs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sums of next-token cross-entropy over target tokens, and per-row target counts,
     computed in at least float32.
 
     The output head and the log-softmax run only at positions whose next token is a target
     (prompts are masked and answers short), not over the whole vocabulary at every position of the
     padded batch: the same losses (tests compare them with the full logits), a fraction of the
-    logits' memory ((rows, length, vocab) float32 before)."""
+    logits' memory ((rows, length, vocab) float32 before). With ``graphs`` (a ``DecoderGraphs``),
+    a padded batch's decoder pass may replay a CUDA graph of the same kernels."""
     parts = decoder_and_head(model)
     if parts is None:
         return token_losses(model(**model_inputs(model, batch)).logits, batch["labels"])
@@ -235,8 +237,13 @@ def row_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         rows, cols = batch["target_rows"], batch["target_cols"]
     else:  # a batch not built by collate: find the targets on the device
         rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
-    hidden = decoder(**model_inputs(model, batch), use_cache=False)
-    logits = head(hidden.last_hidden_state[rows, cols])
+    inputs = model_inputs(model, batch)
+    mask = inputs.get("attention_mask")
+    if graphs is not None and set(inputs) == {"input_ids", "attention_mask"} and mask.dim() == 4:
+        hidden = graphs.hidden(inputs["input_ids"], mask)
+    else:
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    logits = head(hidden[rows, cols])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     losses = torch.nn.functional.cross_entropy(logits, labels[rows, cols + 1], reduction="none")
     count = labels.shape[0]

@@ -17,6 +17,8 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 # How target-token losses combine (metalora/training/weighting.py, which needs torch; the names
 # live here so the report can read the defaults without it).
 LOSS_WEIGHTINGS = ("task", "token")
+# How supervised training runs its decoder passes on CUDA (metalora/training/graphed_decoder.py).
+TRAIN_CUDA_GRAPH_CHOICES = ("auto", "off")
 MIN_SEQ_LEN = 2  # one prompt token to condition on and one target token to learn
 
 
@@ -55,6 +57,12 @@ class TrainConfig:
     gradient_checkpointing: bool = option(
         False, "Recompute each layer's activations in the backward pass: less memory, about a third more compute."
     )
+    # The same kernels replayed (metalora/training/graphed_decoder.py), so, like checkpointing, recorded
+    # and left out of the run id; bench/train_graphs.py measures the adapters equal with and without.
+    train_cuda_graphs: str = option(
+        "off", "auto (supervised methods on CUDA with SDPA attention: each padded batch shape's decoder forward "
+               "and backward replayed as a CUDA graph from its second occurrence on; the same adapter) | off."
+    )
 
     def validate(self) -> TrainConfig:
         require_positive("rank", self.rank)
@@ -77,6 +85,7 @@ class TrainConfig:
         require_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise MlbenchError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        require_choice("train_cuda_graphs", self.train_cuda_graphs, TRAIN_CUDA_GRAPH_CHOICES)
         require_positive("batch_size", self.batch_size)
         require_positive("max_seq_len", self.max_seq_len)
         if self.max_seq_len < MIN_SEQ_LEN:

@@ -11,6 +11,7 @@ from metalora.data.budgets import TaskBudget
 from metalora.training.batching import batch_loss, batch_tokens, collate, encode_example
 from metalora.training.budget import BudgetPlan, training_cost
 from metalora.training.config import TrainConfig
+from metalora.training.graphed_decoder import decoder_graphs
 from metalora.training.loop import StepCallback, run_steps
 from metalora.training.sampling import MixedTaskSampler
 from metalora.training.trainer import model_device
@@ -44,13 +45,14 @@ def train_supervised(
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, budget.updates)
     device = model_device(model)
+    graphs = decoder_graphs(model, config.train_cuda_graphs, config.gradient_checkpointing)
 
     def compute_gradients() -> dict:
         picks = sampler.next_batch(config.batch_size)
         batch = collate(
             [encoded[task][index] for task, index in picks], tokenizer.pad_token_id, device, [t for t, _ in picks]
         )
-        loss = batch_loss(model, batch, config.loss_weighting)
+        loss = batch_loss(model, batch, config.loss_weighting, graphs)
         loss.backward()
         return {"loss": loss.item(), "examples": len(picks), "tokens": batch_tokens(batch)}
 
@@ -65,7 +67,10 @@ def train_supervised(
         on_step=on_step,
         checkpointer=checkpointer,
     )
-    return log, training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
+    cost = training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
+    if graphs is not None:
+        cost["cuda_graphs"] = graphs.summary()
+    return log, cost
 
 
 def parameter_count(params) -> int:

@@ -1,0 +1,148 @@
+"""A training step's decoder forward and backward replayed as CUDA graphs, one pair per batch shape.
+
+Why: on a GPU a training step of a small model is bound by the host. A LoRA step on SmolLM2-135M
+launches about 5,000 kernels, about 30 µs of Python and dispatch each, while the GPU is busy for a
+fraction of the step (``bench/train_profile.py``; Qwen2.5-Coder-1.5B, 11 times the parameters,
+takes 1.2 times as long). A CUDA graph records the kernels of the decoder's forward and of its
+backward once and replays them with one host call each.
+
+What must not change is any number: a run trained with graphs must be the run trained without.
+So nothing is padded or reshaped for the graphs' sake: a graph is captured for a batch shape
+(rows, width) the step really has, runs the kernels the eager pass runs on those shapes, and is
+used only for later batches of exactly that shape. Dropout draws from the same generator state as
+the eager pass would (a graph replay takes its random offsets from the generator, as an eager
+kernel does), and the generator is put back after each capture, whose warm-up passes drew from it.
+Whether the adapters come out bit for bit the same is measured on the GPU, not assumed
+(``bench/train_graphs.py``).
+
+Which part is graphed: the decoder, from token ids and the boolean attention mask to the last
+hidden states (``torch.cuda.make_graphed_callables``, which captures the forward and the backward
+with respect to the trained parameters). The output head and the loss run eagerly at the target
+positions (``metalora.training.batching.row_losses``): their shapes follow each batch's number of
+targets, which rarely repeats, and they are a few dozen kernels.
+
+When a shape is graphed: on its second occurrence (a width seen once would pay a capture for
+nothing; real 50-shot batches of 8 have about 60 widths in 1,000 updates, most of them repeated).
+Batches without padding are left eager: transformers then reads the position ids back to look for
+packed sequences, a host read a capture cannot contain. All graphs draw on one memory pool. That is
+safe because a graph's forward is always followed by its own backward before any other graph runs,
+so no two graphs' intermediate tensors are ever alive together, and what outlives a replay (the
+hidden states, the gradients) is held by its graph and never returned to the pool.
+
+A decoder that cannot be captured (a host read inside, a module hook) fails on its first capture:
+every later batch of the fit then runs eagerly, as without graphs, and the log says why once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CAPTURE_ON_OCCURRENCE = 2  # graph a shape when it comes for the second time
+MAX_GRAPHS = 128  # beyond this many shapes a fit stays eager (each graph holds its own gradients)
+WARMUP_PASSES = 1  # the shape has already run eagerly once: its lazy initialisation is done
+
+# (module, static sample args, memory pool) -> the graphed callable; torch.cuda.make_graphed_callables
+# on a GPU, something else in tests on a CPU.
+Grapher = Callable[[nn.Module, tuple, object], Callable]
+
+
+class HiddenStates(nn.Module):
+    """The decoder as one callable of tensors: token ids and the 4D boolean attention mask in,
+    last hidden states out (what ``make_graphed_callables`` can capture). Its parameters are the
+    decoder's, so the captured backward computes the trained ones' gradients."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def cuda_grapher(module: nn.Module, sample_args: tuple, pool) -> Callable:
+    return torch.cuda.make_graphed_callables(module, sample_args, num_warmup_iters=WARMUP_PASSES, pool=pool)
+
+
+class DecoderGraphs:
+    """The graphs of one fit's decoder, by batch shape; ``hidden(input_ids, mask)`` is the
+    decoder's last hidden states, from a graph where one is captured, else eagerly."""
+
+    def __init__(self, decoder: nn.Module, grapher: Grapher = cuda_grapher, new_pool: Callable[[], object] | None = None,
+                 max_graphs: int = MAX_GRAPHS):
+        self.decoder = decoder
+        self.grapher = grapher
+        self.new_pool = new_pool if new_pool is not None else torch.cuda.graph_pool_handle
+        self.max_graphs = max_graphs
+        self.pool = None
+        self.graphed: dict[tuple, Callable] = {}
+        self.seen: Counter = Counter()
+        self.replays = 0
+        self.failure: str | None = None
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        key = (tuple(input_ids.shape), tuple(attention_mask.shape), attention_mask.dtype, input_ids.device)
+        graphed = self.graphed.get(key)
+        if graphed is None and self._capture_now(key):
+            graphed = self._capture(key, input_ids, attention_mask)
+        if graphed is None:
+            return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        self.replays += 1
+        return graphed(input_ids, attention_mask)
+
+    def summary(self) -> dict:
+        """What the graphs did in this fit (``cost.json``'s training record)."""
+        return {"shapes_graphed": len(self.graphed), "graphed_passes": self.replays, "failure": self.failure}
+
+    def _capture_now(self, key: tuple) -> bool:
+        self.seen[key] += 1
+        return (
+            self.failure is None
+            and self.decoder.training  # graphs hold the training-mode forward (dropout on)
+            and self.seen[key] >= CAPTURE_ON_OCCURRENCE
+            and len(self.graphed) < self.max_graphs
+        )
+
+    def _capture(self, key: tuple, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Callable | None:
+        static = (input_ids.clone(), attention_mask.clone())  # the graph's own inputs, copied into per replay
+        if self.pool is None:
+            self.pool = self.new_pool()
+        devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+        try:
+            # The warm-up passes and the capture draw dropout masks: the generators go back to where
+            # they were, so the replay below draws what the eager pass would have drawn.
+            with torch.random.fork_rng(devices=devices):
+                graphed = self.grapher(HiddenStates(self.decoder), static, self.pool)
+        except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager
+            self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            log.warning("training steps stay eager: capturing the decoder as a CUDA graph failed (%s)", self.failure)
+            return None
+        self.graphed[key] = graphed
+        return graphed
+
+
+def decoder_graphs(model: nn.Module, setting: str, gradient_checkpointing: bool) -> DecoderGraphs | None:
+    """The graphs for training ``model`` under ``setting`` (``TrainConfig.train_cuda_graphs``), or
+    None where they do not apply: setting off, not on CUDA, attention other than SDPA (the graph
+    gets the SDPA mask ``model_inputs`` builds), a model whose head is not plain, or activation
+    checkpointing (its recomputation saves and restores generator states on the host)."""
+    from metalora.training.batching import decoder_and_head
+
+    if setting != "auto" or gradient_checkpointing:
+        return None
+    parts = decoder_and_head(model)
+    if parts is None:
+        return None
+    decoder = parts[0]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return None
+    if next(decoder.parameters()).device.type != "cuda":
+        return None
+    return DecoderGraphs(decoder)
