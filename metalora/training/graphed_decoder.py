@@ -36,6 +36,7 @@ every later batch of the fit then runs eagerly, as without graphs, and the log s
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable
 
@@ -67,6 +68,7 @@ class HiddenStates(nn.Module):
 
 
 def cuda_grapher(module: nn.Module, sample_args: tuple, pool) -> Callable:
+    # WARMUP_PASSES read at call time, so that bench/train_graphs.py --warmup-passes can vary it
     return torch.cuda.make_graphed_callables(module, sample_args, num_warmup_iters=WARMUP_PASSES, pool=pool)
 
 
@@ -117,7 +119,11 @@ class DecoderGraphs:
         try:
             # The warm-up passes and the capture draw dropout masks: the generators go back to where
             # they were, so the replay below draws what the eager pass would have drawn.
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+                # The capture's backward runs on a side stream while the parameters' gradient
+                # accumulators were made on the default one; PyTorch warns that this may cost a
+                # synchronization. It is the capture's own doing and the capture succeeds.
+                warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
                 graphed = self.grapher(HiddenStates(self.decoder), static, self.pool)
         except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager
             self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
