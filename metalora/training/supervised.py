@@ -11,7 +11,7 @@ from metalora.data.budgets import TaskBudget
 from metalora.training.batching import batch_loss, batch_tokens, collate, encode_example
 from metalora.training.budget import BudgetPlan, training_cost
 from metalora.training.config import TrainConfig
-from metalora.training.graphed_decoder import decoder_graphs
+from metalora.training.graphed_decoder import decoder_graphs, graphed_training
 from metalora.training.loop import StepCallback, run_steps
 from metalora.training.sampling import MixedTaskSampler
 from metalora.training.trainer import model_device
@@ -56,17 +56,18 @@ def train_supervised(
         loss.backward()
         return {"loss": loss.item(), "examples": len(picks), "tokens": batch_tokens(batch)}
 
-    log = run_steps(
-        model=model,
-        total_steps=budget.updates,
-        params=params,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        sampler=sampler,
-        compute_gradients=compute_gradients,
-        on_step=on_step,
-        checkpointer=checkpointer,
-    )
+    with graphed_training(graphs):
+        log = run_steps(
+            model=model,
+            total_steps=budget.updates,
+            params=params,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sampler=sampler,
+            compute_gradients=compute_gradients,
+            on_step=on_step,
+            checkpointer=checkpointer,
+        )
     cost = training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
     if graphs is not None:
         cost["cuda_graphs"] = graphs.summary()
