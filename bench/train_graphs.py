@@ -6,7 +6,7 @@ in one process from the same seed: ``train_cuda_graphs=off`` and ``auto``, in al
 over ``--repeat`` rounds. Prints one JSON line per fit and a summary with, per method:
 
 - seconds per update (the fit's wall time over its updates, the device synchronized at the end),
-  the ratio off / auto, and the peak memory of each;
+  the ratio off / auto (medians over the rounds), and the peak memory of each;
 - how many batch shapes were graphed and how many decoder passes replayed a graph;
 - whether the two fits are the same run: every adapter tensor and every step's loss bit for bit
   (``adapters_identical``, ``losses_identical``), and the largest differences. With ``--repeat 2``
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -131,7 +132,7 @@ def main() -> None:
                 outcome.setdefault(setting, result)
                 if setting == "off" and round_ > 0:
                     outcome.setdefault("off again", result)
-        median = {s: sorted(r["s_per_update"] for r in fits[s])[len(fits[s]) // 2] for s in fits}
+        median = {s: statistics.median(r["s_per_update"] for r in fits[s]) for s in fits}
         methods[method] = {
             "s_per_update": median, "speedup": round(median["off"] / median["auto"], 3),
             "peak_memory_gib": {s: fits[s][0]["peak_memory_gib"] for s in fits},

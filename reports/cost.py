@@ -98,6 +98,10 @@ def cost_rows(cost: Mapping | None) -> list[tuple[str, str]]:
     time, throughput = _section(cost, "time"), _section(cost, "throughput")
     rows += [("Model load seconds", _number(time.get("model_load_s"))),
              ("Training seconds", _number(time.get("training_s")))]
+    graphs = _section(cost, "training").get("cuda_graphs")
+    if isinstance(graphs, Mapping):  # training seconds are not comparable with an eager run's
+        replayed, captured = graphs.get("graphed_passes"), graphs.get("shapes_graphed")
+        rows.append(("Training CUDA graphs", f"{replayed} decoder passes replayed, {captured} batch shapes captured"))
     eval_s = _per_benchmark(time.get("eval_s"))
     rows += [(f"Evaluation seconds: {name}", _number(value)) for name, value in eval_s.items()] or [
         ("Evaluation seconds", NOT_RECORDED)]

@@ -91,3 +91,15 @@ def test_a_run_records_phases_throughput_and_memory(tmp_path, tiny_model_dir, da
     (folder / "cost.json").unlink()  # a run from before cost.json existed
     older = cli("show", row.run_id, "--store", str(store))
     assert older.exit_code == 0 and "cost:\n  cost.json: not recorded\n" in older.output
+
+
+def test_a_graphed_fit_says_so_beside_its_training_seconds():
+    from reports.cost import cost_rows
+
+    graphed = {"training": {"budget_rule": "matched_compute", "cuda_graphs": {"shapes_graphed": 52,
+                                                                              "graphed_passes": 942}},
+               "time": {"training_s": 62.45}}  # fmt: skip
+    rows = dict(cost_rows(graphed))
+    assert rows["Training seconds"] == "62.5"
+    assert rows["Training CUDA graphs"] == "942 decoder passes replayed, 52 batch shapes captured"
+    assert "Training CUDA graphs" not in dict(cost_rows({"training": {}, "time": {"training_s": 1.0}}))

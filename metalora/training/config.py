@@ -57,11 +57,12 @@ class TrainConfig:
     gradient_checkpointing: bool = option(
         False, "Recompute each layer's activations in the backward pass: less memory, about a third more compute."
     )
-    # The same kernels replayed (metalora/training/graphed_decoder.py), so, like checkpointing, recorded
-    # and left out of the run id; bench/train_graphs.py measures the adapters equal with and without.
+    # The same kernels on the same shapes replayed (metalora/training/graphed_decoder.py), so, like
+    # checkpointing, recorded and left out of the run id. On the H200 the adapters came out bit for bit
+    # the same with and without, and a full-protocol run's every score (bench/train_graphs.py; README).
     train_cuda_graphs: str = option(
-        "off", "auto (supervised methods on CUDA with SDPA attention: each padded batch shape's decoder forward "
-               "and backward replayed as a CUDA graph from its second occurrence on; the same adapter) | off."
+        "auto", "auto (supervised methods on CUDA with SDPA attention: each padded batch shape's decoder forward "
+                "and backward replayed as a CUDA graph from its second occurrence on; the same adapter) | off."
     )
 
     def validate(self) -> TrainConfig:
