@@ -11,9 +11,9 @@ So nothing is padded or reshaped for the graphs' sake: a graph is captured for a
 (rows, width) the step really has, runs the kernels the eager pass runs on those shapes, and is
 used only for later batches of exactly that shape. Dropout draws from the same generator state as
 the eager pass would (a graph replay takes its random offsets from the generator, as an eager
-kernel does), and the generator is put back after each capture, whose warm-up passes drew from it.
-Whether the adapters come out bit for bit the same is measured on the GPU, not assumed
-(``bench/train_graphs.py``).
+kernel does), and the generator is put back after each capture, in case warm-up passes drew from
+it. Whether the adapters come out bit for bit the same is measured on the GPU, not assumed
+(``bench/train_graphs.py``): on an H200 they did, for LoRA and HydraLoRA on SmolLM2-135M (README).
 
 Which part is graphed: the decoder, from token ids and the boolean attention mask to the last
 hidden states (``torch.cuda.make_graphed_callables``, which captures the forward and the backward
@@ -32,8 +32,8 @@ hidden states, the gradients) is held by its graph and never returned to the poo
 Two things a capture must not meet. Python's garbage collector, running in the middle of a capture,
 may free an earlier fit's graphs (a graphed module refers to itself, so only the collector frees
 it), and destroying a graph is not allowed while one is being captured: the capture fails. So the
-collector is paused during each capture, and ``release()`` (the end of ``decoder_graphs``' block)
-breaks those self-references, so a fit's graphs go when it ends. And a failed capture can leave
+collector is paused during each capture, and ``release()`` (at the end of ``graphed_training``'s
+block) breaks those self-references, so a fit's graphs go when it ends. And a failed capture can leave
 the CUDA generator marked as capturing, after which the next eager dropout fails too; so a failed
 capture stops the fit with one line that names the way out (``--train-cuda-graphs off``), rather
 than falling back and failing later, somewhere less clear. A killed fit resumes from its last
@@ -57,8 +57,8 @@ CAPTURE_ON_OCCURRENCE = 2  # graph a shape when it comes for the second time
 MAX_GRAPHS = 128  # beyond this many shapes a fit stays eager (each graph holds its own gradients)
 # make_graphed_callables' eager passes before a capture, there to keep lazy initialisation out of
 # the graph; a shape captured here has already run eagerly once, so none are needed. Measured on
-# the H200 (bench/train_graphs.py): with none, LoRA's 300 updates took x1.89 less time than
-# eagerly, with one x1.35 less and 1.4 GiB more peak memory; the adapters were identical either way.
+# the H200 (bench/train_graphs.py, README): with none, LoRA's 300 updates took x1.89 less time than
+# eagerly, with one x1.48 less and 1.55 GiB more peak memory; the adapters were identical either way.
 WARMUP_PASSES = 0
 
 # (module, static sample args, memory pool) -> the graphed callable; torch.cuda.make_graphed_callables
