@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval_speed import _revision
-from train_throughput import ModuloTokenizer, random_model
+from train_throughput import model_and_tokenizer
 
 from metalora.data.budgets import load_budgets
 from metalora.data.root import resolve_data_root
 from metalora.data.scenarios import scenario_tasks
 from metalora.methods import make_trainer
-from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
+from metalora.models import pick_device, pick_dtype
 from metalora.provenance import package_versions
 from metalora.training import graphed_decoder
 from metalora.training.config import TrainConfig
@@ -99,20 +99,7 @@ def main() -> None:
         graphed_decoder.WARMUP_PASSES = args.warmup_passes
     args.device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, args.device)
-    if args.shape:
-        from transformers import AutoTokenizer
-
-        from metalora.models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
-        prepare_tokenizer(tokenizer)
-        model = random_model(args.shape, len(tokenizer), getattr(torch, dtype), args.device)
-        if model.config.vocab_size < len(tokenizer):
-            tokenizer = ModuloTokenizer(tokenizer, model.config.vocab_size)
-        described = f"random-init llama {args.shape}"
-    else:
-        loaded = load_model(args.model, device=args.device, dtype=dtype)
-        model, tokenizer, described = loaded.model, loaded.tokenizer, loaded.source.identity
+    model, tokenizer, described = model_and_tokenizer(args, dtype, args.device)
     budgets = list(load_budgets(resolve_data_root(args.data_root), scenario_tasks("multitask"), args.shots, seed=0))
     setup = {"model": described, "device": args.device, "dtype": dtype, "steps": args.steps, "shots": args.shots,
              "batch_size": args.batch_size, "repeat": args.repeat, "revision": _revision(),

@@ -37,13 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules, run as a script
 
 from eval_speed import _revision
-from train_throughput import SHAPES, ModuloTokenizer, _Enough, parse_method, random_model, train_config
+from train_throughput import SHAPES, _Enough, model_and_tokenizer, parse_method, train_config
 
 from metalora.data.budgets import load_budgets
 from metalora.data.root import resolve_data_root
 from metalora.data.scenarios import scenario_tasks
 from metalora.methods import make_trainer
-from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
+from metalora.models import pick_device, pick_dtype
 from metalora.provenance import package_versions
 
 # The host calls that launch a kernel (the CUDA runtime's and driver's), as torch.profiler names them.
@@ -179,20 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     args.device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, args.device)
-    if args.shape:
-        from transformers import AutoTokenizer
-
-        from metalora.models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
-        prepare_tokenizer(tokenizer)
-        model = random_model(args.shape, len(tokenizer), getattr(torch, dtype), args.device)
-        if model.config.vocab_size < len(tokenizer):
-            tokenizer = ModuloTokenizer(tokenizer, model.config.vocab_size)
-        described = f"random-init llama {args.shape}"
-    else:
-        loaded = load_model(args.model, device=args.device, dtype=dtype)
-        model, tokenizer, described = loaded.model, loaded.tokenizer, loaded.source.identity
+    model, tokenizer, described = model_and_tokenizer(args, dtype, args.device)
     budgets = list(load_budgets(resolve_data_root(args.data_root), scenario_tasks("multitask"), args.shots, seed=0))
 
     plain = train_steps(args.method, model, tokenizer, budgets, args, args.warmup + args.steps)[args.warmup:]

@@ -134,6 +134,24 @@ class _Enough(Exception):
     """Raised from the step callback once the bench has timed enough steps."""
 
 
+def model_and_tokenizer(args, dtype: str, device: str):
+    """The weights of ``--model``, or with ``--shape`` a random-init Llama of that shape on
+    ``--model``'s tokenizer: (model, tokenizer, what was loaded, in words)."""
+    if not args.shape:
+        loaded = load_model(args.model, device=device, dtype=dtype)
+        return loaded.model, loaded.tokenizer, loaded.source.identity
+    from transformers import AutoTokenizer
+
+    from metalora.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
+    prepare_tokenizer(tokenizer)
+    model = random_model(args.shape, len(tokenizer), getattr(torch, dtype), device)
+    if model.config.vocab_size < len(tokenizer):
+        tokenizer = ModuloTokenizer(tokenizer, model.config.vocab_size)
+    return model, tokenizer, f"random-init llama {args.shape}"
+
+
 def train_config(args, checkpointing: bool) -> TrainConfig:
     values = {"steps": STEPS_CONFIGURED, "batch_size": args.batch_size,
               "max_seq_len": args.seq_len or args.max_seq_len, "lr": 1e-4}
@@ -257,20 +275,7 @@ def main() -> None:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     started = time.perf_counter()
-    if args.shape:
-        from transformers import AutoTokenizer
-
-        from metalora.models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model).path)
-        prepare_tokenizer(tokenizer)
-        model = random_model(args.shape, len(tokenizer), getattr(torch, dtype), device)
-        if model.config.vocab_size < len(tokenizer):
-            tokenizer = ModuloTokenizer(tokenizer, model.config.vocab_size)
-        described = f"random-init llama {args.shape}"
-    else:
-        loaded = load_model(args.model, device=device, dtype=dtype)
-        model, tokenizer, described = loaded.model, loaded.tokenizer, loaded.source.identity
+    model, tokenizer, described = model_and_tokenizer(args, dtype, device)
     model_s = time.perf_counter() - started
     budgets = list(load_budgets(resolve_data_root(args.data_root), scenario_tasks("multitask"), args.shots, seed=0))
     if args.seq_len:
