@@ -17,6 +17,7 @@ from tests.conftest import make_tiny_llama
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero")
 CASES = {
     "lora": {},
+    "dora": {},  # its decoder passes are captured as CUDA graphs too, which allow no read at all
     "hydralora": {"num_heads": 2},
     "metalora": {"inner_steps": 2, "support_size": 2, "query_size": 2},
     "metalora:stacked": {"inner_steps": 2, "support_size": 2, "query_size": 2, "inner_loop": "stacked"},
