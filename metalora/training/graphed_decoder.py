@@ -134,8 +134,8 @@ class DecoderGraphs:
         if self.pool is None:
             self.pool = self.new_pool()
         devices = [input_ids.device] if input_ids.device.type == "cuda" else []
-        # Warm-up passes and the capture draw dropout masks: the generators go back to where they were,
-        # so the replay below draws what the eager pass would have drawn.
+        # Warm-up passes (WARMUP_PASSES) would draw dropout masks, and a capture registers the generator:
+        # the generators go back to where they were, so the replay below draws what the eager pass would.
         with torch.random.fork_rng(devices=devices), _collector_paused(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=ACCUMULATE_GRAD_STREAM_WARNING)
             try:
