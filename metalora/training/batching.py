@@ -203,7 +203,7 @@ def model_inputs(model, batch: dict) -> dict:
     packed sequences; real batches of mixed lengths almost always have padding.) A packed batch
     (``metalora.training.packing``) gets its block-diagonal causal mask and its position ids."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    implementation = attention_implementation(model)
     if "segments" in batch:
         from metalora.training.packing import packed_inputs  # packing builds on this module
 
@@ -217,6 +217,13 @@ def model_inputs(model, batch: dict) -> dict:
     causal = torch.ones(width, width, dtype=torch.bool, device=batch["input_ids"].device).tril()
     mask = causal[None, None, :, :] & batch["attention_mask"].bool()[:, None, None, :]
     return {"input_ids": batch["input_ids"], "attention_mask": mask}
+
+
+def attention_implementation(model) -> str | None:
+    """The attention kernels a transformers model (under a peft wrapper too) was loaded with
+    (``sdpa``, ``eager`` ...); None for anything else."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None)
 
 
 def row_losses(model, batch: dict, graphs=None) -> tuple[torch.Tensor, torch.Tensor]:

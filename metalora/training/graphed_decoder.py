@@ -91,6 +91,7 @@ class DecoderGraphs:
     def __init__(self, decoder: nn.Module, grapher: Grapher = cuda_grapher, new_pool: Callable[[], object] | None = None,
                  max_graphs: int = MAX_GRAPHS):
         self.decoder = decoder
+        self.eager = HiddenStates(decoder)  # the pass a shape gets before (or without) its graph
         self.grapher = grapher
         self.new_pool = new_pool if new_pool is not None else torch.cuda.graph_pool_handle
         self.max_graphs = max_graphs
@@ -106,7 +107,7 @@ class DecoderGraphs:
         if graphed is None and self._capture_now(key):
             graphed = self._capture(key, input_ids, attention_mask)
         if graphed is None:
-            return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return self.eager(input_ids, attention_mask)
         self.replays += 1
         return graphed(input_ids, attention_mask)
 
@@ -136,8 +137,7 @@ class DecoderGraphs:
         devices = [input_ids.device] if input_ids.device.type == "cuda" else []
         # Warm-up passes (WARMUP_PASSES) would draw dropout masks, and a capture registers the generator:
         # the generators go back to where they were, so the replay below draws what the eager pass would.
-        with torch.random.fork_rng(devices=devices), _collector_paused(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=ACCUMULATE_GRAD_STREAM_WARNING)
+        with torch.random.fork_rng(devices=devices), _collector_paused():
             try:
                 graphed = self.grapher(HiddenStates(self.decoder), static, self.pool)
             except Exception as error:
@@ -153,7 +153,9 @@ class DecoderGraphs:
 
 # PyTorch warns, once, that the captured backward's gradients come from a stream other than the one
 # the parameters' gradient accumulators were made on (the capture runs on a side stream), which "may
-# cost a synchronization". It is the graphs' own doing, and the gradients are the eager ones.
+# cost a synchronization". It is the graphs' own doing, and the gradients are the eager ones. It comes
+# from the backward passes that replay a graph (on the H200 a filter around the capture alone did not
+# silence it), so ``graphed_training`` filters it over the whole fit, captures included.
 ACCUMULATE_GRAD_STREAM_WARNING = "The AccumulateGrad node's stream does not match"
 
 
@@ -188,7 +190,7 @@ def decoder_graphs(model: nn.Module, setting: str, gradient_checkpointing: bool)
     None where they do not apply: setting off, not on CUDA, attention other than SDPA (the graph
     gets the SDPA mask ``model_inputs`` builds), a model whose head is not plain, or activation
     checkpointing (its recomputation saves and restores generator states on the host)."""
-    from metalora.training.batching import decoder_and_head
+    from metalora.training.batching import attention_implementation, decoder_and_head
 
     if setting != "auto" or gradient_checkpointing:
         return None
@@ -196,8 +198,7 @@ def decoder_graphs(model: nn.Module, setting: str, gradient_checkpointing: bool)
     if parts is None:
         return None
     decoder = parts[0]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+    if attention_implementation(model) != "sdpa":
         return None
     if next(decoder.parameters()).device.type != "cuda":
         return None
