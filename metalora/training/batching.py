@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from metalora.data.example import Example
-from metalora.training.weighting import IGNORE_INDEX, combine_row_losses, token_losses
+from metalora.training.weighting import IGNORE_INDEX, combine_row_losses, group_sums, token_losses
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,4 @@ def row_losses(model, batch: dict, graphs=None) -> tuple[torch.Tensor, torch.Ten
     logits = head(hidden[rows, cols])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     losses = torch.nn.functional.cross_entropy(logits, labels[rows, cols + 1], reduction="none")
-    count = labels.shape[0]
-    sums = torch.zeros(count, dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
-    targets = torch.zeros(count, dtype=torch.long, device=rows.device).index_add(0, rows, torch.ones_like(rows))
-    return sums, targets
+    return group_sums(losses, rows, labels.shape[0])

@@ -19,6 +19,20 @@ from metalora.training.config import LOSS_WEIGHTINGS
 IGNORE_INDEX = -100
 
 
+def group_sums(values: torch.Tensor, groups: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of ``values`` in each group 0 .. count-1, how many values each group has).
+
+    Why not ``index_add``: on a GPU it adds floats with atomics, whose order follows the blocks'
+    scheduling, so the same batch's loss could differ in its last bit from one run to the next (seen
+    on the H200 in the logged losses; README, "Training steps as CUDA graphs"). Here each group is a
+    masked row of a (count, len(values)) matrix and ``torch.sum`` reduces it in an order fixed by the
+    shape: the same bits every time. Its gradient is exact: each value lies in one group's row only.
+    The matrix is small: groups are a batch's rows or tasks, values its target tokens or rows."""
+    members = groups.unsqueeze(0) == torch.arange(count, device=groups.device).unsqueeze(1)
+    sums = torch.where(members, values.unsqueeze(0), torch.zeros((), dtype=values.dtype, device=values.device))
+    return sums.sum(1), members.sum(1)
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sums of next-token cross-entropy over target tokens, and per-row target counts,
     computed in at least float32."""
@@ -71,7 +85,7 @@ def combine_row_losses(
             task_ids = torch.zeros(row_counts.shape[0], dtype=torch.long, device=row_counts.device)
         _, groups = torch.unique(task_ids, return_inverse=True)
         count = int(groups.max().item()) + 1
-    sums = torch.zeros(count, dtype=row_sums.dtype, device=row_sums.device).index_add(0, groups, row_sums)
-    tokens = torch.zeros(count, dtype=row_counts.dtype, device=row_counts.device).index_add(0, groups, row_counts)
+    sums, _ = group_sums(row_sums, groups, count)
+    tokens, _ = group_sums(row_counts, groups, count)
     weights = task_weights(tokens, weighting).to(sums.dtype)
     return (weights * sums / tokens.clamp(min=1)).sum()
