@@ -172,7 +172,21 @@ def parse_method(method: str) -> tuple[str, str, bool]:
     return name, inner_loop, bool(suffix)
 
 
+def parse_method_steps(text: str | None) -> dict[str, tuple[int, int]]:
+    """``metalora:stacked=40/8,lora=300/100`` -> {method: (steps, untimed first steps)}."""
+    steps = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        method, _, counts = item.rpartition("=")
+        total, _, warmup = counts.partition("/")
+        if not method or not total.isdigit() or not warmup.isdigit() or int(warmup) >= int(total):
+            raise MlbenchError(f"--method-steps: {item!r} is not METHOD=STEPS/WARMUP with WARMUP < STEPS, "
+                               "e.g. metalora:stacked=40/8")
+        steps[method] = (int(total), int(warmup))
+    return steps
+
+
 def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
+    steps, warmup = args.method_steps.get(method, (args.steps, args.warmup))
     name, inner_loop, own_checkpointing = parse_method(method)
     checkpointing = args.gradient_checkpointing or own_checkpointing
     trainer = make_trainer(name, {"inner_loop": inner_loop} if inner_loop else {})
@@ -193,13 +207,14 @@ def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
         losses.append(record["loss"])
         tokens.append(record["tokens"])
         last[0] = now
-        if len(times) >= args.steps:
+        if len(times) >= steps:
             raise _Enough
 
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    record = {"method": method, "gradient_checkpointing": checkpointing}
+    record = {"method": method, "gradient_checkpointing": checkpointing,
+              "train_cuda_graphs": getattr(config, "train_cuda_graphs", None)}
     try:
         last[0] = time.perf_counter()
         trainer.fit(model, tokenizer, budgets, config, on_step)
@@ -212,7 +227,7 @@ def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
     finally:
         if checkpointing and not native_checkpointing:
             model.gradient_checkpointing_disable()
-    timed = times[args.warmup:] if len(times) > args.warmup else times
+    timed = times[warmup:] if len(times) > warmup else times
     step_s = sum(timed) / len(timed)
     tokens_per_step = sum(tokens[-len(timed):]) / len(timed)
     examples, passes = per_step_examples(name, trainer.options, args.batch_size, len(budgets))
@@ -262,6 +277,9 @@ def main() -> None:
                              "a +ckpt suffix checkpoints activations for that method only")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--method-steps", default=None,
+                        help="per-method STEPS/WARMUP, e.g. lora=300/100,metalora:stacked=40/8: LoRA's decoder "
+                             "passes become CUDA graphs over its first ~100 updates, a meta-iteration is 10x longer")
     parser.add_argument("--shots", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=512)
@@ -271,6 +289,10 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
+    try:
+        args.method_steps = parse_method_steps(args.method_steps)
+    except MlbenchError as error:
+        parser.error(str(error))  # one line, exit code 2
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -286,6 +308,7 @@ def main() -> None:
         "dtype": dtype, "tasks": len(budgets), "shots": args.shots, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "max_seq_len": args.seq_len or args.max_seq_len,
         "gradient_checkpointing": args.gradient_checkpointing, "steps": args.steps, "warmup": args.warmup,
+        "method_steps": {method: list(counts) for method, counts in args.method_steps.items()},
         "versions": package_versions(("torch", "transformers", "peft")),
     }
     print(json.dumps({"setup": header}), flush=True)
