@@ -77,6 +77,9 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Benchmark multi-task LoRA methods (MeTA-LoRA, LoRA, HydraLoRA) in low-data regimes."""
+    from metalora.training.determinism import request_cublas_workspace
+
+    request_cublas_workspace()  # before anything starts CUDA: cuBLAS reads it once (deterministic training)
 
 
 def user_errors(command):

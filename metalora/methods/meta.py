@@ -41,6 +41,7 @@ from metalora.training.batching import (
     to_device,
 )
 from metalora.training.budget import UpdateShape, training_cost
+from metalora.training.determinism import deterministic_training
 from metalora.training.loop import run_steps
 from metalora.training.lora import lora_shape, new_lora_model
 from metalora.training.packing import pack_task_batches
@@ -450,7 +451,8 @@ class MetaLoraTrainer(Trainer):
             peft_model = new_lora_model(model, config)
             try:
                 shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
-                with activation_checkpointing(peft_model, config.gradient_checkpointing):
+                with (activation_checkpointing(peft_model, config.gradient_checkpointing),
+                      deterministic_training(config.deterministic_training, model_device(peft_model))):
                     log = self._meta_train(
                         peft_model, shared, tokenizer, encoded, sampler, config, budget.updates, on_step, checkpointer
                     )

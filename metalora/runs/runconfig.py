@@ -48,7 +48,7 @@ DEFAULT_CHECKPOINT_EVERY = "60s"
 
 
 # TrainConfig fields that change how training computes, never its result: recorded, not in the run id.
-TRAIN_EXECUTION_FIELDS = ("gradient_checkpointing", "train_cuda_graphs")
+TRAIN_EXECUTION_FIELDS = ("gradient_checkpointing", "train_cuda_graphs", "deterministic_training")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from metalora.errors import MlbenchError
 from metalora.options import option, require_choice, require_positive, require_range
 from metalora.training.budget import BUDGET_RULES, RULE_KNOBS, BudgetPlan, UpdateShape, plan_budget
+from metalora.training.determinism import DETERMINISTIC_CHOICES
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 # How target-token losses combine (metalora/training/weighting.py, which needs torch; the names
@@ -65,6 +66,14 @@ class TrainConfig:
                 "and backward replayed as a CUDA graph from its second occurrence on; the same adapter) | off."
     )
 
+    # Kernels that add in a fixed order (metalora/training/determinism.py): the same adapter even when
+    # processes share the GPU. Recorded and left out of the run id: it picks how a sum is ordered, not
+    # what the run is.
+    deterministic_training: str = option(
+        "on", "on (on CUDA, PyTorch's deterministic kernels while training: a run trains the same adapter bit for "
+              "bit, also when sweep workers share the GPU) | off (the faster atomics; not reproducible bit for bit)."
+    )
+
     def validate(self) -> TrainConfig:
         require_positive("rank", self.rank)
         require_positive("alpha", self.alpha, integer=False)
@@ -87,6 +96,7 @@ class TrainConfig:
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise MlbenchError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         require_choice("train_cuda_graphs", self.train_cuda_graphs, TRAIN_CUDA_GRAPH_CHOICES)
+        require_choice("deterministic_training", self.deterministic_training, DETERMINISTIC_CHOICES)
         require_positive("batch_size", self.batch_size)
         require_positive("max_seq_len", self.max_seq_len)
         if self.max_seq_len < MIN_SEQ_LEN:

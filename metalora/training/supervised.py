@@ -11,6 +11,7 @@ from metalora.data.budgets import TaskBudget
 from metalora.training.batching import batch_loss, batch_tokens, collate, encode_example
 from metalora.training.budget import BudgetPlan, training_cost
 from metalora.training.config import TrainConfig
+from metalora.training.determinism import deterministic_training
 from metalora.training.graphed_decoder import decoder_graphs, graphed_training
 from metalora.training.loop import StepCallback, run_steps
 from metalora.training.sampling import MixedTaskSampler
@@ -56,7 +57,7 @@ def train_supervised(
         loss.backward()
         return {"loss": loss.item(), "examples": len(picks), "tokens": batch_tokens(batch)}
 
-    with graphed_training(graphs):
+    with deterministic_training(config.deterministic_training, device), graphed_training(graphs):
         log = run_steps(
             model=model,
             total_steps=budget.updates,
