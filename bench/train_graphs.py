@@ -10,9 +10,9 @@ over ``--repeat`` rounds. Prints one JSON line per fit and a summary with, per m
 - how many batch shapes were graphed and how many decoder passes replayed a graph;
 - whether the two fits are the same run: every adapter tensor and every step's loss bit for bit
   (``adapters_identical``, ``losses_identical``), and the largest differences. With ``--repeat 2``
-  or more, the same comparison between two fits without graphs (``eager_vs_eager``): the logged
-  loss sums rows with floating-point atomics (``index_add``), so it may differ in its last bit
-  from fit to fit while the gradients, and so the adapters, do not.
+  or more, the same comparison between two fits without graphs (``eager_vs_eager``): a fit must
+  reproduce itself before a difference can be put down to the graphs (before the loss summed its
+  rows without ``index_add``'s atomics, the logged losses of two eager fits differed in their last bit).
 
 GPU machine, after the gpu-bundle's model setup::
 
@@ -47,6 +47,7 @@ from metalora.models import pick_device, pick_dtype
 from metalora.provenance import package_versions
 from metalora.training import graphed_decoder
 from metalora.training.config import TrainConfig
+from metalora.training.determinism import request_cublas_workspace
 
 
 def fit_once(method: str, setting: str, model, tokenizer, budgets, args) -> tuple[dict, dict]:
@@ -95,6 +96,7 @@ def main() -> None:
                         help="eager passes before each capture (default: graphed_decoder.WARMUP_PASSES)")
     parser.add_argument("--out", default=None, help="also write the summary here")
     args = parser.parse_args()
+    request_cublas_workspace()  # before CUDA starts: training is deterministic by default (cuBLAS needs it)
     if args.warmup_passes is not None:
         graphed_decoder.WARMUP_PASSES = args.warmup_passes
     args.device = pick_device(args.device)

@@ -45,6 +45,7 @@ from metalora.data.scenarios import scenario_tasks
 from metalora.methods import make_trainer
 from metalora.models import pick_device, pick_dtype
 from metalora.provenance import package_versions
+from metalora.training.determinism import request_cublas_workspace
 
 # The host calls that launch a kernel (the CUDA runtime's and driver's), as torch.profiler names them.
 LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"})
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
+    request_cublas_workspace()  # before CUDA starts: training is deterministic by default (cuBLAS needs it)
     args.device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, args.device)
     model, tokenizer, described = model_and_tokenizer(args, dtype, args.device)

@@ -52,6 +52,7 @@ from metalora.methods import get_method, make_trainer
 from metalora.models import load_model, pick_device, pick_dtype, prepare_tokenizer
 from metalora.provenance import package_versions
 from metalora.training.config import TrainConfig
+from metalora.training.determinism import request_cublas_workspace
 
 SHAPES = {  # Llama shapes for random-init throughput runs (no weights needed); vocab None: the tokenizer's
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -214,7 +215,8 @@ def measure(method: str, model, tokenizer, budgets, args, device: str) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     record = {"method": method, "gradient_checkpointing": checkpointing,
-              "train_cuda_graphs": getattr(config, "train_cuda_graphs", None)}
+              "train_cuda_graphs": getattr(config, "train_cuda_graphs", None),
+              "deterministic_training": getattr(config, "deterministic_training", None)}
     try:
         last[0] = time.perf_counter()
         trainer.fit(model, tokenizer, budgets, config, on_step)
@@ -289,6 +291,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
+    request_cublas_workspace()  # before CUDA starts: training is deterministic by default (cuBLAS needs it)
     try:
         args.method_steps = parse_method_steps(args.method_steps)
     except MlbenchError as error:

@@ -47,7 +47,8 @@ EVALUATION_FIELDS = ("benchmarks", "eval_limit", "max_gen_tokens")
 DEFAULT_CHECKPOINT_EVERY = "60s"
 
 
-# TrainConfig fields that change how training computes, never its result: recorded, not in the run id.
+# TrainConfig fields that change how training computes, not which run it is: recorded in config.json, not in
+# the run id (checkpointing and graphs train the same adapter; deterministic_training orders a few sums).
 TRAIN_EXECUTION_FIELDS = ("gradient_checkpointing", "train_cuda_graphs", "deterministic_training")
 
 
@@ -89,7 +90,7 @@ class RunConfig:
         data = self.to_dict()
         for key in EVALUATION_FIELDS:
             data.pop(key)
-        for key in TRAIN_EXECUTION_FIELDS:  # how to compute, not what: the same numbers either way
+        for key in TRAIN_EXECUTION_FIELDS:  # how to compute, not what: the same run either way
             data["train"].pop(key)
         if not self.trains:
             for key in ("train", "method_options", "shots", "full_cap", "tasks", "held_out_languages", "scenario"):
