@@ -44,19 +44,20 @@ def restored():
 def test_on_cuda_the_fit_runs_with_deterministic_kernels_and_the_process_gets_its_settings_back(restored):
     torch.use_deterministic_algorithms(True, warn_only=True)  # a caller's own choice, to be put back
     memory.fill_uninitialized_memory = True
-    with deterministic_training("on", torch.device("cuda"), READY):
+    with deterministic_training("on", torch.device("cuda"), READY) as deterministic:
         # warn_only would leave attention's split-key atomics in place: it must be off
-        assert process_settings() == (True, False, False)
+        assert process_settings() == (True, False, False) and deterministic is True
     assert process_settings() == (True, True, True)
     with pytest.raises(RuntimeError, match="boom"), deterministic_training("on", "cuda:1", READY):
         raise RuntimeError("boom")
     assert process_settings() == (True, True, True)  # also after a failure inside
 
 
-@pytest.mark.parametrize(("setting", "device"), [("off", "cuda"), ("on", "cpu"), ("off", "cpu")])
-def test_off_or_on_a_cpu_nothing_changes(restored, setting, device):
-    with deterministic_training(setting, torch.device(device), environ={}):  # no cuBLAS setting needed either
-        assert process_settings() == restored
+@pytest.mark.parametrize(("setting", "device", "recorded"), [("off", "cuda", False), ("on", "cpu", None),
+                                                              ("off", "cpu", None)])
+def test_off_or_on_a_cpu_nothing_changes(restored, setting, device, recorded):
+    with deterministic_training(setting, torch.device(device), environ={}) as deterministic:  # no cuBLAS needed
+        assert process_settings() == restored and deterministic is recorded
 
 
 def test_without_the_cublas_workspace_the_fit_stops_in_one_line(restored):
@@ -107,5 +108,22 @@ def test_every_methods_fit_runs_inside_the_block(tokenizer, monkeypatch, method)
     options = {"support_size": 2, "query_size": 2, "inner_steps": 1} if method == "metalora" else {}
     config = TrainConfig(rank=2, target_modules=("q_proj",), batch_size=4, budget_rule="matched_updates", steps=8,
                          deterministic_training="off").validate()  # fmt: skip
-    make_trainer(method, options).fit(make_tiny_llama(), tokenizer, toy_tasks(2, 8), config)
+    adapter = make_trainer(method, options).fit(make_tiny_llama(), tokenizer, toy_tasks(2, 8), config)
     assert entered == [("off", "cpu")]
+    assert "deterministic_kernels" not in adapter.training_cost  # recorded on CUDA only
+
+
+@pytest.mark.parametrize("method", ["lora", "metalora"])
+def test_a_fit_on_cuda_records_whether_its_kernels_were_deterministic(tokenizer, monkeypatch, method):
+    @contextmanager
+    def on_cuda(setting, device, environ=None):  # what the block yields on a GPU
+        yield setting == "on"
+
+    monkeypatch.setattr("metalora.training.supervised.deterministic_training", on_cuda)
+    monkeypatch.setattr("metalora.methods.meta.deterministic_training", on_cuda)
+    options = {"support_size": 2, "query_size": 2, "inner_steps": 1} if method == "metalora" else {}
+    for setting, recorded in (("on", True), ("off", False)):
+        config = TrainConfig(rank=2, target_modules=("q_proj",), batch_size=4, budget_rule="matched_updates",
+                             steps=8, deterministic_training=setting).validate()  # fmt: skip
+        adapter = make_trainer(method, options).fit(make_tiny_llama(), tokenizer, toy_tasks(2, 8), config)
+        assert adapter.training_cost["deterministic_kernels"] is recorded

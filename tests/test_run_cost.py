@@ -103,3 +103,14 @@ def test_a_graphed_fit_says_so_beside_its_training_seconds():
     assert rows["Training seconds"] == "62.5"
     assert rows["Training CUDA graphs"] == "942 decoder passes replayed, 52 batch shapes captured"
     assert "Training CUDA graphs" not in dict(cost_rows({"training": {}, "time": {"training_s": 1.0}}))
+
+
+def test_the_run_page_says_whether_training_kernels_were_deterministic():
+    from reports.cost import cost_rows
+
+    def kernels(training):
+        return dict(cost_rows({"training": training, "time": {}})).get("Training kernels")
+
+    assert kernels({"deterministic_kernels": True}) == "deterministic: the adapter is reproducible bit for bit"
+    assert kernels({"deterministic_kernels": False}).startswith("with atomics (--deterministic-training off)")
+    assert kernels({}) is None  # a CPU run (always deterministic), or one from before the record

@@ -452,7 +452,7 @@ class MetaLoraTrainer(Trainer):
             try:
                 shared = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
                 with (activation_checkpointing(peft_model, config.gradient_checkpointing),
-                      deterministic_training(config.deterministic_training, model_device(peft_model))):
+                      deterministic_training(config.deterministic_training, model_device(peft_model)) as deterministic):
                     log = self._meta_train(
                         peft_model, shared, tokenizer, encoded, sampler, config, budget.updates, on_step, checkpointer
                     )
@@ -463,6 +463,8 @@ class MetaLoraTrainer(Trainer):
         adapter.training_cost = training_cost(
             config.budget_rule, log, sampler.epochs(), parameter_count(shared.values())
         )
+        if deterministic is not None:
+            adapter.training_cost["deterministic_kernels"] = deterministic
         return adapter
 
     def _meta_train(self, peft_model, shared, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer):

@@ -44,13 +44,20 @@ def request_cublas_workspace(environ: MutableMapping[str, str] = os.environ) -> 
 
 
 @contextmanager
-def deterministic_training(setting: str, device, environ: MutableMapping[str, str] = os.environ) -> Iterator[None]:
+def deterministic_training(
+    setting: str, device, environ: MutableMapping[str, str] = os.environ
+) -> Iterator[bool | None]:
     """The block of a fit, with PyTorch's deterministic kernels where ``setting`` is ``on`` and the
-    fit runs on CUDA; the process's previous settings come back at its end."""
+    fit runs on CUDA; the process's previous settings come back at its end. Yields whether the
+    kernels are deterministic (``cost.json``'s ``training.deterministic_kernels``), None on a CPU,
+    where they always are."""
     import torch
 
-    if setting != "on" or torch.device(device).type != "cuda":
-        yield
+    if torch.device(device).type != "cuda":
+        yield None
+        return
+    if setting != "on":
+        yield False
         return
     if environ.get(CUBLAS_WORKSPACE_VARIABLE) not in CUBLAS_WORKSPACE_SETTINGS:
         raise MlbenchError(
@@ -64,7 +71,7 @@ def deterministic_training(setting: str, device, environ: MutableMapping[str, st
     torch.use_deterministic_algorithms(True, warn_only=False)  # warn_only would keep attention's atomics
     memory.fill_uninitialized_memory = False
     try:
-        yield
+        yield True
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         memory.fill_uninitialized_memory = before[2]

@@ -57,7 +57,7 @@ def train_supervised(
         loss.backward()
         return {"loss": loss.item(), "examples": len(picks), "tokens": batch_tokens(batch)}
 
-    with deterministic_training(config.deterministic_training, device), graphed_training(graphs):
+    with deterministic_training(config.deterministic_training, device) as deterministic, graphed_training(graphs):
         log = run_steps(
             model=model,
             total_steps=budget.updates,
@@ -72,6 +72,8 @@ def train_supervised(
     cost = training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
     if graphs is not None:
         cost["cuda_graphs"] = graphs.summary()
+    if deterministic is not None:
+        cost["deterministic_kernels"] = deterministic
     return log, cost
 
 
