@@ -95,6 +95,9 @@ def environment_record(device: str) -> dict:
         # The MPS pipe a GPU worker was pointed at (mlbench sweep --mps), None without: MPS changes
         # where kernels run, not what they compute; recorded so that claim can be checked
         "cuda_mps_pipe": os.environ.get("CUDA_MPS_PIPE_DIRECTORY") if device.startswith("cuda") else None,
+        # cuBLAS's workspace setting (metalora/training/determinism.py): with it, its products are
+        # reproducible across streams; the mlbench command sets it before CUDA starts
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG") if device.startswith("cuda") else None,
     }
 
 

@@ -127,3 +127,11 @@ def test_a_fit_on_cuda_records_whether_its_kernels_were_deterministic(tokenizer,
                              steps=8, deterministic_training=setting).validate()  # fmt: skip
         adapter = make_trainer(method, options).fit(make_tiny_llama(), tokenizer, toy_tasks(2, 8), config)
         assert adapter.training_cost["deterministic_kernels"] is recorded
+
+
+def test_env_json_records_the_cublas_setting_on_a_gpu(monkeypatch):
+    from metalora.provenance import environment_record
+
+    monkeypatch.setenv(CUBLAS_WORKSPACE_VARIABLE, ":16:8")
+    assert environment_record("cuda:0")["cublas_workspace_config"] == ":16:8"
+    assert environment_record("cpu")["cublas_workspace_config"] is None  # not used on a CPU
