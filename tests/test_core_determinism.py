@@ -60,6 +60,18 @@ def test_off_or_on_a_cpu_nothing_changes(restored, setting, device, recorded):
         assert process_settings() == restored and deterministic is recorded
 
 
+def test_an_operation_without_a_deterministic_kernel_stops_the_fit_in_one_line(restored):
+    pytorch_says = ("index_reduce_cuda does not have a deterministic implementation, but you set "
+                    "'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")  # fmt: skip
+    with pytest.raises(MlbenchError) as caught, deterministic_training("on", "cuda", READY):
+        raise RuntimeError(pytorch_says)
+    assert str(caught.value) == (
+        "training reached index_reduce_cuda, which has no deterministic CUDA kernel; rerun with "
+        "--deterministic-training off (the run is then not reproducible bit for bit)"
+    )
+    assert process_settings() == restored
+
+
 def test_without_the_cublas_workspace_the_fit_stops_in_one_line(restored):
     with pytest.raises(MlbenchError) as caught, deterministic_training("on", "cuda", environ={}):
         pass

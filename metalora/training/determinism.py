@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from metalora.errors import MlbenchError
 
 DETERMINISTIC_CHOICES = ("on", "off")
+# How PyTorch says that an operation has no deterministic kernel (it raises a RuntimeError).
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
 CUBLAS_WORKSPACE_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
 CUBLAS_WORKSPACE_SETTINGS = (":4096:8", ":16:8")  # the two NVIDIA documents as reproducible
 
@@ -72,6 +74,16 @@ def deterministic_training(
     memory.fill_uninitialized_memory = False
     try:
         yield True
+    except RuntimeError as error:
+        # On the H200 every method trained under the mode (bench/train_determinism.py); an operation
+        # some other model or option reaches may have no deterministic kernel: say so in one line.
+        if NO_DETERMINISTIC_KERNEL not in str(error):
+            raise
+        operation = str(error).split(NO_DETERMINISTIC_KERNEL)[0].strip().splitlines()[-1][:120]
+        raise MlbenchError(
+            f"training reached {operation}, which has no deterministic CUDA kernel; rerun with "
+            "--deterministic-training off (the run is then not reproducible bit for bit)"
+        ) from error
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         memory.fill_uninitialized_memory = before[2]
