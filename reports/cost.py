@@ -104,7 +104,7 @@ def cost_rows(cost: Mapping | None) -> list[tuple[str, str]]:
         rows.append(("Training CUDA graphs", f"{replayed} decoder passes replayed, {captured} batch shapes captured"))
     deterministic = _section(cost, "training").get("deterministic_kernels")
     if isinstance(deterministic, bool):  # recorded on CUDA only (a CPU's kernels always are)
-        rows.append(("Training kernels", "deterministic: the adapter is reproducible bit for bit" if deterministic
+        rows.append(("Training kernels", "deterministic: the same adapter on the same GPU and software" if deterministic
                      else "with atomics (--deterministic-training off): not reproducible bit for bit"))
     eval_s = _per_benchmark(time.get("eval_s"))
     rows += [(f"Evaluation seconds: {name}", _number(value)) for name, value in eval_s.items()] or [

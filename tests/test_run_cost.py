@@ -111,6 +111,6 @@ def test_the_run_page_says_whether_training_kernels_were_deterministic():
     def kernels(training):
         return dict(cost_rows({"training": training, "time": {}})).get("Training kernels")
 
-    assert kernels({"deterministic_kernels": True}) == "deterministic: the adapter is reproducible bit for bit"
+    assert kernels({"deterministic_kernels": True}) == "deterministic: the same adapter on the same GPU and software"
     assert kernels({"deterministic_kernels": False}).startswith("with atomics (--deterministic-training off)")
     assert kernels({}) is None  # a CPU run (always deterministic), or one from before the record
