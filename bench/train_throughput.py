@@ -161,6 +161,8 @@ def train_config(args, checkpointing: bool) -> TrainConfig:
         values["budget_rule"] = "matched_updates"
     if "gradient_checkpointing" in names:
         values["gradient_checkpointing"] = checkpointing
+    if "deterministic_training" in names:
+        values["deterministic_training"] = args.deterministic_training
     return TrainConfig(**values)
 
 
@@ -287,6 +289,8 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=None, help="make every example exactly this many tokens")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--deterministic-training", default="on", choices=("on", "off"),
+                        help="PyTorch's deterministic kernels while training (the run default, on) or not")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--data-root", default=None)
@@ -310,7 +314,8 @@ def main() -> None:
         "device": device, "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "dtype": dtype, "tasks": len(budgets), "shots": args.shots, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "max_seq_len": args.seq_len or args.max_seq_len,
-        "gradient_checkpointing": args.gradient_checkpointing, "steps": args.steps, "warmup": args.warmup,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "deterministic_training": args.deterministic_training, "steps": args.steps, "warmup": args.warmup,
         "method_steps": {method: list(counts) for method, counts in args.method_steps.items()},
         "versions": package_versions(("torch", "transformers", "peft")),
     }
