@@ -92,17 +92,18 @@ def cost_rows(cost: Mapping | None) -> list[tuple[str, str]]:
     tabulates them; a run without cost.json has one row saying so."""
     if cost is None:
         return [("cost.json", NOT_RECORDED)]
-    rule = _section(cost, "training").get("budget_rule")
+    training = _section(cost, "training")
+    rule = training.get("budget_rule")
     rows = [("Budget rule", str(rule) if rule else NOT_RECORDED)]
     rows += [(c.label, cost_text(c, cost_value(cost, c.path))) for c in COST_COLUMNS]
     time, throughput = _section(cost, "time"), _section(cost, "throughput")
     rows += [("Model load seconds", _number(time.get("model_load_s"))),
              ("Training seconds", _number(time.get("training_s")))]
-    graphs = _section(cost, "training").get("cuda_graphs")
+    graphs = training.get("cuda_graphs")
     if isinstance(graphs, Mapping):  # training seconds are not comparable with an eager run's
         replayed, captured = graphs.get("graphed_passes"), graphs.get("shapes_graphed")
         rows.append(("Training CUDA graphs", f"{replayed} decoder passes replayed, {captured} batch shapes captured"))
-    deterministic = _section(cost, "training").get("deterministic_kernels")
+    deterministic = training.get("deterministic_kernels")
     if isinstance(deterministic, bool):  # recorded on CUDA only (a CPU's kernels always are)
         rows.append(("Training kernels", "deterministic: the same adapter on the same GPU and software" if deterministic
                      else "with atomics (--deterministic-training off): not reproducible bit for bit"))

@@ -461,10 +461,8 @@ class MetaLoraTrainer(Trainer):
                 peft_model.unload()
         adapter.training_log = log
         adapter.training_cost = training_cost(
-            config.budget_rule, log, sampler.epochs(), parameter_count(shared.values())
+            config.budget_rule, log, sampler.epochs(), parameter_count(shared.values()), deterministic
         )
-        if deterministic is not None:
-            adapter.training_cost["deterministic_kernels"] = deterministic
         return adapter
 
     def _meta_train(self, peft_model, shared, tokenizer, encoded, sampler, config, total_steps, on_step, checkpointer):

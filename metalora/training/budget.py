@@ -176,11 +176,15 @@ def plan_budget(
     return BudgetPlan(rule, updates, updates * shape.passes, target, covered)
 
 
-def training_cost(rule: str, log: Sequence[dict], epochs_per_task: Sequence[float], trainable_parameters: int) -> dict:
+def training_cost(
+    rule: str, log: Sequence[dict], epochs_per_task: Sequence[float], trainable_parameters: int,
+    deterministic_kernels: bool | None = None,
+) -> dict:
     """``cost.json``'s "training" record, counted from what the run really did: the step log
     (restored with a checkpoint, so a resumed run counts its first part too) and the sampler's
-    draws per task."""
-    return {
+    draws per task. ``deterministic_kernels``: what ``metalora.training.determinism`` yielded for
+    the fit, recorded on CUDA only (None on a CPU, whose kernels always are)."""
+    record = {
         "budget_rule": rule,
         "outer_updates": len(log),
         "example_passes": sum(record["examples"] for record in log),
@@ -188,3 +192,6 @@ def training_cost(rule: str, log: Sequence[dict], epochs_per_task: Sequence[floa
         "trainable_parameters": trainable_parameters,
         "min_epochs": min(epochs_per_task),
     }
+    if deterministic_kernels is not None:
+        record["deterministic_kernels"] = deterministic_kernels
+    return record

@@ -69,11 +69,9 @@ def train_supervised(
             on_step=on_step,
             checkpointer=checkpointer,
         )
-    cost = training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()))
+    cost = training_cost(config.budget_rule, log, sampler.epochs(), parameter_count(params.values()), deterministic)
     if graphs is not None:
         cost["cuda_graphs"] = graphs.summary()
-    if deterministic is not None:
-        cost["deterministic_kernels"] = deterministic
     return log, cost
 
 
