@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from metalora.provenance import code_revision
-from metalora.runs.display import recorded_durations
+from metalora.runs.estimate import finished_runs
 from metalora.runs.store import CONFIG_FILE, COST_FILE, DONE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +62,12 @@ def run_record(folder: Path) -> dict:
 
 def store_summary(store: Path) -> dict:
     """Per run (folder with a config.json) its setting and recorded phases; per method the median
-    wall time of its finished runs (``recorded_durations``, what a sweep's dry run estimates from)."""
+    wall time of its finished runs (``metalora.runs.estimate.finished_runs``, what a sweep's dry run
+    estimates from)."""
     runs = [run_record(config_path.parent) for config_path in sorted(store.glob(f"*/{CONFIG_FILE}"))]
     by_method: dict[str, list[float]] = {}
-    for (method, _profile, _model), walls in recorded_durations(store).items():
-        by_method.setdefault(method, []).extend(walls)
+    for finished in finished_runs(store):
+        by_method.setdefault(finished.method, []).append(finished.total_s)
     return {"runs": runs, "finished": sum(run["finished"] for run in runs),
             "median_total_s_by_method": {method: round(statistics.median(walls), 1) for method, walls in by_method.items()}}
 

@@ -406,7 +406,8 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     out.print(f"{config}: {plural(len(plan), 'run')}, {done} already done, {len(plan) - done - evaluate} to run"
               + (f", {evaluate} finished but to evaluate on more (no training)" if evaluate else ""), highlight=False)
     if dry_run:
-        from metalora.runs.display import estimate_line, ignored_options_lines, recorded_durations
+        from metalora.runs.display import estimate_line, ignored_options_lines
+        from metalora.runs.estimate import estimate_store, planned_runs
         from metalora.runs.runconfig import describe_changes, differs_from_defaults
 
         for prepared in plan:
@@ -419,8 +420,8 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
                   + (f"  [{changed}]" if changed else "") + plan_text)
         for line in ignored_options_lines(loaded.runs):
             print(line)
-        to_run = [p.config for p in plan if states[p.run_id] == "to run"]
-        print(estimate_line(to_run, recorded_durations(run_store.root)))
+        to_run = planned_runs(p for p in plan if states[p.run_id] == "to run")
+        print(estimate_line(estimate_store(to_run, run_store.root), launch.worker_count))
         return
     write_sweep_record(run_store.root, loaded)
     if launch.launcher == "host" and launch.worker_count == 1:

@@ -15,7 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from metalora.cli import app
-from metalora.runs.display import estimate_line, recorded_durations, seconds, summary
+from metalora.runs.display import estimate_line, seconds, summary
+from metalora.runs.estimate import Rates, estimate, finished_runs
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines that only third-party code prints (lm-eval, HFLM, transformers, tqdm, git).
@@ -115,12 +116,16 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, tiny_model_dir, d
     assert f"run {run_id}: done" in again.output.splitlines()
 
 
-def _finished_run(store: Path, run_id: str, config: dict, total_s: float) -> None:
+def _finished_run(store: Path, run_id: str, config: dict, total_s: float, training_s: float | None = None,
+                  passes: int | None = None) -> None:
     from metalora.runs.store import write_config, write_cost, write_done
 
     folder = store / run_id
     write_config(folder, run_id, config, {}, None)
-    write_cost(folder, {"time": {"model_load_s": 1.0, "training_s": total_s - 11.0, "eval_s": {"xcopa": 10.0},
+    if passes is not None:  # the trainer's section, written before the meter's
+        write_cost(folder, {"training": {"budget_rule": "epochs", "outer_updates": 3, "example_passes": passes}})
+    training_s = total_s - 11.0 if training_s is None else training_s
+    write_cost(folder, {"time": {"model_load_s": 1.0, "training_s": training_s, "eval_s": {"xcopa": 10.0},
                                  "total_s": total_s}})
     write_done(folder, {})
 
@@ -135,9 +140,11 @@ def _sweep(path: Path, model: Path, grid: dict, defaults: dict | None = None) ->
 def test_sweep_picks_the_profile_like_run_and_estimates_from_recorded_times(tmp_path, tiny_model_dir, data_root):
     store = tmp_path / "store"
     model = str(tiny_model_dir)
-    _finished_run(store, "a" * 16, {"method": "lora", "profile": "quick", "model": model}, 100.0)
-    _finished_run(store, "b" * 16, {"method": "lora", "profile": "quick", "model": model}, 140.0)
-    _finished_run(store, "c" * 16, {"method": "lora", "profile": "full", "model": model}, 9999.0)
+    quick = {"method": "lora", "method_options": {}, "profile": "quick", "model": model, "benchmarks": ["xcopa"],
+             "eval_limit": 1}
+    _finished_run(store, "a" * 16, quick, 100.0, training_s=6.0, passes=12)  # 0.5 s per pass, rest 94 s
+    _finished_run(store, "b" * 16, quick, 140.0, training_s=12.0, passes=12)  # 1 s per pass, rest 128 s
+    _finished_run(store, "c" * 16, {**quick, "profile": "full", "eval_limit": None}, 9999.0, passes=12)
     sweep = _sweep(tmp_path / "s.yaml", tiny_model_dir, {"method": ["lora", "hydralora"], "seed": [0, 1, 2]})
     result = CliRunner().invoke(app, ["sweep", str(sweep), "--dry-run", "--store", str(store), "--device", "cpu",
                                       "--data-root", str(data_root.path)])
@@ -147,15 +154,18 @@ def test_sweep_picks_the_profile_like_run_and_estimates_from_recorded_times(tmp_
     assert lines[1] == f"{sweep}: 6 runs, 0 already done, 6 to run"
     # lora and hydralora see the 10 xcopa_et examples once in 3 batches of 4 (the quick profile's epoch)
     assert all(line.endswith(", quick profile  epochs: 3 updates, 12 example passes") for line in lines[2:8])
-    # Three lora runs at the median of 100 and 140 s; no hydralora run has a recorded time.
-    assert lines[-1] == ("estimated duration: 6 min 00 s for 3 runs of 6, from the median recorded time of finished "
-                         "runs with the same method, profile and model; none recorded for 3 runs (hydralora/quick)")
+    # Three lora runs of 12 passes at the median rest (111 s) + 12 x the median 0.75 s per pass; no
+    # hydralora run has a recorded time.
+    assert lines[-1] == ("estimated duration: 6 min 00 s of run time for 3 runs of 6 (training scaled by each run's "
+                         "example passes from the finished runs' seconds per pass; evaluation and load from their "
+                         "median per method); none recorded for 3 runs (hydralora/quick)")
 
     smoke = CliRunner().invoke(app, ["sweep", str(sweep), "--dry-run", "--store", str(store), "--device", "cpu",
                                      "--data-root", str(data_root.path), "--profile", "smoke"])
     assert smoke.exit_code == 0 and "CPU only" not in smoke.output
-    assert smoke.output.splitlines()[-1] == ("estimated duration: none recorded (no finished run in this store with "
-                                             "the same method, profile and model has a cost.json time) for 6 runs")
+    assert smoke.output.splitlines()[-1] == (
+        "estimated duration: none recorded for 6 runs (no finished run in this store with the same method, profile, "
+        "model, benchmarks and eval_limit has cost.json times: lora/smoke, hydralora/smoke)")
 
 
 def test_a_sweep_names_the_options_that_runs_of_other_methods_ignore(tmp_path, tiny_model_dir, data_root):
@@ -190,7 +200,9 @@ def test_summary_of_an_old_run_reads_its_recorded_times(tmp_path):
     assert lines[0] == f"run {'d' * 16}: {record.status}"  # no results in this fixture
     assert lines[1] == "  base model, full profile; model m"
     assert lines[2] == "  time: model load 1.0 s, training 1 min 04 s, evaluation 10 s, total 1 min 15 s"
-    assert recorded_durations(store) == {("base", "full", "m"): [75.0]}
+    (finished,) = finished_runs(store)
+    assert (finished.key, finished.profile, finished.model, finished.total_s, finished.rest_s) == \
+        ("base", "full", "m", 75.0, 11.0)
 
 
 @pytest.mark.parametrize("value, text", [(0.44, "0.4 s"), (12.4, "12 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")])
@@ -199,7 +211,7 @@ def test_durations_read_as_people_write_them(value, text):
 
 
 def test_no_estimate_without_runs():
-    assert estimate_line([], {}) == "nothing to run"
+    assert estimate_line(estimate([], Rates({}, {}))) == "nothing to run"
 
 
 def test_differs_from_defaults_names_every_changed_option_against_the_profile():

@@ -10,7 +10,6 @@ run's log file (``metalora.chatter``).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from metalora.runs.store import COST_FILE
 
 LOG_FILE = "run.log"  # third-party output of the run, in its folder
 
@@ -204,53 +201,27 @@ def _recorded_time(cost) -> dict:
     return {k: v for k, v in recorded.items() if isinstance(v, (int, float, dict))} if isinstance(recorded, dict) else {}
 
 
-def _read_cost(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / COST_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def recorded_durations(store_root: Path) -> dict[tuple[str, str, str], list[float]]:
-    """(method, profile, model) -> the wall seconds (cost.json ``time.total_s``) of each finished
-    run in the store that recorded them."""
-    found: dict[tuple[str, str, str], list[float]] = {}
-    root = Path(store_root)
-    for done in sorted(root.glob("*/DONE")) if root.is_dir() else ():
-        try:
-            config = json.loads((done.parent / "config.json").read_text()).get("config", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        total = _recorded_time(_read_cost(done.parent)).get("total_s")
-        if isinstance(total, (int, float)) and total > 0 and isinstance(config, dict):
-            key = (str(config.get("method")), str(config.get("profile")), str(config.get("model")))
-            found.setdefault(key, []).append(float(total))
-    return found
-
-
-def estimate_line(configs, recorded: dict[tuple[str, str, str], list[float]]) -> str:
-    """One line for a dry run: the runs to do, their estimated wall time from the median recorded
-    time of finished runs with the same method, profile and model, and which have none."""
-    import statistics
-
-    if not configs:
+def estimate_line(estimate, workers: int = 1) -> str:
+    """One line for a dry run: the run time of the runs to do (``metalora.runs.estimate``: the rest
+    of a run plus its example passes at the finished runs' seconds per pass), which have no record,
+    and with several workers the wall time that comes to."""
+    count = len(estimate.runs)
+    if not count:
         return "nothing to run"
-    total, estimated, missing = 0.0, 0, {}
-    for config in configs:
-        key = (config.method, config.profile, config.model)
-        if recorded.get(key):
-            total += statistics.median(recorded[key])
-            estimated += 1
-        else:
-            missing[key] = missing.get(key, 0) + 1
-    if not estimated:
-        return (f"estimated duration: none recorded (no finished run in this store with the same method, profile "
-                f"and model has a cost.json time) for {plural(len(configs), 'run')}")
-    line = (f"estimated duration: {seconds(total)} for {plural(estimated, 'run')} of {len(configs)}, from the median "
-            "recorded time of finished runs with the same method, profile and model")
+    missing = estimate.missing
+    named = ", ".join(list(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+    if not estimate.estimated:
+        return (f"estimated duration: none recorded for {plural(count, 'run')} (no finished run in this store with "
+                f"the same method, profile, model, benchmarks and eval_limit has cost.json times: {named})")
+    line = (f"estimated duration: {seconds(estimate.total_s)} of run time for {plural(estimate.estimated, 'run')}"
+            + (f" of {count:,}" if missing else "")
+            + " (training scaled by each run's example passes from the finished runs' seconds per pass; "
+              "evaluation and load from their median per method)")
     if missing:
-        named = ", ".join(f"{method}/{profile}" for method, profile, _ in list(missing)[:4])
-        line += f"; none recorded for {plural(sum(missing.values()), 'run')} ({named}{', ...' if len(missing) > 4 else ''})"
+        line += f"; none recorded for {plural(sum(missing.values()), 'run')} ({named})"
+    if workers > 1:
+        line += (f"; with {workers} workers about {seconds(estimate.wall_s(workers))} of wall time, if the finished "
+                 "runs ran with as many workers per GPU")
     return line
 
 
