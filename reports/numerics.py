@@ -5,9 +5,12 @@ In bfloat16 which forwards compute an answer changes its rounding, and so the an
 rows that generate together (README, "Stock shapes by default"). A dtype is a numerics too, and so is
 the rule by which a generation chunk ends and its texts are cut (``settings.generation_rule``,
 ``eval_tasks/generation_rules.py``), which changes texts in any dtype, and so is a GPU shared under
-MPS (``mlbench sweep --mps``, recorded as ``env.cuda_mps_pipe``): measured, its runs' numbers
-differed from time-sliced ones, in training too, likely because kernels that sum with atomics can
-add in another order, which rounding in any dtype shows (README, Scale-out). Runs
+MPS (``mlbench sweep --mps``, recorded as ``env.cuda_mps_pipe``) by a run whose training did not run
+deterministic kernels: measured, such runs' numbers differed from time-sliced ones, because the
+training's attention backward sums with atomics in the order thread blocks finish, which other
+processes' kernels change. With deterministic training (``cost.json`` ``training.deterministic_kernels``,
+the default since 3fdfa6f) sweeps under MPS scored the same as time-sliced ones, run for run
+(README, Scale-out), so such runs, and the base model's (no training), are not told apart. Runs
 that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, evaluated items)
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
@@ -68,8 +71,16 @@ def run_numerics(run) -> Numerics:
     shapes = settings.get("eval_shapes") or (UNRECORDED_SHAPES if backend == "fast" else None)
     dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
     rule = settings.get("generation_rule") or (STOCK_GENERATION_RULE if backend == "hflm" else UNRECORDED_RULE)
-    shared = "MPS" if (run.env or {}).get("cuda_mps_pipe") else None
+    shared = "MPS" if _mps_changes_numbers(run) else None
     return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule, shared)
+
+
+def _mps_changes_numbers(run) -> bool:
+    """Whether the run shared its GPU under MPS with training that may have summed with atomics."""
+    if not (run.env or {}).get("cuda_mps_pipe") or run.config.get("method") == "base":
+        return False
+    training = (getattr(run, "cost", None) or {}).get("training")
+    return not (isinstance(training, dict) and training.get("deterministic_kernels") is True)
 
 
 @dataclass(frozen=True)

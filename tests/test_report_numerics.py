@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metalora.runs.store import write_cost
 from reports.site import build_report
 from tests.report_fixtures import MODEL, bbh, rid, write_run
 
@@ -99,3 +100,20 @@ def test_runs_whose_gpu_was_shared_under_mps_are_listed_apart_in_any_dtype(tmp_p
     alone = section.split("float32, generation: hf-generate chunks:")[1].split("</li>")[0]
     assert rid(2) in shared and rid(1) not in shared
     assert rid(1) in alone and rid(3) in alone and rid(2) not in alone
+
+
+def test_runs_under_mps_with_deterministic_training_are_not_listed_apart(tmp_path):
+    """Measured on an H200 (README, Scale-out): with deterministic training, sweeps under MPS scored
+    the same as time-sliced ones, run for run; only training without it is told apart."""
+    store = _store(tmp_path, {1: ("float32", STOCK), 2: ("float32", STOCK), 3: ("float32", STOCK)})
+    for number in (2, 3):
+        env = store / rid(number) / "env.json"
+        env.write_text(json.dumps(json.loads(env.read_text()) | {"cuda_mps_pipe": "/tmp/mlbench-mps-x/pipe"}))
+    write_cost(store / rid(2), {"training": {"example_passes": 8, "deterministic_kernels": True}})
+    write_cost(store / rid(3), {"training": {"example_passes": 8, "deterministic_kernels": False}})
+    html = build_report(store, tmp_path / "site").read_text(encoding="utf-8")
+    section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
+    shared = section.split("float32, generation: hf-generate chunks, GPU shared under MPS:")[1].split("</li>")[0]
+    alone = section.split("float32, generation: hf-generate chunks:")[1].split("</li>")[0]
+    assert rid(3) in shared and rid(2) not in shared
+    assert rid(1) in alone and rid(2) in alone
