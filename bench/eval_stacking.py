@@ -89,10 +89,10 @@ def compare(name: str, alone: list[torch.Tensor], stacked: torch.Tensor) -> dict
     return {"compare": name, "rows": rows, "rows_identical": same, "max_abs_diff": delta}
 
 
-def timed(device: str, work) -> tuple[object, float]:
+def timed(device: str, work, *args) -> tuple[object, float]:
     sync(device)
     started = time.perf_counter()
-    value = work()
+    value = work(*args)
     sync(device)
     return value, time.perf_counter() - started
 
@@ -148,11 +148,11 @@ def main() -> None:
     # 1. The base model, the chunk alone and repeated K times.
     greedy(model, ids, mask, 2)  # warm-up: kernels, allocator
     alone_logits = last_logits(model, ids, mask)
-    alone_tokens, alone_s = timed(device, lambda: greedy(model, ids, mask, args.steps))
+    alone_tokens, alone_s = timed(device, greedy, model, ids, mask, args.steps)
     for k in ks:
         many_ids, many_mask = ids.repeat(k, 1), mask.repeat(k, 1)
         record({"part": "base", "k": k, **compare("logits", [alone_logits] * k, last_logits(model, many_ids, many_mask))})
-        tokens, stacked_s = timed(device, lambda: greedy(model, many_ids, many_mask, args.steps))
+        tokens, stacked_s = timed(device, greedy, model, many_ids, many_mask, args.steps)
         record({"part": "base", "k": k, **compare("greedy tokens", [alone_tokens] * k, tokens),
                 "seconds_k_alone": round(alone_s * k, 4), "seconds_stacked": round(stacked_s, 4)})
 
@@ -169,14 +169,13 @@ def main() -> None:
     for index in range(top):
         one = {name: values[index:index + 1] for name, values in adapters.items()}
         with stacked_adapters(peft_model, one, 1):
-            alone.append((last_logits(peft_model, ids, mask), *timed(device, lambda: greedy(peft_model, ids, mask,
-                                                                                         args.steps))))
+            alone.append((last_logits(peft_model, ids, mask), *timed(device, greedy, peft_model, ids, mask, args.steps)))
     for k in ks:
         some = {name: values[:k] for name, values in adapters.items()}
         many_ids, many_mask = ids.repeat(k, 1), mask.repeat(k, 1)
         with stacked_adapters(peft_model, some, k):
             logits = last_logits(peft_model, many_ids, many_mask)
-            tokens, stacked_s = timed(device, lambda: greedy(peft_model, many_ids, many_mask, args.steps))
+            tokens, stacked_s = timed(device, greedy, peft_model, many_ids, many_mask, args.steps)
         record({"part": "adapters stacked", "k": k, **compare("logits", [a[0] for a in alone[:k]], logits)})
         record({"part": "adapters stacked", "k": k, **compare("greedy tokens", [a[1] for a in alone[:k]], tokens),
                 "seconds_k_alone": round(sum(a[2] for a in alone[:k]), 4), "seconds_stacked": round(stacked_s, 4)})
