@@ -109,6 +109,31 @@ def test_runs_in_one_worker_equal_each_run_alone(tmp_path, tiny_model_dir, data_
         assert samples == 22  # xcopa 11 languages + mgsm 11 languages, one item each
 
 
+def test_eval_merge_lora_off_evaluates_the_lora_unmerged_as_lm_evals_peft_path_does(tmp_path, tiny_model_dir, data_root):
+    """--eval-merge-lora off: the same run, its LoRA evaluated through peft's forward instead of merged
+    (what lm-eval's peft= path computes); recorded where the numbers are; in float32 the same answers."""
+    config = build_run_config({**RUN, "benchmarks": ["xcopa"], "model": str(tiny_model_dir), "method": "lora"})
+    outcomes = {}
+    for setting in ("on", "off"):
+        execution = ExecutionOptions(device="cpu", data_root=str(data_root.path), eval_merge_lora=setting).validate()
+        store = RunStore(tmp_path / setting)
+        run = prepare_run(config, execution)
+        assert execute_runs([run], store, execution, worker=Worker()) == {run.run_id: "done"}
+        folder = store.run_dir(run.run_id)
+        outcomes[setting] = (json.loads((folder / "env.json").read_text())["eval_merge_lora"],
+                             json.loads((folder / "eval" / "results.json").read_text())["settings"]["merged_lora"],
+                             _run_files(folder))
+    assert outcomes["on"][:2] == ("on", True) and outcomes["off"][:2] == ("off", False)
+    merged, unmerged = outcomes["on"][2], outcomes["off"][2]
+    assert merged["adapter"] == unmerged["adapter"]  # the same training: only the evaluation's path differs
+    # Each item's option log-likelihoods: equal to float32 rounding, not bit for bit (W + sBA is rounded once).
+    first, second = ([r["scores"] for r in files["xcopa.jsonl.gz"]] for files in (merged, unmerged))
+    assert len(first) == len(second) == 11 and first != second
+    for a, b in zip(first, second, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-3)
+        assert max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+
+
 def test_pool_reloads_a_model_whose_weights_a_run_changed():
     loaded_models = []
 

@@ -108,6 +108,7 @@ GPU_EVAL_BATCH_SIZE = 64
 # bounds it is the key/value cache. On a CPU each row costs arithmetic: the batch size is kept.
 GPU_DECODE_ROWS = 256
 CUDA_GRAPH_CHOICES = ("auto", "off")
+MERGE_LORA_CHOICES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,14 @@ class ExecutionOptions:
         "auto", "auto (stock shapes on CUDA with SDPA attention: each generation chunk's decoding steps replayed as "
                 "one CUDA graph, no host work per layer; the same generations) | off."
     )
+    # A merged LoRA (W + s B A rounded to the base dtype once) is the fast path, but lm-eval's own
+    # peft= path evaluates it unmerged, through peft's forward; in bfloat16 the two round differently,
+    # so near-ties can flip (bench/eval_stacking.py, README). "off" gives lm-eval's peft= computation.
+    # Recorded in eval/results.json (settings.merged_lora) and env.json.
+    eval_merge_lora: str = option(
+        "on", "on (a LoRA-kind adapter merged into the base weights for evaluation: faster) | off (unmerged, "
+              "through peft's forward, as lm-eval's peft= path evaluates it; in bfloat16 other rounding)."
+    )
     log_to: str | None = option(None, "Experiment logging: tensorboard | wandb (the package must be installed).")
 
     def validate(self) -> ExecutionOptions:
@@ -160,6 +169,9 @@ class ExecutionOptions:
         if self.eval_cuda_graphs not in CUDA_GRAPH_CHOICES:
             raise MlbenchError(f"--eval-cuda-graphs must be one of {', '.join(CUDA_GRAPH_CHOICES)}, "
                                f"got {self.eval_cuda_graphs!r}")
+        if self.eval_merge_lora not in MERGE_LORA_CHOICES:
+            raise MlbenchError(f"--eval-merge-lora must be one of {', '.join(MERGE_LORA_CHOICES)}, "
+                               f"got {self.eval_merge_lora!r}")
         self.checkpoint_schedule()  # one line if malformed
         rows = self.eval_decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):

@@ -443,6 +443,7 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "eval_backend": options.eval_backend,
         "eval_shapes": options.eval_shapes,
         "eval_cuda_graphs": options.eval_cuda_graphs,
+        "eval_merge_lora": options.eval_merge_lora,
         "base_model_reused": reused,  # kept loaded from an earlier run of this worker (verified unchanged)
     }
     files.write_env(folder, environment)
@@ -538,7 +539,7 @@ def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, r
         max_gen_tokens=request.max_gen_tokens,
         output_dir=pending,
         run_label=run_id,
-        merge_lora=adapter.mergeable,
+        merge_lora=adapter.mergeable and options.eval_merge_lora == "on",
         subtasks=request.subtasks(plan.evaluate),
         eval_backend=options.eval_backend,
         task_cache=task_cache,
