@@ -15,7 +15,9 @@ that a block (``reports.tables.MARK_GROUP``: model, profile, scenario, shots, ev
 ranks against each other should share them; the report lists the blocks where they do not, with
 which runs used what. In float32 the shapes give the same answers to float rounding, so blocks
 evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype, a
-generation rule or GPU sharing that differs.
+generation rule or GPU sharing that differs. In half precision a LoRA evaluated unmerged
+(``--eval-merge-lora off``, recorded in ``env.json``; lm-eval's ``peft=`` path) rounds differently
+from one merged into the base weights (the default), so that is named too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Numerics:
     decode_rows: object
     generation_rule: str  # how generation chunks end and texts are cut (settings.generation_rule)
     shared_gpu: str | None = None  # "MPS" when the run's worker shared its GPU under MPS; None otherwise
+    lora_unmerged: bool = False  # evaluated with --eval-merge-lora off (rounds otherwise in half precision)
 
     def describe(self, dtype_only: bool = False) -> str:
         # The generation rule and MPS change numbers in any dtype, so they are named even where
@@ -59,6 +62,8 @@ class Numerics:
         if self.shapes is not None:
             parts.append(f"shapes {self.shapes}")
         parts.append(f"batch {self.batch_size}")
+        if self.lora_unmerged:
+            parts.append("LoRA unmerged")
         if self.decode_rows not in (None, self.batch_size):
             parts.append(f"{self.decode_rows} rows generating together")
         return ", ".join(parts + in_any_dtype)
@@ -72,7 +77,9 @@ def run_numerics(run) -> Numerics:
     dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
     rule = settings.get("generation_rule") or (STOCK_GENERATION_RULE if backend == "hflm" else UNRECORDED_RULE)
     shared = "MPS" if _mps_changes_numbers(run) else None
-    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule, shared)
+    unmerged = (run.env or {}).get("eval_merge_lora") == "off"
+    return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule, shared,
+                    unmerged)
 
 
 def _mps_changes_numbers(run) -> bool:

@@ -117,3 +117,18 @@ def test_runs_under_mps_with_deterministic_training_are_not_listed_apart(tmp_pat
     alone = section.split("float32, generation: hf-generate chunks:")[1].split("</li>")[0]
     assert rid(3) in shared and rid(2) not in shared
     assert rid(1) in alone and rid(2) in alone
+
+
+def test_runs_evaluated_with_the_lora_unmerged_are_listed_apart_in_bfloat16_only(tmp_path):
+    """--eval-merge-lora off rounds otherwise than a merged LoRA in half precision; in float32 the
+    answers are the same to rounding, so a float32 block is not listed for it."""
+    for dtype, listed in (("bfloat16", True), ("float32", False)):
+        store = _store(tmp_path / dtype, {1: (dtype, STOCK), 2: (dtype, STOCK), 3: (dtype, STOCK)})
+        env = store / rid(2) / "env.json"
+        env.write_text(json.dumps(json.loads(env.read_text()) | {"eval_merge_lora": "off"}))
+        html = build_report(store, tmp_path / dtype / "site").read_text(encoding="utf-8")
+        assert ('id="mixed-numerics"' in html) is listed
+        if listed:
+            section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
+            unmerged = section.split("batch 64, LoRA unmerged, generation: hf-generate chunks:")[1].split("</li>")[0]
+            assert rid(2) in unmerged and rid(1) not in unmerged and rid(3) not in unmerged
