@@ -17,7 +17,8 @@ which runs used what. In float32 the shapes give the same answers to float round
 evaluated in float32 alone are not listed for shapes, batch or rows, only for a dtype, a
 generation rule or GPU sharing that differs. In half precision a LoRA evaluated unmerged
 (``--eval-merge-lora off``, recorded in ``env.json``; lm-eval's ``peft=`` path) rounds differently
-from one merged into the base weights (the default), so that is named too.
+from one merged into the base weights (the default), so a trained run evaluated with it is named
+too (HydraLoRA, whose heads never merge, is named as well: the flag is what is recorded).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Numerics:
     decode_rows: object
     generation_rule: str  # how generation chunks end and texts are cut (settings.generation_rule)
     shared_gpu: str | None = None  # "MPS" when the run's worker shared its GPU under MPS; None otherwise
-    lora_unmerged: bool = False  # evaluated with --eval-merge-lora off (rounds otherwise in half precision)
+    lora_unmerged: bool = False  # a trained run evaluated with --eval-merge-lora off (other rounding in half precision)
 
     def describe(self, dtype_only: bool = False) -> str:
         # The generation rule and MPS change numbers in any dtype, so they are named even where
@@ -63,7 +64,7 @@ class Numerics:
             parts.append(f"shapes {self.shapes}")
         parts.append(f"batch {self.batch_size}")
         if self.lora_unmerged:
-            parts.append("LoRA unmerged")
+            parts.append("--eval-merge-lora off")
         if self.decode_rows not in (None, self.batch_size):
             parts.append(f"{self.decode_rows} rows generating together")
         return ", ".join(parts + in_any_dtype)
@@ -77,7 +78,7 @@ def run_numerics(run) -> Numerics:
     dtype = str((run.env or {}).get("dtype") or run.config.get("dtype") or "not recorded")
     rule = settings.get("generation_rule") or (STOCK_GENERATION_RULE if backend == "hflm" else UNRECORDED_RULE)
     shared = "MPS" if _mps_changes_numbers(run) else None
-    unmerged = (run.env or {}).get("eval_merge_lora") == "off"
+    unmerged = (run.env or {}).get("eval_merge_lora") == "off" and run.config.get("method") != "base"
     return Numerics(dtype, backend, shapes, settings.get("batch_size"), settings.get("decode_rows"), rule, shared,
                     unmerged)
 

@@ -130,5 +130,5 @@ def test_runs_evaluated_with_the_lora_unmerged_are_listed_apart_in_bfloat16_only
         assert ('id="mixed-numerics"' in html) is listed
         if listed:
             section = html.split('id="mixed-numerics"')[1].split("</ul></li></ul>")[0]
-            unmerged = section.split("batch 64, LoRA unmerged, generation: hf-generate chunks:")[1].split("</li>")[0]
+            unmerged = section.split("batch 64, --eval-merge-lora off, generation: hf-generate chunks:")[1].split("</li>")[0]
             assert rid(2) in unmerged and rid(1) not in unmerged and rid(3) not in unmerged
