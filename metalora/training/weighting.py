@@ -28,9 +28,18 @@ def group_sums(values: torch.Tensor, groups: torch.Tensor, count: int) -> tuple[
     masked row of a (count, len(values)) matrix and ``torch.sum`` reduces it in an order fixed by the
     shape: the same bits every time. Its gradient is exact: each value lies in one group's row only.
     The matrix is small: groups are a batch's rows or tasks, values its target tokens or rows."""
-    members = groups.unsqueeze(0) == torch.arange(count, device=groups.device).unsqueeze(1)
-    sums = torch.where(members, values.unsqueeze(0), torch.zeros((), dtype=values.dtype, device=values.device))
-    return sums.sum(1), members.sum(1)
+    members = group_members(groups, count)
+    return masked_sums(values, members), members.sum(1)
+
+
+def group_members(groups: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, len(groups)) booleans: row g marks the values of group g."""
+    return groups.unsqueeze(0) == torch.arange(count, device=groups.device).unsqueeze(1)
+
+
+def masked_sums(values: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Each group's sum of ``values`` (``group_sums``' fixed-order reduction), given ``group_members``."""
+    return torch.where(members, values.unsqueeze(0), torch.zeros((), dtype=values.dtype, device=values.device)).sum(1)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +94,7 @@ def combine_row_losses(
             task_ids = torch.zeros(row_counts.shape[0], dtype=torch.long, device=row_counts.device)
         _, groups = torch.unique(task_ids, return_inverse=True)
         count = int(groups.max().item()) + 1
-    sums, _ = group_sums(row_sums, groups, count)
-    tokens, _ = group_sums(row_counts, groups, count)
+    members = group_members(groups, count)  # built once for both sums: a training step is launch-bound on a GPU
+    sums, tokens = masked_sums(row_sums, members), masked_sums(row_counts, members)
     weights = task_weights(tokens, weighting).to(sums.dtype)
     return (weights * sums / tokens.clamp(min=1)).sum()
