@@ -22,14 +22,13 @@ last process: its rate counts the passes of those steps (``throughput.train_exam
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metalora.method_defaults import METHOD_OPTION_DEFAULTS
-from metalora.runs.store import CONFIG_FILE, COST_FILE, DONE_FILE
+from metalora.runs.store import CONFIG_FILE, COST_FILE, DONE_FILE, read_json_or_none
 
 # The method options that change what one example pass costs (not how many passes a run does:
 # the budget plan counts those).
@@ -81,13 +80,6 @@ class FinishedRun:
         return None
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def read_finished(folder: Path, require_done: bool = True) -> FinishedRun | None:
     """The run in ``folder`` if it finished and recorded its times; None for anything unreadable.
     ``require_done=False`` is for copies of run folders without their ``DONE`` marker: the runner
@@ -95,7 +87,7 @@ def read_finished(folder: Path, require_done: bool = True) -> FinishedRun | None
     folder = Path(folder)
     if require_done and not (folder / DONE_FILE).is_file():
         return None
-    document, cost = _read_json(folder / CONFIG_FILE), _read_json(folder / COST_FILE)
+    document, cost = read_json_or_none(folder / CONFIG_FILE), read_json_or_none(folder / COST_FILE)
     config = document.get("config") if isinstance(document, dict) else None
     if not isinstance(config, dict) or not isinstance(cost, dict):
         return None

@@ -304,12 +304,12 @@ class RunStore:
 
     def _folder_row(self, folder: Path) -> tuple:
         """An index row read from a run folder (what a rebuild writes)."""
-        document = _read_json(folder / CONFIG_FILE)
+        document = read_json_or_none(folder / CONFIG_FILE)
         config = document.get("config") if isinstance(document, dict) else None
         config = config if isinstance(config, dict) else {}
         train = config.get("train") if isinstance(config.get("train"), dict) else {}
-        done = _read_json(folder / DONE_FILE)
-        failed = _read_json(folder / FAILED_FILE)
+        done = read_json_or_none(folder / DONE_FILE)
+        failed = read_json_or_none(folder / FAILED_FILE)
         status = DONE if (folder / DONE_FILE).is_file() else FAILED if (folder / FAILED_FILE).is_file() else RUNNING
         headline = done.get("headline") if isinstance(done, dict) and isinstance(done.get("headline"), dict) else {}
         error = failed.get("error") if isinstance(failed, dict) else None
@@ -545,14 +545,14 @@ class RunStore:
             headline = _json_object(record[12])
             folder = Path(folder)
             if record[1] != DONE:  # finished but the index missed it: read DONE, mend the row
-                done = _read_json(folder / DONE_FILE)
+                done = read_json_or_none(folder / DONE_FILE)
                 headline = done.get("headline") if isinstance(done, dict) and isinstance(done.get("headline"), dict) else {}
                 self._index_write("UPDATE runs SET status='done', headline=?, error=NULL WHERE run_id=?",
                                   (json.dumps(headline), folder.name))
             return DONE, headline, None
         folder = Path(folder)
         if (folder / FAILED_FILE).is_file():
-            failed = _read_json(folder / FAILED_FILE)
+            failed = read_json_or_none(folder / FAILED_FILE)
             error = _text(failed.get("error")) if isinstance(failed, dict) else None
             return FAILED, {}, error or record[13] or "the FAILED file is damaged; the reason is lost"
         if record[1] == DONE:  # DONE was removed: the run is to be done again
@@ -619,7 +619,8 @@ class RunStore:
         self._index_write("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
 
-def _read_json(path: Path):
+def read_json_or_none(path: Path):
+    """A JSON file's value, or None when it is missing or unreadable (a run folder being written)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
