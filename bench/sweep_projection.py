@@ -33,20 +33,17 @@ from metalora.errors import MlbenchError
 from metalora.runs.display import plural, seconds
 from metalora.runs.estimate import estimate, finished_runs, measured_rates, planned_runs
 from metalora.runs.runconfig import ExecutionOptions
-from metalora.runs.sweep import load_sweep, prepare_sweep
+from metalora.runs.sweep import prepare_sweep
 
 
 def plan(config: str, profile: str | None, device: str | None) -> list:
     """The config's runs as ``mlbench sweep`` plans them: ``profile`` over every run's, else runs
     that name none get the machine's (quick on a CPU-only one, full with a GPU)."""
-    from metalora.cli import _default_profile
+    from metalora.cli import load_sweep_with_profile
 
-    loaded = load_sweep(config, {"profile": profile} if profile else None)
-    if not profile and any("profile" not in options for options in loaded.runs):
-        fallback, said = _default_profile(device, None, "runs that name no profile get ")
-        if said:
-            print(said)
-        loaded = load_sweep(config, None, {"profile": fallback})
+    loaded, said = load_sweep_with_profile(config, profile, device)
+    if said:
+        print(said)
     return planned_runs(prepare_sweep(loaded, ExecutionOptions(device=device)))
 
 

@@ -296,6 +296,18 @@ def _default_profile(device: str | None, profile: str | None, which: str = "") -
     return "full", None
 
 
+def load_sweep_with_profile(config, profile: str | None, device: str | None):
+    """A sweep file under the profile rule: ``profile`` over every run's, else runs that name none
+    get the machine's (``_default_profile``). Returns the sweep and the line that says so, or None."""
+    from metalora.runs.sweep import load_sweep
+
+    loaded = load_sweep(config, {"profile": profile} if profile else None)
+    if profile or all("profile" in options for options in loaded.runs):
+        return loaded, None
+    fallback, said = _default_profile(device, None, "runs that name no profile get ")
+    return load_sweep(config, None, {"profile": fallback}), said
+
+
 def refuse_foreign_options(given: dict) -> None:
     """A single run with another method's option would silently ignore it: refuse, naming both."""
     from metalora.methods import method_name
@@ -379,7 +391,7 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
     """
     from metalora.runs.launch import LaunchOptions
     from metalora.runs.store import RunStore
-    from metalora.runs.sweep import load_sweep, prepare_sweep, select_runs, write_sweep_record
+    from metalora.runs.sweep import prepare_sweep, select_runs, write_sweep_record
 
     out = console()
     store, verbose = given.pop("store"), given.pop("verbose")
@@ -388,12 +400,7 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
                            runs_per_job, workers_per_gpu, mps).validate()
     if gpus is not None and execution.device not in (None, "cuda"):
         raise MlbenchError(f"--gpus gives each worker one GPU of its own; leave out --device {execution.device}")
-    loaded = load_sweep(config, {"profile": profile} if profile else None)
-    if not profile and any("profile" not in options for options in loaded.runs):
-        fallback, said = _default_profile(execution.device, None, "runs that name no profile get ")
-        loaded = load_sweep(config, None, {"profile": fallback})
-    else:
-        said = None
+    loaded, said = load_sweep_with_profile(config, profile, execution.device)
     plan = prepare_sweep(loaded, execution)
     if only is not None:
         plan = select_runs(plan, only.split(","), config)
