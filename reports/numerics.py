@@ -87,7 +87,7 @@ def _mps_changes_numbers(run) -> bool:
     """Whether the run shared its GPU under MPS with training that may have summed with atomics."""
     if not (run.env or {}).get("cuda_mps_pipe") or run.config.get("method") == "base":
         return False
-    training = (getattr(run, "cost", None) or {}).get("training")
+    training = (run.cost or {}).get("training")
     return not (isinstance(training, dict) and training.get("deterministic_kernels") is True)
 
 
