@@ -169,3 +169,130 @@ def test_a_step_on_fixed_buffers_reads_nothing_back_to_the_host(monkeypatch, tok
         for _ in range(3):
             fed = step(fed).argmax(dim=-1)
     assert reads == [] and graphs.failed is None
+
+
+def _recording_opens(graphs) -> list[tuple[int, int]]:
+    """(rows, width) of every set of buffers ``graphs`` opens."""
+    opened = []
+    original = graphs.open
+
+    def open_(layers, rows, columns):
+        original(layers, rows, columns)
+        opened.append((rows, graphs._buffers.width))
+
+    graphs.open = open_
+    return opened
+
+
+def _varied_requests(count: int, max_new: int) -> list:
+    """Prompts of ``count`` different lengths (so every chunk of several has padding), one stop."""
+    from lm_eval.api.instance import Instance
+
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "cats", "watch", "it"]
+    return [Instance("generate_until", {}, (" ".join(words[: 3 + index % 11]) + f" {index}",
+                                            {"until": ["\n\n"], "do_sample": False, "max_gen_toks": max_new}), 0)
+            for index in range(count)]  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_chunks_decoding_together_give_each_chunks_own_texts(model, tokenizer, manager, batch_size):
+    """--eval-decode-slots 3: HFLM's chunks share one set of buffers, three at a time, each in its own
+    rows and columns, each ended by its own stop criteria; the texts are stock HFLM's (real BBH and
+    MGSM requests, and prompts of varied lengths), the latter in fewer decoding steps than one chunk
+    at a time."""
+    for requests, fewer_steps in ((_generation_requests(manager), False), (_varied_requests(12, 9), True)):
+        stock, alone = _lms(model, tokenizer, batch_size)
+        steps_alone = _with_buffers(alone)
+        expected = stock.generate_until(requests, disable_tqdm=True)
+        assert alone.generate_until(requests) == expected
+        _, together = _lms(model, tokenizer, batch_size, decode_slots=3)
+        steps_together = _with_buffers(together)
+        opened = _recording_opens(together.step_graphs)
+        assert together.generate_until(requests) == expected
+        assert opened and all(rows == 3 * batch_size for rows, _ in opened)
+        assert 0 < len(steps_together) <= len(steps_alone)
+        if fewer_steps:
+            assert len(steps_together) < len(steps_alone) / 2
+        assert together.step_graphs._buffers is None  # freed once the call is done
+
+
+def test_a_slot_step_computes_each_chunks_own_logits(model, tokenizer):
+    """Two chunks of different widths in the slots of one set of buffers (the second chunk's rows
+    fewer than a slot's): step by step, each row's logits are those of its chunk decoding alone with
+    HF's growing cache, to float32 rounding, and the idle rows stay finite."""
+    import torch
+
+    from eval_tasks.fastlm import FastLM
+    from eval_tasks.greedy import GreedyDecoder, _layers
+    from eval_tasks.step_graphs import StepGraphs
+
+    fast = FastLM(model, tokenizer, 3)
+    texts = [["Once upon a time there was", "Hi there", "The weather"],
+             ["A much longer prompt than any of the first chunk's prompts, on purpose", "Short"]]  # fmt: skip
+    prompts = [[tokenizer.encode(text) for text in chunk] for chunk in texts]
+    decoder = GreedyDecoder(fast._forward, tokenizer, fast._pad_id, 3, fast.device, static=True)
+    growing = [decoder._prefill(chunk, range(len(chunk))) for chunk in prompts]
+    fixed = [decoder._prefill(chunk, range(len(chunk))) for chunk in prompts]
+    graphs = StepGraphs(fast._forward, capture=False)
+    graphs.open(_layers(fixed[0].cache), 6, max(batch.mask.shape[1] for batch in fixed) + 6)
+    for slot, batch in enumerate(fixed):
+        graphs.load(3 * slot, 3, _layers(batch.cache), batch.mask, batch.positions)
+    fed = [batch.logits.argmax(dim=-1) for batch in growing]
+    for _ in range(6):
+        growing = [decoder._step(batch, tokens) for batch, tokens in zip(growing, fed, strict=True)]
+        row_tokens = torch.full((6,), fast._pad_id)
+        row_tokens[0:3], row_tokens[3:5] = fed[0], fed[1]
+        logits = graphs.step(row_tokens)
+        torch.testing.assert_close(logits[0:3], growing[0].logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[3:5], growing[1].logits, rtol=0, atol=1e-5)
+        assert bool(torch.isfinite(logits[5]).all())
+        fed = [torch.tensor([7, 11, 13]) + fed[0] % 5, torch.tensor([17, 19]) + fed[1] % 3]
+
+
+def test_slots_drain_and_reopen_narrower_for_shorter_chunks(model, tokenizer):
+    """Chunks longest first, the later ones much shorter: the buffers reopen at a smaller width once
+    the slots drain (attention reads every column), and every text is still stock's."""
+    from lm_eval.api.instance import Instance
+
+    # Four long prompts and four short ones, all of different lengths (every chunk of two has padding).
+    contexts = [" ".join(["word"] * n) for n in (300, 290, 280, 270)] + [" ".join(["hi"] * n) for n in (3, 4, 5, 6)]
+    requests = [Instance("generate_until", {}, (c, {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 6}), 0)
+                for c in contexts]  # fmt: skip
+    stock, together = _lms(model, tokenizer, 2, decode_slots=2)
+    _with_buffers(together)
+    opened = _recording_opens(together.step_graphs)
+    assert together.generate_until(requests) == stock.generate_until(requests, disable_tqdm=True)
+    widths = [width for _, width in opened]
+    assert len(widths) == 2 and widths[0] > widths[1]
+
+
+def test_slots_that_do_not_fit_the_memory_budget_decode_one_chunk_at_a_time(monkeypatch, model, tokenizer):
+    """Buffers for two chunks beyond the slots' memory budget: no shared buffers are opened, each
+    chunk decodes alone on its own, the same texts."""
+    from eval_tasks.greedy import GreedyDecoder
+
+    requests = _varied_requests(12, 9)
+    stock, fast = _lms(model, tokenizer, 4, decode_slots=4)
+    _with_buffers(fast)
+    opened = _recording_opens(fast.step_graphs)
+    monkeypatch.setitem(GreedyDecoder.__init__.__kwdefaults__, "slot_cache_bytes", 1)
+    assert fast.generate_until(requests) == stock.generate_until(requests, disable_tqdm=True)
+    assert opened and all(rows == 4 for rows, _ in opened)  # one chunk's buffers at a time
+
+
+def test_slots_whose_step_cannot_run_on_buffers_decode_each_chunk_eagerly(model, tokenizer, manager):
+    """The shared buffers' first step fails (as a capture would): the chunks in the slots go on from
+    their prefill with HF's growing cache, so do the rest, the same texts."""
+    from eval_tasks.step_graphs import StaticKV
+
+    requests = _generation_requests(manager)
+    stock, fast = _lms(model, tokenizer, 2, decode_slots=3)
+
+    def refusing(input_ids, **kwargs):
+        if isinstance(kwargs.get("past_key_values"), StaticKV):
+            raise RuntimeError("operation not permitted when stream is capturing")  # noqa: TRY004
+        return fast._forward(input_ids, **kwargs)
+
+    steps = _with_buffers(fast, refusing)
+    assert fast.generate_until(requests) == stock.generate_until(requests, disable_tqdm=True)
+    assert len(steps) == 1 and fast.step_graphs.failed is not None
