@@ -135,7 +135,6 @@ class FastLM(HFLM):
         vocabulary_texts: Callable[[], tuple[str, ...] | None] | None = None,
         decode_rows: int | None = None,
         cuda_graphs: bool = False,
-        decode_slots: int = 1,
         **hflm_options,
     ):
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=batch_size, **hflm_options)
@@ -154,8 +153,6 @@ class FastLM(HFLM):
         # Stock shapes on CUDA with SDPA attention: decoding steps replayed as CUDA graphs; the chunks of
         # one call that share a shape share a graph, freed when the call ends (eval_tasks/step_graphs.py).
         self.step_graphs = StepGraphs(self._forward) if cuda_graphs and self._graphs_apply() else None
-        # Stock shapes on those buffers: HFLM's chunks decoding up to this many at a time, each in its own rows.
-        self.decode_slots = decode_slots
 
     # ----- tokenization -------------------------------------------------------------------------
 
@@ -525,7 +522,7 @@ class FastLM(HFLM):
         decoder = GreedyDecoder(self._forward, self.tokenizer, self._pad_id, self._rows(), self.device,
                                 static=self.stock_shapes, decode_rows=self.decode_rows,
                                 drop_full_mask=self.hf_generate_drops_full_mask() if self.stock_shapes else True,
-                                step_graphs=self.step_graphs, slots=self.decode_slots)
+                                step_graphs=self.step_graphs)
         try:
             generated = decoder.run([encoded[i] for i in order], stopping)
         finally:

@@ -41,15 +41,13 @@ exactly its own prompt and its own tokens, as when HF ``generate`` runs it.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from eval_tasks.step_graphs import WIDTH_STEP, GraphUnavailable, StepGraphs
+from eval_tasks.step_graphs import GraphUnavailable, StepGraphs
 from eval_tasks.stops import Triggers
 
 # The key/value cache that rows decoding together may need by their last token, beyond the first
@@ -57,11 +55,6 @@ from eval_tasks.stops import Triggers
 # that several workers sharing one GPU stay within its memory. A step's concatenation briefly holds
 # a second copy.
 DECODE_CACHE_BYTES = 4 * 2**30
-# Chunks decoding together drain and reopen their buffers narrower once the next chunk needs less
-# than this share of their width (attention reads every column of every row, masked or not).
-SHRINK = 0.75
-# The fixed buffers of chunks decoding together (static batches, ``slots``): as many chunks as fit.
-SLOT_CACHE_BYTES = 16 * 2**30
 
 
 def decoding_rows(rows: int, decode_rows: int | None) -> int:
@@ -92,19 +85,6 @@ class Stopping:
 
 
 @dataclass
-class _Chunk:
-    """One of HFLM's generation chunks as HF generate decodes it: its prefill, its next-token
-    scores, what each row is fed, and lm-eval's stopping state."""
-
-    batch: _Batch  # its prefill (the growing cache, for decoding without fixed buffers)
-    logits: torch.Tensor  # [rows, vocab] scores of each row's next token
-    after_eos: torch.Tensor  # [rows] rows fed padding from now on (they have had an EOS)
-    seen: list[list[bool]]  # per stop string, the rows that have met it (for good)
-    final: list[bool]  # Stopping.final, asked once a row has had an EOS or met a stop
-    fed: torch.Tensor | None = None  # the tokens chosen last
-
-
-@dataclass
 class _Batch:
     cache: object  # transformers DynamicCache, rows x columns
     mask: torch.Tensor  # [rows, columns], 1 for a row's real tokens
@@ -121,8 +101,7 @@ class GreedyDecoder:
 
     def __init__(self, forward: Forward, tokenizer, pad_id: int, rows: int, device, *, static: bool = False,
                  decode_rows: int | None = None, cache_bytes: float = DECODE_CACHE_BYTES,
-                 drop_full_mask: bool = True, step_graphs: StepGraphs | None = None, slots: int = 1,
-                 slot_cache_bytes: float = SLOT_CACHE_BYTES) -> None:
+                 drop_full_mask: bool = True, step_graphs: StepGraphs | None = None) -> None:
         self.forward, self.tokenizer, self.pad_id, self.rows, self.device = (
             forward,
             tokenizer,
@@ -141,9 +120,6 @@ class GreedyDecoder:
         self._cache_token_bytes: float | None = None
         # Static batches: decoding steps on fixed buffers, replayed as CUDA graphs (eval_tasks/step_graphs.py).
         self.step_graphs = step_graphs
-        # Static batches on fixed buffers: how many chunks may decode together, each in its own rows.
-        self.slots = slots
-        self.slot_cache_bytes = slot_cache_bytes
 
     def run(self, prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
         if self.static:
@@ -171,134 +147,40 @@ class GreedyDecoder:
         outputs: list[list[int]] = [[] for _ in prompts]
         marks = _marks(prompts, stopping)
         eos = torch.tensor(sorted(stopping.eos), dtype=torch.long, device=self.device)
-        chunks = deque(range(start, min(start + self.rows, len(prompts))) for start in range(0, len(prompts), self.rows))
-        if self._slotted(stopping):
-            self._run_slots(prompts, chunks, stopping, outputs, marks, eos)
-        for indices in chunks:  # one at a time (all, or what slots left: their buffers failed)
-            self._decode_alone(self._start(prompts, indices, stopping), stopping, outputs, marks, eos)
+        for start in range(0, len(prompts), self.rows):
+            batch = self._prefill(prompts, range(start, min(start + self.rows, len(prompts))),
+                                  drop_full_mask=self.drop_full_mask)
+            rows = batch.prompts
+            # What HF generate feeds each row: its greedy token, EOS included, then padding after an EOS.
+            after_eos = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+            # lm-eval's criterion of each stop string: which rows have met it (for good), whole batch at once.
+            seen = [[False] * len(rows) for _ in stopping.stops]
+            final = [False] * len(rows)  # Stopping.final, asked once a row has had an EOS or met a stop
+            graph_step = self._graph_step(batch, stopping.max_new - 1)
+            while True:
+                fed = batch.logits.argmax(dim=-1).masked_fill(after_eos, self.pad_id)
+                after_eos |= torch.isin(fed, eos)
+                ended = after_eos.tolist()
+                for slot, token in enumerate(fed.tolist()):
+                    tokens = outputs[rows[slot]]
+                    tokens.append(token)
+                    for index, met in enumerate(seen):
+                        if not met[slot]:
+                            met[slot] = self._stop_seen(tokens, token, stopping, marks[rows[slot]], index)
+                    if stopping.final is not None and not final[slot] and (
+                            ended[slot] or any(met[slot] for met in seen)):  # fmt: skip
+                        final[slot] = stopping.final(tokens, ended[slot])
+                if (len(outputs[rows[0]]) >= stopping.max_new or all(ended)
+                        or any(all(met) for met in seen) or all(final)):  # fmt: skip
+                    break
+                if graph_step is not None:
+                    try:
+                        batch.logits = graph_step(fed)
+                        continue
+                    except GraphUnavailable:  # on its first step, before the chunk's own cache moved on
+                        graph_step = None
+                batch = self._step(batch, fed)
         return outputs
-
-    def _start(self, prompts: Sequence[Sequence[int]], indices: range, stopping: Stopping) -> _Chunk:
-        """A chunk prefilled as HFLM prefills it."""
-        batch = self._prefill(prompts, indices, drop_full_mask=self.drop_full_mask)
-        rows = len(indices)
-        return _Chunk(batch, batch.logits, torch.zeros(rows, dtype=torch.bool, device=self.device),
-                      [[False] * rows for _ in stopping.stops], [False] * rows)
-
-    def _slotted(self, stopping: Stopping) -> bool:
-        graphs = self.step_graphs
-        return self.slots > 1 and graphs is not None and graphs.usable and stopping.max_new > 1
-
-    def _run_slots(self, prompts: Sequence[Sequence[int]], chunks: deque, stopping: Stopping,
-                   outputs: list[list[int]], marks: list[list[int]], eos: torch.Tensor) -> None:
-        """HFLM's chunks decoding up to ``slots`` at a time on one set of fixed buffers: each chunk
-        in its own rows, prefilled alone and fed exactly as alone, ended by its own criteria, its
-        rows taken by the next chunk as it ends (module docstring, "Chunks decoding together").
-        Chunks that would run without a mask decode alone; so does every chunk left in ``chunks``
-        when this returns (the buffers could not be used, or they fit one chunk only)."""
-        graphs, rows = self.step_graphs, self.rows
-
-        def next_masked() -> _Chunk | None:
-            while chunks:
-                chunk = self._start(prompts, chunks.popleft(), stopping)
-                if not (chunk.batch.unmasked or bool(chunk.batch.mask.all())):
-                    return chunk
-                self._decode_alone(chunk, stopping, outputs, marks, eos)  # HF may pass it no mask
-            return None
-
-        waiting = next_masked()
-        if waiting is None:
-            return
-
-        def width_for(chunk: _Chunk) -> int:  # its prompt and new tokens, in whole buffer steps
-            return math.ceil((chunk.batch.mask.shape[1] + stopping.max_new - 1) / WIDTH_STEP) * WIDTH_STEP
-
-        # Buffers as wide as the widest chunk in them: every row's attention reads all their columns.
-        # HFLM's chunks come longest first; when the next one needs under SHRINK of the width, the
-        # slots drain and the buffers reopen narrower (a new graph).
-        width = width_for(waiting)
-        fit = int(self.slot_cache_bytes // (rows * width * _bytes_per_row_column(waiting.batch)))
-        slots = min(self.slots, fit)
-        if slots < 2:
-            self._decode_alone(waiting, stopping, outputs, marks, eos)
-            return
-        graphs.open(_layers(waiting.batch.cache), slots * rows, width)
-        active: list[_Chunk | None] = [None] * slots
-
-        def fits(chunk: _Chunk | None) -> bool:
-            return chunk is not None and SHRINK * width <= width_for(chunk) <= width
-
-        while waiting is not None or any(chunk is not None for chunk in active):
-            if waiting is not None and not fits(waiting) and all(chunk is None for chunk in active):
-                width = width_for(waiting)
-                graphs.open(_layers(waiting.batch.cache), slots * rows, width)
-            for slot in range(slots):
-                if active[slot] is None and fits(waiting):
-                    graphs.load(slot * rows, rows, _layers(waiting.batch.cache), waiting.batch.mask,
-                                waiting.batch.positions)  # fmt: skip
-                    active[slot], waiting = waiting, next_masked()
-            fed = torch.full((slots * rows,), self.pad_id, dtype=torch.long, device=self.device)
-            stepping = []
-            for slot, chunk in enumerate(active):
-                if chunk is None:
-                    continue
-                if self._advance(chunk, stopping, outputs, marks, eos):
-                    active[slot] = None
-                    graphs.idle(slot * rows, rows)
-                    continue
-                fed[slot * rows : slot * rows + len(chunk.fed)] = chunk.fed
-                stepping.append(slot)
-            if not stepping:
-                continue
-            try:
-                logits = graphs.step(fed)
-            except GraphUnavailable:  # on the first step: every chunk's own cache is still at its prefill
-                for chunk in [active[slot] for slot in stepping] + ([waiting] if waiting is not None else []):
-                    if chunk is not waiting:
-                        chunk.batch = self._step(chunk.batch, chunk.fed)
-                        chunk.logits = chunk.batch.logits
-                    self._decode_alone(chunk, stopping, outputs, marks, eos, graphs=False)
-                return
-            for slot in stepping:
-                active[slot].logits = logits[slot * rows : slot * rows + len(active[slot].fed)]
-
-    def _advance(self, chunk: _Chunk, stopping: Stopping, outputs: list[list[int]], marks: list[list[int]],
-                 eos: torch.Tensor) -> bool:
-        """The chunk's next tokens (``chunk.fed``) from its logits, appended to its rows' outputs;
-        whether HF generate under lm-eval would stop the chunk here (or every text is final)."""
-        rows = chunk.batch.prompts
-        # What HF generate feeds each row: its greedy token, EOS included, then padding after an EOS.
-        chunk.fed = chunk.logits.argmax(dim=-1).masked_fill(chunk.after_eos, self.pad_id)
-        chunk.after_eos |= torch.isin(chunk.fed, eos)
-        ended = chunk.after_eos.tolist()
-        for slot, token in enumerate(chunk.fed.tolist()):
-            tokens = outputs[rows[slot]]
-            tokens.append(token)
-            for index, met in enumerate(chunk.seen):
-                if not met[slot]:
-                    met[slot] = self._stop_seen(tokens, token, stopping, marks[rows[slot]], index)
-            if stopping.final is not None and not chunk.final[slot] and (
-                    ended[slot] or any(met[slot] for met in chunk.seen)):  # fmt: skip
-                chunk.final[slot] = stopping.final(tokens, ended[slot])
-        return (len(outputs[rows[0]]) >= stopping.max_new or all(ended)
-                or any(all(met) for met in chunk.seen) or all(chunk.final))  # fmt: skip
-
-    def _decode_alone(self, chunk: _Chunk, stopping: Stopping, outputs: list[list[int]], marks: list[list[int]],
-                      eos: torch.Tensor, graphs: bool = True) -> None:
-        """One chunk to its end, as HF generate decodes it: on fixed buffers where they apply (and
-        ``graphs``), else with the growing cache."""
-        batch = chunk.batch
-        graph_step = self._graph_step(batch, stopping.max_new - 1) if graphs else None
-        while not self._advance(chunk, stopping, outputs, marks, eos):
-            if graph_step is not None:
-                try:
-                    chunk.logits = graph_step(chunk.fed)
-                    continue
-                except GraphUnavailable:  # on its first step, before the chunk's own cache moved on
-                    graph_step = None
-            batch = self._step(batch, chunk.fed)
-            chunk.logits = batch.logits
-        chunk.batch = batch
 
     def _graph_step(self, batch: _Batch, steps: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The chunk's decoding step on fixed buffers (``step_graphs``), or None: graphs off or
@@ -446,12 +328,6 @@ class GreedyDecoder:
 def _marks(prompts: Sequence[Sequence[int]], stopping: Stopping) -> list[list[int]]:
     # Far enough back that no window reaches it: no trigger seen yet.
     return [[-stopping.max_new - lookback for _, lookback in stopping.stops] for _ in prompts]
-
-
-def _bytes_per_row_column(batch: _Batch) -> float:
-    """Bytes of key/value cache per row and column (all layers) of a prefilled batch."""
-    total = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in _layers(batch.cache))
-    return total / (len(batch.prompts) * batch.mask.shape[1])
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

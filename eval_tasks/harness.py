@@ -67,7 +67,6 @@ class EvalOptions:
     decode_rows: int | None = None  # rows generating together (fast backend, fast shapes); None: the batch size
     shapes: str = "stock"  # a member of EVAL_SHAPES (module docstring)
     cuda_graphs: bool = True  # stock shapes on CUDA: decoding steps as CUDA graphs (eval_tasks/step_graphs.py)
-    decode_slots: int = 1  # stock shapes on those graphs: chunks decoding together (eval_tasks/greedy.py)
 
     def __post_init__(self) -> None:
         if self.backend not in EVAL_BACKENDS:
@@ -89,9 +88,6 @@ class EvalOptions:
         rows = self.decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise MlbenchError(f"decode rows must be a positive integer, got {self.decode_rows!r}")
-        slots = self.decode_slots
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise MlbenchError(f"decode slots must be a positive integer, got {slots!r}")
 
     def stock_shaped(self) -> bool:
         """The fast backend with HFLM's shapes (``stock`` or ``stock-scored``)."""
@@ -136,7 +132,6 @@ def evaluate(
     decode_rows: int | None = None,
     eval_shapes: str = "stock",
     cuda_graphs: bool = True,
-    decode_slots: int = 1,
 ) -> EvalResult:
     """Score ``model`` on ``benchmarks`` (names from ``eval_tasks.registry.BENCHMARKS``).
 
@@ -148,14 +143,13 @@ def evaluate(
     together, prefilled ``batch_size`` at a time (``eval_tasks/greedy.py``; default: the batch
     size) where ``eval_shapes`` is ``fast``; ``stock`` (default) keeps HFLM's shapes (module
     docstring), and with ``cuda_graphs`` on CUDA replays its decoding steps as CUDA graphs
-    (``eval_tasks/step_graphs.py``; settings.decode_steps says how they ran), ``decode_slots`` of HFLM's
-    chunks at a time (``eval_tasks/greedy.py``, "Chunks decoding together"). ``on_benchmark(name, None)`` is called when a benchmark starts and
+    (``eval_tasks/step_graphs.py``; settings.decode_steps says how they ran). ``on_benchmark(name, None)`` is called when a benchmark starts and
     ``on_benchmark(name, timing)`` when it is done (progress display).
     """
     specs = resolve_benchmarks(benchmarks)
     chosen = choose_subtasks(specs, subtasks or {})
     options = EvalOptions(batch_size, limit, max_gen_tokens, merge_lora, response_cache_dir, eval_backend, decode_rows,
-                          eval_shapes, cuda_graphs, decode_slots)
+                          eval_shapes, cuda_graphs)
     data_files = hash_data_files(specs, chosen, data_root)
     task_cache = task_cache or TaskCache()
     references = {
@@ -225,8 +219,6 @@ def evaluate(
             "generation_rule": OWN_STOP_GENERATION_RULE if options.backend == "fast" and not options.stock_shaped()
             else STOCK_GENERATION_RULE,
             "decode_steps": context.notes.get("decode_steps"),
-            # Chunks decoding together on the decoding steps' buffers (stock shapes; 1: one at a time).
-            "decode_slots": options.decode_slots if options.stock_shaped() else None,
             "timing": timing,  # wall time per benchmark, tasks and requests built or cached included
         },
         sample_files=sample_files,
@@ -325,8 +317,7 @@ def _fast_backend(model, tokenizer, context: _RunContext) -> RunBenchmark:
     cache = context.task_cache
     lm = FastLM(model, tokenizer, options.batch_size, encodings=cache.encodings(tokenizer),
                 vocabulary_texts=lambda: cache.token_texts(tokenizer), decode_rows=options.decode_rows,
-                cuda_graphs=options.cuda_graphs, decode_slots=options.decode_slots,
-                **EVAL_SHAPES[options.shapes])  # fmt: skip
+                cuda_graphs=options.cuda_graphs, **EVAL_SHAPES[options.shapes])  # fmt: skip
     fast_lm = lm
     if context.cache_key:  # as simple_evaluate(use_cache=...) does
         Path(options.response_cache_dir).mkdir(parents=True, exist_ok=True)

@@ -44,18 +44,16 @@ log = logging.getLogger(__name__)
 
 class StaticKV:
     """The key/value cache a model writes one column a step: fixed per-layer buffers
-    ``[rows, heads, width, dim]``, row r written at ``column[r]`` (a device tensor, so that a
-    captured step writes where the replay is, not where the capture was; per row, so that the
-    chunks sharing the buffers each keep their own columns)."""
+    ``[rows, heads, width, dim]``, written at ``column`` (a one-element device tensor, so that a
+    captured step writes where the replay is, not where the capture was)."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor) -> None:
         self.keys, self.values, self.column = keys, values, column
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        index = self.column.view(-1, 1, 1, 1).expand(-1, key_states.shape[1], 1, key_states.shape[3])
-        keys.scatter_(2, index, key_states)
-        values.scatter_(2, index, value_states)
+        keys.index_copy_(2, self.column, key_states)
+        values.index_copy_(2, self.column, value_states)
         return keys, values
 
 
@@ -68,45 +66,29 @@ class _Buffers:
         def buffer(like: torch.Tensor) -> torch.Tensor:
             return like.new_zeros((rows, like.shape[1], width, like.shape[3]))
 
-        self.width = width
         self.kv = StaticKV([buffer(k) for k, _ in layers], [buffer(v) for _, v in layers],
-                           torch.zeros(rows, dtype=torch.long, device=device))  # fmt: skip
+                           torch.zeros(1, dtype=torch.long, device=device))  # fmt: skip
         # SDPA's boolean mask as HF builds it for one query: [rows, 1, 1, keys], True where attended.
         self.mask = torch.zeros((rows, 1, 1, width), dtype=torch.bool, device=device)
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.key = self.signature(layers, rows, width)
-        self.idle(0, rows)
 
     @staticmethod
     def signature(layers, rows: int, width: int) -> tuple:
         return rows, width, tuple((tuple(k.shape[1::2]), k.dtype, tuple(v.shape[1::2]), v.dtype) for k, v in layers)
 
-    def idle(self, start: int, count: int) -> None:
-        """Rows ``start`` to ``start + count`` hold no chunk: they attend to one zero column (so that
-        their numbers stay finite) and write their steps into the last column; no one reads them."""
-        rows = slice(start, start + count)
-        for buffer in self.kv.keys + self.kv.values:
-            buffer[rows].zero_()
-        self.mask[rows] = False
-        self.mask[rows, 0, 0, 0] = True
-        self.positions[rows] = 0
-        self.kv.column[rows] = self.width - 1
-
-    def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, positions: torch.Tensor,
-             start: int = 0) -> None:
-        """A chunk's prefilled cache (``mask``: [rows, columns] of its real tokens) and its next
-        positions, into the rows from ``start``; its columns beyond the prompt are zero and masked."""
-        count, columns = mask.shape
-        rows = slice(start, start + count)
+    def load(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """A chunk's prefilled cache (``mask``: [rows, columns] of its real tokens) and its next positions."""
+        columns = mask.shape[1]
         for buffer, source in zip(self.kv.keys + self.kv.values, [k for k, _ in layers] + [v for _, v in layers],
                                   strict=True):  # fmt: skip
-            buffer[rows].zero_()
-            buffer[rows, :, :columns].copy_(source)
-        self.mask[rows] = False
-        self.mask[rows, 0, 0, :columns] = mask.bool()
-        self.positions[rows] = positions[:, None]
-        self.kv.column[rows] = columns
+            buffer.zero_()
+            buffer[:, :, :columns].copy_(source)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :columns].copy_(mask.bool())
+        self.positions.copy_(positions[:, None])
+        self.kv.column.fill_(columns)
 
 
 class StepGraphs:
@@ -137,44 +119,21 @@ class StepGraphs:
         """``layers``: the chunk's prefilled (keys, values) per layer; ``steps``: the most decoding
         steps it can take."""
         rows, columns = mask.shape
-        self.open(layers, rows, columns + steps)
-        self._buffers.load(layers, mask, positions)
-        return self._step
-
-    def open(self, layers: list[tuple[torch.Tensor, torch.Tensor]], rows: int, columns: int) -> None:
-        """Buffers of ``rows`` rows and at least ``columns`` columns (prompt and new tokens), shaped
-        like ``layers``, every row idle: the ones kept from before where their shape is the same."""
-        width = math.ceil(columns / WIDTH_STEP) * WIDTH_STEP
+        width = math.ceil((columns + steps) / WIDTH_STEP) * WIDTH_STEP
         if self._buffers is None or self._buffers.key != _Buffers.signature(layers, rows, width):
             self.release()  # the old graph's memory first
             self._buffers = _Buffers(layers, rows, width)
-        else:
-            self._buffers.idle(0, rows)
-
-    def load(self, start: int, slot_rows: int, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
-             positions: torch.Tensor) -> None:
-        """A prefilled chunk into the ``slot_rows`` rows from ``start`` (those it does not fill are idle)."""
-        self._buffers.idle(start, slot_rows)
-        self._buffers.load(layers, mask, positions, start)
-
-    def idle(self, start: int, count: int) -> None:
-        self._buffers.idle(start, count)
-
-    def step(self, fed: torch.Tensor) -> torch.Tensor:
-        """One decoding step of every row: ``fed`` [rows] in, the next logits [rows, vocab] out (a
-        buffer the next step overwrites)."""
-        return self._step(fed)
+        self._buffers.load(layers, mask, positions)
+        return self._step
 
     def _body(self) -> torch.Tensor:
         """One step: the new column attended, the model's forward, the positions moved on."""
         buffers = self._buffers
-        buffers.mask.scatter_(3, buffers.kv.column.view(-1, 1, 1, 1), True)
+        buffers.mask.index_fill_(3, buffers.kv.column, True)
         logits = self.forward(buffers.ids, attention_mask=buffers.mask, position_ids=buffers.positions,
                               past_key_values=buffers.kv).logits[:, -1]  # fmt: skip
         buffers.positions.add_(1)
-        # A row's chunk never writes past its last column (the width counts its steps); an idle row
-        # stays in the last column.
-        buffers.kv.column.add_(1).clamp_(max=buffers.width - 1)
+        buffers.kv.column.add_(1)
         return logits
 
     def _step(self, fed: torch.Tensor) -> torch.Tensor:

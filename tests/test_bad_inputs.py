@@ -113,7 +113,6 @@ CASES = [
     Bad("eval decode rows zero", RUN + ("--eval-decode-rows", "0"), "--eval-decode-rows must be a positive integer, got 0"),
     Bad("eval shapes unknown", RUN + ("--eval-shapes", "exact"), "--eval-shapes must be one of stock, stock-scored, fast, got 'exact'"),
     Bad("eval merge unknown", RUN + ("--eval-merge-lora", "maybe"), "--eval-merge-lora must be one of on, off, got 'maybe'"),
-    Bad("eval decode slots zero", RUN + ("--eval-decode-slots", "0"), "--eval-decode-slots must be a positive integer, got 0"),
     Bad("empty task list", RUN + ("--tasks", ""), "tasks is empty; name at least one"),
     Bad("sequence length 1", RUN + ("--max-seq-len", "1"), "max_seq_len must be at least 2"),
     Bad("sequence length cuts every prompt", RUN + ("--max-seq-len", "3"),

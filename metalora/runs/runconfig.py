@@ -123,13 +123,6 @@ class ExecutionOptions:
         None, f"Prompts generating together, prefilled --eval-batch-size at a time (default: the batch size on a CPU, "
               f"{GPU_DECODE_ROWS} on a GPU)."
     )
-    # Each chunk's rows compute what they compute alone (eval_tasks/greedy.py, "Chunks decoding
-    # together"): the same numbers, measured on the GPU (README). Recorded in eval/results.json
-    # (settings.decode_slots) and env.json.
-    eval_decode_slots: int = option(
-        1, "Stock shapes with --eval-cuda-graphs auto: lm-eval's generation chunks decoding up to N at a time on one "
-           "set of buffers, each in its own rows, each fed and ended as alone (1: one at a time)."
-    )
     checkpoint_every: int | str = option(
         DEFAULT_CHECKPOINT_EVERY, "Save a resumable training checkpoint every N steps (500), or every N seconds (60s)."
     )
@@ -183,9 +176,6 @@ class ExecutionOptions:
         rows = self.eval_decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise MlbenchError(f"--eval-decode-rows must be a positive integer, got {rows!r}")
-        slots = self.eval_decode_slots
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise MlbenchError(f"--eval-decode-slots must be a positive integer, got {slots!r}")
         batch = self.eval_batch_size
         if batch is None:
             return self

@@ -444,7 +444,6 @@ def _execute_claimed(prepared, store, folder: Path, options, loaded, report, on_
         "eval_shapes": options.eval_shapes,
         "eval_cuda_graphs": options.eval_cuda_graphs,
         "eval_merge_lora": options.eval_merge_lora,
-        "eval_decode_slots": options.eval_decode_slots,
         "base_model_reused": reused,  # kept loaded from an earlier run of this worker (verified unchanged)
     }
     files.write_env(folder, environment)
@@ -548,7 +547,6 @@ def _evaluate(model, tokenizer, adapter, request: EvalRequest, plan: EvalPlan, r
         decode_rows=options.eval_decode_rows,
         eval_shapes=options.eval_shapes,
         cuda_graphs=options.eval_cuda_graphs == "auto",
-        decode_slots=options.eval_decode_slots,
     )
 
 
