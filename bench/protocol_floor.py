@@ -15,10 +15,12 @@ rules through the project's ``FastLM``; nothing is run):
   MMLU's four one-token answers of a question, need that input once (HFLM runs it once too);
 - generation requests: each prompt (left-truncated to the model's length less the new tokens, as
   HFLM truncates) and, with ``--generations RUN_FOLDER``, each answer's tokens from that run's
-  ``samples/<benchmark>.jsonl.gz``, or with ``--generated FILE`` the ``generated_tokens`` per
-  benchmark that ``bench/decode_slots.py`` wrote (the answers as lm-eval keeps them, cut at their
-  stop strings: at most what was decoded), each counted as one token of a long forward (a decoding
-  step costs at least that); without either no new tokens are counted, so the floor is lower still;
+  ``samples/<benchmark>.jsonl.gz``, or with ``--generated FILE`` a JSON's
+  ``benchmarks.<name>.generated_tokens`` (``bench/results/gpu_h200_session15_1f6acb9/generated.json``:
+  every answer of SmolLM2's whole BBH and GSM8K generation), the answers as lm-eval keeps them, cut at
+  their stop strings, so at most what was decoded; each new token counts as one token of a long
+  forward (a decoding step costs at least that); without either no new tokens are counted, so the
+  floor is lower still;
 - training, with ``--measured STORE`` and a CONFIG: each planned run's example passes (its budget
   plan) times the median tokens per pass of the store's finished runs (``cost.json``), twice (a
   backward pass costs at least its forward); without them training is left out.
@@ -35,12 +37,13 @@ be made on a CPU and the rates on the GPU.
 
 Prints the counts, the rates, the floor per benchmark and run, and with CONFIG the floor of all
 its runs on one GPU and divided by ``--gpus``; with ``--measured`` also each benchmark's median
-measured seconds and their ratio to the floor.
+measured seconds and their ratio to the floor, the measured seconds divided by ``--workers`` (the
+workers that shared the GPU while those runs ran: each had about that share of it).
 
     MLBENCH_DATA_DIR=../shared/data python bench/protocol_floor.py --out counts.json     # counts only, CPU
     python bench/protocol_floor.py --counts counts.json --measure --device cuda --dtype bfloat16 \\
         --config configs/table2.yaml --profile full --copies \\
-        --measured bench/results/gpu_h200x2_session14_deeaeb5/runs_full --out floor.json
+        --measured bench/results/gpu_h200x2_session14_deeaeb5/runs_full --workers 4 --out floor.json
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ def main() -> None:
     parser.add_argument("--measured", type=Path, default=None, help="store of measured runs (cost.json at depth 1-2)")
     parser.add_argument("--copies", action="store_true", help="accepted for symmetry with sweep_projection.py")
     parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="workers that shared the GPU in the --measured runs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.max_gen_tokens = None  # each benchmark's own cap, as a run evaluates it (BenchSetup.requests reads it)
@@ -254,9 +258,11 @@ def main() -> None:
         print("floor of one run's evaluation (decoder only, best rates):")
         for name, entry in floors.items():
             seen = measured.get(name)
+            share = seen / args.workers if seen else None
             print(f"  {name:>8}: {entry['total_s']:7.2f} s"
                   + ("" if entry["new_tokens_counted"] else " (new tokens not counted)")
-                  + (f" | measured {seen:.1f} s (median), x{seen / entry['total_s']:.1f} the floor" if seen else ""))
+                  + (f" | measured {seen:.1f} s (median, {args.workers} workers sharing the GPU: {share:.1f} s of it), "
+                     f"x{share / entry['total_s']:.1f} the floor" if seen else ""))
         print(f"  all: {evaluation:.2f} s")
         if args.config:
             from sweep_projection import plan
