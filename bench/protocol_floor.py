@@ -42,7 +42,7 @@ workers that shared the GPU while those runs ran: each had about that share of i
 
     MLBENCH_DATA_DIR=../shared/data python bench/protocol_floor.py --out counts.json     # counts only, CPU
     python bench/protocol_floor.py --counts counts.json --measure --device cuda --dtype bfloat16 \\
-        --config configs/table2.yaml --profile full --copies \\
+        --config configs/table2.yaml --profile full \\
         --measured bench/results/gpu_h200x2_session14_deeaeb5/runs_full --workers 4 --out floor.json
 """
 
@@ -198,7 +198,6 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="a sweep config: the floor of all its runs")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--measured", type=Path, default=None, help="store of measured runs (cost.json at depth 1-2)")
-    parser.add_argument("--copies", action="store_true", help="accepted for symmetry with sweep_projection.py")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="workers that shared the GPU in the --measured runs")
     parser.add_argument("--out", type=Path, default=None)
