@@ -442,9 +442,10 @@ def sweep(config: Path, dry_run: bool, profile: str | None, only: str | None, la
 
 def _sweep_here(plan, run_store, execution, out: Console, verbose: bool = False) -> None:
     """The sweep in this process: one worker."""
+    from metalora.runs.estimate import planned_by_id
     from metalora.runs.progress import SweepProgress
 
-    progress = SweepProgress(run_store, [p.run_id for p in plan])
+    progress = SweepProgress(run_store, [p.run_id for p in plan], planned_by_id(plan))
 
     def report_progress() -> None:
         out.print(progress.read().line(), highlight=False)
@@ -481,6 +482,7 @@ def _sweep_state(run_store, prepared) -> str:
 def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, execution, launch,
                     out: Console) -> None:
     """The runs not done, spread over worker processes on this host or over cluster jobs."""
+    from metalora.runs.estimate import planned_by_id
     from metalora.runs.launch import launch_folder, run_host_workers, submit_jobs, worker_command
 
     if not to_run:
@@ -489,20 +491,21 @@ def _sweep_launched(config: Path, name: str, profile, plan, to_run, run_store, e
     command = worker_command(config, run_store.root, profile, execution)
     folder = launch_folder(run_store, name)
     report = functools.partial(out.print, highlight=False)
+    planned = planned_by_id(plan)  # the progress line's ETA weighs runs by their estimated cost
 
     def finished() -> int:
         return sum(run_store.is_done(run_id) for run_id in to_run)
 
     if launch.launcher == "host":
         try:
-            run_host_workers(command, to_run, run_store, launch, folder, report)
+            run_host_workers(command, to_run, run_store, launch, folder, report, planned=planned)
         except KeyboardInterrupt:  # the workers were stopped; each run keeps what it had saved
             out.print(f"interrupted: {finished()} of {len(to_run)} runs finished and are kept; the others resume "
                       "from their last checkpoint when you run the same command again", highlight=False)
             raise typer.Exit(code=130) from None
     else:
         try:
-            submit_jobs(command, to_run, run_store, launch, folder, report)
+            submit_jobs(command, to_run, run_store, launch, folder, report, planned=planned)
         except KeyboardInterrupt:
             out.print("stopped following the jobs; they keep running (mlbench sweep ... --dry-run shows what is done)",
                       highlight=False)

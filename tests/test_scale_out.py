@@ -86,6 +86,31 @@ def test_progress_line_and_eta():
     assert Progress(4, 1, 1, 0, 1, 3000.0).line().endswith("ETA 2h 30m")
 
 
+def test_the_eta_weighs_runs_by_their_estimated_cost(tmp_path):
+    """A run of 9,000 example passes finishing first is not a third of three runs' work: with the
+    runs' plans the ETA counts the seconds the cost model estimates for each (made again from the
+    store's finished runs as runs finish), and counts runs while some run has no estimate."""
+    from metalora.runs.progress import SweepProgress
+    from tests.test_runs_estimate import config, finish, planned
+
+    # Measured before the sweep: LoRA 0.01 s per pass, 100 s for the rest of a run.
+    finish(tmp_path, "a" * 16, config("lora", shots=25), 10.0, 110.0, 1000)
+    store = RunStore(tmp_path)
+    plan = {"b" * 16: planned("lora", 9000), "c" * 16: planned("lora", 1000), "d" * 16: planned("lora", 1000)}
+    progress = SweepProgress(store, list(plan), plan)
+    before = progress.read()
+    assert (before.left_cost_s, before.finished_cost_s, before.eta_s) == (410.0, 0.0, None)
+    finish(tmp_path, "b" * 16, config("lora", shots=100), 90.0, 190.0, 9000)  # the long one, at the same rates
+    after = progress.read()
+    assert (after.done, after.finished_now, after.left_cost_s, after.finished_cost_s) == (1, 1, 220.0, 190.0)
+    # 95 s of wall time for 190 estimated seconds: 110 s for the 220 left (counting runs: 190 s).
+    assert Progress(3, 1, 0, 0, 1, 95.0, left_cost_s=220.0, finished_cost_s=190.0).eta_s == 110.0
+    assert Progress(3, 1, 0, 0, 1, 95.0).eta_s == 190.0
+    # A method with no finished run of its own has no seconds per pass: the ETA counts runs.
+    mixed = {**plan, "e" * 16: planned("hydralora", 1000)}
+    assert SweepProgress(store, list(mixed), mixed).read().left_cost_s is None
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--gpus", "2", "--workers", "3"], "--gpus 2 starts one worker per GPU; leave out --workers 3"),
     (["--gpus", "1"], "--gpus 1: this host has 0 CUDA GPU(s); use --workers N for worker processes without GPUs"),
@@ -176,7 +201,7 @@ def test_ctrl_c_in_a_multi_worker_sweep_says_what_was_kept_and_how_to_resume(tmp
                                                                           monkeypatch):
     from metalora.runs import launch
 
-    def interrupted(command, run_ids, store, options, folder, report):  # as if Ctrl-C reached the supervisor
+    def interrupted(command, run_ids, store, options, folder, report, **kwargs):  # as if Ctrl-C reached the supervisor
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launch, "run_host_workers", interrupted)

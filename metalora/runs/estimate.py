@@ -188,6 +188,12 @@ def planned_runs(prepared) -> list[Planned]:
     return [Planned.of(p.config, p.budget.passes if p.budget else None) for p in prepared]
 
 
+def planned_by_id(prepared) -> dict[str, Planned]:
+    """``Planned`` of each ``PreparedRun`` of a sweep's plan, by run id (the progress line's ETA)."""
+    prepared = list(prepared)
+    return dict(zip((p.run_id for p in prepared), planned_runs(prepared), strict=True))
+
+
 @dataclass(frozen=True)
 class RunEstimate:
     run: Planned

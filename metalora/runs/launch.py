@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from metalora.errors import MlbenchError
+from metalora.runs.estimate import Planned
 from metalora.runs.mps import mps_daemon, require_control
 from metalora.runs.progress import SweepProgress
 from metalora.runs.runconfig import ExecutionOptions
@@ -197,14 +198,15 @@ def launch_folder(store: RunStore, sweep_name: str) -> Path:
 
 def run_host_workers(
     command: Sequence[str], run_ids: Sequence[str], store: RunStore, options: LaunchOptions, folder: Path,
-    report: Report, poll_s: float = 1.0,
+    report: Report, poll_s: float = 1.0, planned: Mapping[str, Planned] | None = None,
 ) -> None:
-    """Start one worker process per share of ``run_ids``, print progress as runs finish, wait."""
+    """Start one worker process per share of ``run_ids``, print progress as runs finish, wait
+    (``planned``: the runs' plans, for the ETA, ``metalora.runs.progress``)."""
     with mps_daemon(report) if options.mps else nullcontext() as mps:
-        _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps)
+        _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps, planned)
 
 
-def _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps) -> None:
+def _run_host_workers(command, run_ids, store, options, folder, report, poll_s, mps, planned) -> None:
     workers = min(options.worker_count, len(run_ids))
     threads = max(1, (os.cpu_count() or 1) // workers)
     processes = []
@@ -218,7 +220,7 @@ def _run_host_workers(command, run_ids, store, options, folder, report, poll_s, 
             processes.append((index, process, log))
             report(f"worker {index}{f' (GPU {gpu})' if gpu is not None else ''}: pid {process.pid}, "
                    f"{len(run_ids[index::workers])} runs of its own, log {log}")
-        _follow(processes, SweepProgress(store, run_ids), report, poll_s)
+        _follow(processes, SweepProgress(store, run_ids, planned), report, poll_s)
     except BaseException as error:
         # A Ctrl-C at the terminal reaches the workers too (one process group): give them a moment to
         # record their interrupted runs themselves; an error here stops them at once.
@@ -293,9 +295,10 @@ def job_command(command: Sequence[str], options: LaunchOptions) -> list[str]:
 
 def submit_jobs(
     command: Sequence[str], run_ids: Sequence[str], store: RunStore, options: LaunchOptions, folder: Path,
-    report: Report, wait: bool = True, poll_s: float = 5.0,
+    report: Report, wait: bool = True, poll_s: float = 5.0, planned: Mapping[str, Planned] | None = None,
 ) -> list:
-    """Submit the runs as a submitit job array; with ``wait``, follow them until they end."""
+    """Submit the runs as a submitit job array; with ``wait``, follow them until they end
+    (``planned``: the runs' plans, for the ETA)."""
     import submitit
 
     executor = make_executor(options, folder / "submitit", f"mlbench-{folder.name.split('-')[0]}")
@@ -308,7 +311,7 @@ def submit_jobs(
            + (f": {jobs[0].job_id.split('_')[0]}" if jobs else "") + f"; logs under {folder / 'submitit'}")
     if not wait:
         return jobs
-    progress = SweepProgress(store, run_ids)
+    progress = SweepProgress(store, run_ids, planned)
     while True:
         finished = all(job.done() for job in jobs)
         if line := progress.poll():
