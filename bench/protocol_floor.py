@@ -80,15 +80,17 @@ def count_benchmark(lm, requests) -> dict:
                 context_tokens, continuation_tokens = lm._encode_pair(context, continuation)
             else:  # lm-eval scores an empty context from the end-of-text token
                 context_tokens, continuation_tokens = [lm.prefix_token_id], lm.tok_encode(continuation)
-            fed = tuple((context_tokens + continuation_tokens)[-(lm.max_length + 1):][:-1])
-            inputs[hash(fed)] = len(fed)
+            fed = tuple((context_tokens + continuation_tokens)[-(lm.max_length + 1):][:-1])  # HFLM's input
+            inputs[hash(fed)] = len(fed)  # a collision could only drop an input: the floor stays a floor
         elif request.request_type == "generate_until":
             context, settings = request.args
             cap = int(settings.get("max_gen_toks", lm.max_gen_toks))
             prompts.append(min(len(lm.tok_encode(context)), lm.max_length - cap))
             caps.append(cap)
         else:
-            raise SystemExit(f"request type {request.request_type} is not counted by this script")
+            print(f"request type {request.request_type} is not counted by this script (loglikelihood and "
+                  "generate_until are)", file=sys.stderr)
+            sys.exit(2)
     return {"loglikelihood_requests": sum(r.request_type == "loglikelihood" for r in requests),
             "distinct_inputs": sorted(inputs.values()), "prompts": prompts, "new_token_caps": caps}
 
