@@ -6,7 +6,7 @@ a sweep worker), items/s, the process's CPU seconds over the same span, and, on 
 ``nvidia-smi``'s utilization samples (the fraction of time a kernel was running) taken every 100 ms
 during the call. A unit near 100% is bound by the GPU's arithmetic; one far below is bound by the
 host (Python, tokenization, lm-eval's bookkeeping) or by kernel launches. ``--profile UNIT`` also
-prints the top functions of that unit's warm call by cumulative time.
+prints the top functions of that unit's warm call by cumulative time and by their own time.
 
 GPU machine, after the gpu-bundle's model setup::
 
@@ -141,6 +141,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             if profiler:
                 pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)  # where the host's own time goes
     total = {size: round(sum(r["seconds"] for r in rows if r["batch_size"] == size), 1) for size in batch_sizes}
     print(json.dumps({"total_seconds_by_batch_size": total}))
     if args.out:
