@@ -1,4 +1,4 @@
-"""lm-eval's prompt templates, each compiled once while a task cache builds its tasks.
+"""lm-eval's prompt templates, each compiled once while the fast backend builds and scores its tasks.
 
 lm-eval renders a task's ``doc_to_text``/``doc_to_target``/``doc_to_choice`` Jinja templates with
 ``lm_eval.utils.apply_template``, which compiles the template string again for every document:
@@ -7,8 +7,11 @@ building MMLU's 14,042 documents spent 35.5 of its 42.2 s compiling the same few
 compiles each distinct string once, in lm-eval's own Jinja environment, and renders it as before, so
 every prompt is the same string (tests compare them); outside it lm-eval is as it was.
 
-Only the fast backend's task cache uses it: the stock backend stays lm-eval's ``simple_evaluate``,
-untouched, as the reference it is measured against.
+The same holds when lm-eval scores: it renders each document's target again (``doc_to_target``),
+3.7 of the 35.7 s a warm BBH evaluation took on the H200 (``bench/eval_profile.py --profile``), so the
+fast backend's ``evaluate`` call runs within ``compiled_once()`` too. Only the fast backend uses it:
+the stock backend stays lm-eval's ``simple_evaluate``, untouched, as the reference it is measured
+against.
 """
 
 from __future__ import annotations

@@ -221,6 +221,31 @@ def test_evaluate_reports_tasks_aggregates_provenance_and_records(tmp_path, root
     assert json.loads(result.to_json())["protocols"]["mmlu"].startswith("MMLU 57 subjects, 0-shot")
 
 
+def test_scoring_compiles_each_template_once_and_scores_the_same(tmp_path, root, model, tokenizer, monkeypatch):
+    """lm-eval renders every document's target again while it scores it, compiling its Jinja template
+    each time; the fast backend compiles each distinct template once there too (eval_tasks/templates.py)
+    and gets the same records as the stock backend, lm-eval untouched."""
+    from collections import Counter
+
+    from lm_eval import utils
+
+    compiled = []
+    compile_template = utils.env.from_string
+    monkeypatch.setattr(utils.env, "from_string", lambda source, *args, **kwargs: compiled.append(source)
+                        or compile_template(source, *args, **kwargs))
+    subtasks = {"bbh": ["navigate", "snarks"]}
+    fast = evaluate(model, tokenizer, ["bbh"], data_root=root, limit=4, batch_size=4, subtasks=subtasks,
+                    output_dir=tmp_path / "fast", max_gen_tokens=4)  # fmt: skip
+    # Each template once while the tasks are built and once while they are scored, not per document.
+    assert compiled and max(Counter(compiled).values()) <= 2
+    fast_compiles = len(compiled)
+    stock = evaluate(model, tokenizer, ["bbh"], data_root=root, limit=4, batch_size=4, subtasks=subtasks,
+                     output_dir=tmp_path / "stock", max_gen_tokens=4, eval_backend="hflm")  # fmt: skip
+    # The stock backend is lm-eval as it is: the target template compiled for each of the 8 documents.
+    assert Counter(compiled[fast_compiles:])["{{target}}"] >= 8
+    assert read_records(Path(fast.sample_files["bbh"])) == read_records(Path(stock.sample_files["bbh"]))
+
+
 def test_generative_records_hold_output_prediction_and_gold(tmp_path, root, model, tokenizer):
     result = evaluate(
         model, tokenizer, ["mgsm"], data_root=root, limit=1, max_gen_tokens=3, output_dir=tmp_path
