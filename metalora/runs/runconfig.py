@@ -160,18 +160,10 @@ class ExecutionOptions:
         if self.log_to is not None:
             check_tracker(self.log_to)
 
-        if self.eval_backend not in EVAL_BACKENDS:
-            raise MlbenchError(
-                f"--eval-backend must be one of {', '.join(EVAL_BACKENDS)}, got {self.eval_backend!r}"
-            )
-        if self.eval_shapes not in EVAL_SHAPES:
-            raise MlbenchError(f"--eval-shapes must be one of {', '.join(EVAL_SHAPES)}, got {self.eval_shapes!r}")
-        if self.eval_cuda_graphs not in CUDA_GRAPH_CHOICES:
-            raise MlbenchError(f"--eval-cuda-graphs must be one of {', '.join(CUDA_GRAPH_CHOICES)}, "
-                               f"got {self.eval_cuda_graphs!r}")
-        if self.eval_merge_lora not in MERGE_LORA_CHOICES:
-            raise MlbenchError(f"--eval-merge-lora must be one of {', '.join(MERGE_LORA_CHOICES)}, "
-                               f"got {self.eval_merge_lora!r}")
+        require_choice("--eval-backend", self.eval_backend, EVAL_BACKENDS)
+        require_choice("--eval-shapes", self.eval_shapes, EVAL_SHAPES)
+        require_choice("--eval-cuda-graphs", self.eval_cuda_graphs, CUDA_GRAPH_CHOICES)
+        require_choice("--eval-merge-lora", self.eval_merge_lora, MERGE_LORA_CHOICES)
         self.checkpoint_schedule()  # one line if malformed
         rows = self.eval_decode_rows
         if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
