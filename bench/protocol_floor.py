@@ -168,21 +168,29 @@ def floor_seconds(lengths, rates: dict) -> float:
     return sum(length / best_rate_up_to(rates, length) for length in lengths)
 
 
-def tokens_per_pass(store: Path) -> float | None:
-    """Median training tokens per example pass of the store's runs (cost.json), at depth 1 or 2."""
+def measured_costs(store: Path) -> list[dict]:
+    """The cost.json of each run in ``store`` (run folders at depth 1 or 2), each read once."""
+    from metalora.runs.store import read_json_or_none
+
+    found = (read_json_or_none(path) for path in sorted(store.glob("*/cost.json")) + sorted(store.glob("*/*/cost.json")))
+    return [cost for cost in found if isinstance(cost, dict)]
+
+
+def tokens_per_pass(costs: list[dict]) -> float | None:
+    """Median training tokens per example pass of the measured runs."""
     ratios = []
-    for path in sorted(store.glob("*/cost.json")) + sorted(store.glob("*/*/cost.json")):
-        training = json.loads(path.read_text()).get("training") or {}
+    for cost in costs:
+        training = cost.get("training") or {}
         if training.get("example_passes") and training.get("tokens"):
             ratios.append(training["tokens"] / training["example_passes"])
     return statistics.median(ratios) if ratios else None
 
 
-def measured_eval_seconds(store: Path) -> dict[str, float]:
-    """Median measured seconds per benchmark of the store's runs (cost.json ``time.eval_s``)."""
+def measured_eval_seconds(costs: list[dict]) -> dict[str, float]:
+    """Median measured seconds per benchmark of the measured runs (``time.eval_s``)."""
     seen: dict[str, list[float]] = {}
-    for path in sorted(store.glob("*/cost.json")) + sorted(store.glob("*/*/cost.json")):
-        for name, value in ((json.loads(path.read_text()).get("time") or {}).get("eval_s") or {}).items():
+    for cost in costs:
+        for name, value in ((cost.get("time") or {}).get("eval_s") or {}).items():
             seen.setdefault(name, []).append(float(value))
     return {name: statistics.median(values) for name, values in seen.items()}
 
@@ -192,7 +200,7 @@ def main() -> None:
     add_setup_arguments(parser, "heldout,bbh,bbh_mc,mmlu")
     parser.add_argument("--counts", type=Path, default=None, help="counts written by an earlier --out")
     parser.add_argument("--generations", type=Path, default=None, help="a run folder whose samples give answer lengths")
-    parser.add_argument("--generated", type=Path, default=None, help="bench/decode_slots.py's JSON: tokens generated")
+    parser.add_argument("--generated", type=Path, default=None, help="a JSON of benchmarks.<name>.generated_tokens (module docstring)")
     parser.add_argument("--measure", action="store_true", help="measure the forward's rates (a GPU)")
     parser.add_argument("--tokens-per-call", default="32768,131072")
     parser.add_argument("--head-tokens", type=int, default=16384, help="tokens per call with the output layer")
@@ -255,7 +263,8 @@ def main() -> None:
             floors[name]["total_s"] = floors[name]["loglikelihood_s"] + floors[name]["prompts_s"] + floors[name]["new_tokens_s"]
         evaluation = sum(entry["total_s"] for entry in floors.values())
         report["floor_per_run"] = {"benchmarks": floors, "evaluation_s": evaluation}
-        measured = measured_eval_seconds(args.measured) if args.measured else {}
+        costs = measured_costs(args.measured) if args.measured else []
+        measured = measured_eval_seconds(costs)
         print("floor of one run's evaluation (decoder only, best rates):")
         for name, entry in floors.items():
             seen = measured.get(name)
@@ -269,7 +278,7 @@ def main() -> None:
             from sweep_projection import plan
 
             runs = plan(args.config, args.profile, None)
-            per_pass = tokens_per_pass(args.measured) if args.measured else None
+            per_pass = tokens_per_pass(costs)
             training_rate = best_rate_up_to(report["rates"], max(1, round(per_pass))) if per_pass else None
             training = sum(2 * run.passes * per_pass / training_rate for run in runs) if per_pass else 0.0
             total = len(runs) * evaluation + training
