@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench module, run as a script
 
-from eval_speed import BenchSetup, _revision, add_setup_arguments
+from eval_speed import BenchSetup, _revision, _timed, add_setup_arguments
 
 from eval_tasks.task_cache import TaskCache
 from metalora.provenance import package_versions
@@ -61,11 +60,6 @@ def chunk(tokenizer, requests, rows: int, device: str) -> tuple[torch.Tensor, to
         tokenizer.pad_token = tokenizer.eos_token
     encoded = tokenizer(contexts[:rows], return_tensors="pt", padding=True)
     return encoded.input_ids.to(device), encoded.attention_mask.to(device)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -90,11 +84,8 @@ def compare(name: str, alone: list[torch.Tensor], stacked: torch.Tensor) -> dict
 
 
 def timed(device: str, work, *args) -> tuple[object, float]:
-    sync(device)
-    started = time.perf_counter()
-    value = work(*args)
-    sync(device)
-    return value, time.perf_counter() - started
+    value, seconds, _ = _timed(device, lambda: work(*args))
+    return value, seconds
 
 
 def random_adapters(peft_model, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -60,7 +60,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules, run as a script
 
-from eval_speed import BenchSetup, _revision, add_setup_arguments
+from eval_speed import BenchSetup, _revision, _sync, add_setup_arguments
 
 from eval_tasks.task_cache import TaskCache
 from metalora.provenance import package_versions
@@ -104,11 +104,6 @@ def count_generations(run_folder: Path, benchmark: str, tokenizer) -> list[int] 
         outputs = [json.loads(line).get("output") for line in handle if line.strip()]
     texts = [text for text in outputs if isinstance(text, str)]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def measure_rate(work, tokens: int, device: str, repeats: int) -> float:
